@@ -1,0 +1,203 @@
+"""One client connection on the server side: an :class:`asyncio.Protocol`.
+
+It does three things only, as websockets' connection layer does: feed the framing core,
+hand complete frames to the server, and write what the server gives it. Writes never wait:
+``write`` is the transport's own ``write`` while the peer keeps up, and is swapped for a
+bounded backlog (or a discard) when the transport asks us to pause, so the server's fan-out
+loop stays one plain call per recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._framing import LineDecoder
+from .message import ERROR, Message, dump_frame, render_text
+
+if TYPE_CHECKING:
+    from .server import BroadcastServer
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("chatcast.server")
+
+
+def _discard(data: bytes) -> None:
+    """Stand-in writer for a connection that is being dropped."""
+
+
+class Connection(asyncio.Protocol):
+    """Server-side state of one TCP client. Not public: the server owns every instance."""
+
+    __slots__ = (
+        "address",
+        "announced",
+        "authenticated",
+        "backlog",
+        "backlog_bytes",
+        "closing",
+        "decoder",
+        "dropped",
+        "first_frame",
+        "flush_handle",
+        "json",
+        "last_rx",
+        "name",
+        "name_json",
+        "pinged_at",
+        "room",
+        "server",
+        "strikes",
+        "tokens",
+        "tokens_at",
+        "transport",
+        "write",
+    )
+
+    def __init__(self, server: BroadcastServer) -> None:
+        self.server = server
+        self.decoder = LineDecoder(server.max_line_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.write: Callable[[bytes], object] = _discard
+        self.address = "?"
+        self.name = ""
+        self.name_json = '""'
+        self.room = ""
+        self.json = False
+        self.announced = False
+        self.authenticated = False
+        self.first_frame = True
+        self.closing = False
+        self.last_rx = 0.0
+        self.pinged_at: float | None = None
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.backlog: collections.deque[bytes] | None = None
+        self.backlog_bytes = 0
+        self.dropped = 0
+        self.tokens = 0.0
+        self.tokens_at = 0.0
+        self.strikes = 0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.write = transport.write
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.address = f"{peer[0]}:{peer[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.server.keepalive:
+            _set_keepalive(sock)
+        self.server._connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        server._bytes_in += len(data)
+        self.last_rx = server._loop.time()
+        self.pinged_at = None
+        frames = self.decoder.feed(data)
+        if frames:
+            server._handle_frames(self, frames)
+        if not self.json and self.decoder.pending and self.flush_handle is None:
+            # Text mode: a partial line followed by a silence is a message (the lab's
+            # clients send() without a newline).
+            self.flush_handle = server._loop.call_later(server.line_timeout, self._flush_partial)
+
+    def eof_received(self) -> bool:
+        # The peer shut down its sending side: what it sent without a final newline still
+        # counts, then we close (a chat connection that cannot talk has left).
+        frame = self.decoder.flush()
+        if frame is not None and not self.closing:
+            self.server._handle_frames(self, [frame])
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        self.write = _discard
+        self.server._connection_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        # Called from inside transport.write() when the buffer passes the high-water mark,
+        # possibly in the middle of a fan-out loop: only swap the writer here.
+        self.server._paused(self)
+
+    def resume_writing(self) -> None:
+        backlog = self.backlog
+        if backlog is None or self.transport is None or self.closing:
+            return
+        self.backlog = None
+        self.backlog_bytes = 0
+        transport = self.transport
+        self.write = transport.write
+        if self.dropped:
+            notice = Message(
+                f"{self.dropped} messages dropped: you were reading too slowly", kind=ERROR
+            )
+            self.dropped = 0
+            transport.write(self.encode(notice))
+        transport.write(b"".join(backlog))
+
+    # -- helpers the server uses ------------------------------------------------------------
+
+    def enqueue(self, data: bytes) -> None:
+        """Writer used while paused in drop-oldest mode: keep a bounded backlog."""
+        backlog = self.backlog
+        assert backlog is not None
+        backlog.append(data)
+        self.backlog_bytes += len(data)
+        limit = self.server.max_buffer_bytes
+        while self.backlog_bytes > limit and len(backlog) > 1:
+            old = backlog.popleft()
+            self.backlog_bytes -= len(old)
+            self.dropped += old.count(b"\n")
+            self.server._dropped += old.count(b"\n")
+
+    def encode(self, message: Message) -> bytes:
+        """Encode ``message`` in this connection's wire form."""
+        if self.json:
+            return dump_frame(message.to_wire())
+        return (render_text(message) + "\n").encode()
+
+    def send(self, message: Message) -> None:
+        """Queue ``message`` for this client; never waits."""
+        self.write(self.encode(message))
+
+    def _flush_partial(self) -> None:
+        self.flush_handle = None
+        if self.closing or self.json or not self.decoder.pending:
+            return
+        server = self.server
+        wait = self.last_rx + server.line_timeout - server._loop.time()
+        if wait > 0.001:
+            self.flush_handle = server._loop.call_later(wait, self._flush_partial)
+            return
+        frame = self.decoder.flush()
+        if frame is not None:
+            server._handle_frames(self, [frame])
+
+
+def _set_keepalive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive so a vanished peer is noticed within about two minutes.
+
+    Linux default is 2 hours idle before the first probe (RELIABILITY.md); these options
+    exist on Linux and, except TCP_USER_TIMEOUT, on macOS 10.15+ and Windows 10 1709+.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+        if hasattr(socket, "TCP_KEEPCNT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    except OSError as exc:  # some platforms refuse some of these; keepalive is best effort
+        log.debug("keepalive options refused: %s", exc)

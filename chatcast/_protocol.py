@@ -1,0 +1,262 @@
+"""What a TCP client asks of the server, parsed from its frames; sans I/O.
+
+A text-mode line is either a slash command (``/join room``) or chat text; a JSON-mode frame is
+an object with a ``"type"``. Both parse to the same small command objects, so the server has
+one code path per command whatever the client's mode. ``docs/protocol.md`` is the normative
+description.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .exceptions import InvalidFrame
+from .message import parse_frame
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "PROTOCOL_VERSION",
+    "Auth",
+    "Command",
+    "Hello",
+    "Help",
+    "Join",
+    "Nick",
+    "Ping",
+    "Pong",
+    "Quit",
+    "Rooms",
+    "Say",
+    "Who",
+    "check_name",
+    "check_text",
+    "parse_json",
+    "parse_text",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_NAME_LENGTH: Final = 32
+
+# Letters, digits, "_", "." and "-": printable everywhere, safe in "name: text" displays.
+_NAME = re.compile(r"[^\W][\w.\-]*")
+# Reserved: the server's own voice and the default-name pattern's prefix is allowed.
+_RESERVED: Final = frozenset({"server", "system", "chatcast"})
+# C0 controls other than tab and LF, DEL and C1 controls are refused in chat text.
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """JSON mode's opening frame: who the client wants to be, where, and its token."""
+
+    name: str | None
+    room: str | None
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Chat text to the sender's room, or privately to ``to``."""
+
+    text: str
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Move to ``room``."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    """Change name to ``name``."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """List the names in ``room`` (``None``: the asker's room)."""
+
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """List the rooms and how many are in each."""
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    """Describe the slash commands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """Leave and close the connection."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Present a token (text mode's ``/auth TOKEN``)."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Are you there? (either side may ask; the answer is :class:`Pong`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to :class:`Ping`."""
+
+
+Command = Hello | Say | Join | Nick | Who | Rooms | Help | Quit | Auth | Ping | Pong
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a valid user or room name.
+
+    Valid: 1 to 32 characters, letters, digits, ``_``, ``.`` and ``-``, not starting with
+    ``.`` or ``-``, and not a reserved name (``server``, ``system``, ``chatcast``).
+
+    Raises:
+        InvalidFrame: With a reason a user can act on.
+    """
+    if not name:
+        raise InvalidFrame(f"{what} must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidFrame(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if not _NAME.fullmatch(name):
+        raise InvalidFrame(f"{what} may hold only letters, digits, '_', '.' and '-'")
+    if name.lower() in _RESERVED:
+        raise InvalidFrame(f"{what} {name!r} is reserved")
+    return name
+
+
+def check_text(text: str) -> str:
+    """Return ``text`` if it may be relayed as chat text.
+
+    Raises:
+        InvalidFrame: Empty, or holding control characters other than tab and newline
+            (NUL, ESC, a lone CR, DEL, C1 controls): they could drive a reader's terminal.
+    """
+    if not text:
+        raise InvalidFrame("empty message")
+    bad = _BAD_TEXT.search(text)
+    if bad is not None:
+        raise InvalidFrame(f"control character U+{ord(bad.group()):04X} is not allowed")
+    return text
+
+
+_HELP_TOPICS: Final = {
+    "nick": 1,
+    "join": 1,
+    "msg": 2,
+    "who": 0,
+    "rooms": 0,
+    "quit": 0,
+    "help": 0,
+    "auth": 1,
+}
+
+
+def parse_text(line: str) -> Command:
+    """Parse one text-mode line.
+
+    A line starting with ``/`` is a command; ``//text`` sends ``/text`` as chat. Anything else
+    is chat text for the room.
+
+    Raises:
+        InvalidFrame: Unknown command, missing argument, or text :func:`check_text` refuses.
+    """
+    if not line.startswith("/") or line.startswith("//"):
+        return Say(check_text(line[1:] if line.startswith("//") else line))
+    word, _, rest = line[1:].partition(" ")
+    command = word.lower()
+    rest = rest.strip()
+    if command not in _HELP_TOPICS:
+        raise InvalidFrame(f"unknown command /{word} (try /help)")
+    if _HELP_TOPICS[command] and not rest:
+        raise InvalidFrame(f"/{command} needs an argument (try /help)")
+    if command == "nick":
+        return Nick(rest)
+    if command == "join":
+        return Join(rest)
+    if command == "msg":
+        to, _, text = rest.partition(" ")
+        if not text.strip():
+            raise InvalidFrame("usage: /msg NAME TEXT")
+        return Say(check_text(text.strip()), to=to)
+    if command == "who":
+        return Who(rest or None)
+    if command == "rooms":
+        return Rooms()
+    if command == "quit":
+        return Quit(rest)
+    if command == "auth":
+        return Auth(rest)
+    return Help()
+
+
+def parse_json(frame: str | dict[str, Any]) -> Command:
+    """Parse one JSON-mode frame (client to server).
+
+    Raises:
+        InvalidFrame: Not a JSON object, unknown ``type``, or a field of the wrong type.
+    """
+    obj = parse_frame(frame) if isinstance(frame, str) else frame
+    kind = obj["type"]
+    if kind == "message":
+        return Say(check_text(_field(obj, "text", required=True)), to=_field(obj, "to"))
+    if kind == "join":
+        return Join(_field(obj, "room", required=True))
+    if kind == "nick":
+        return Nick(_field(obj, "name", required=True))
+    if kind == "who":
+        return Who(_field(obj, "room"))
+    if kind == "rooms":
+        return Rooms()
+    if kind == "ping":
+        return Ping()
+    if kind == "pong":
+        return Pong()
+    if kind == "quit":
+        return Quit(_field(obj, "reason") or "")
+    if kind == "hello":
+        return Hello(_field(obj, "name"), _field(obj, "room"), _field(obj, "token"))
+    if kind == "auth":
+        return Auth(_field(obj, "token", required=True))
+    raise InvalidFrame(f"unknown frame type {kind!r}")
+
+
+def _field(obj: dict[str, Any], key: str, *, required: bool = False) -> Any:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise InvalidFrame(f'"{key}" is required')
+        return None
+    if not isinstance(value, str):
+        raise InvalidFrame(f'"{key}" must be a string')
+    return value
+
+
+HELP_TEXT: Final = """\
+commands:
+  /nick NAME        change your name
+  /join ROOM        move to another room
+  /msg NAME TEXT    private message to NAME
+  /who [ROOM]       who is in your room (or ROOM)
+  /rooms            list the rooms
+  /auth TOKEN       log in, when the server asks for a token
+  /quit [REASON]    leave
+  //text            send a line that starts with '/'
+anything else is sent to your room"""

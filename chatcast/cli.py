@@ -1,0 +1,53 @@
+"""The ``chatcast`` command line: ``python -m chatcast COMMAND ...``.
+
+Each command group lives in its own module and registers its parser here:
+``multicast`` (:mod:`chatcast._cli_multicast`), ``server`` and ``client``
+(:mod:`chatcast._cli_chat`), ``demo`` (:mod:`chatcast._demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every subcommand registered."""
+    from . import _cli_chat, _cli_multicast, _demo
+
+    parser = argparse.ArgumentParser(
+        prog="chatcast",
+        description="Group messaging on asyncio: multicast channels and a broadcast chat hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"chatcast {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _demo.add_parser(commands)
+    _cli_multicast.add_parser(commands)
+    _cli_chat.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        status: int = asyncio.run(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as exc:
+        print(f"chatcast: {exc}", file=sys.stderr)
+        return 1
+    return status
