@@ -21,7 +21,7 @@ import json
 import logging
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -43,7 +43,7 @@ from .message import (
     dump_frame,
 )
 
-__all__ = ["DEFAULT_WELCOME", "BroadcastServer", "ServerStatistics"]
+__all__ = ["DEFAULT_WELCOME", "BroadcastServer", "EventStream", "ServerStatistics"]
 
 log = logging.getLogger("chatcast.server")
 
@@ -90,6 +90,44 @@ class ServerStatistics:
     rate_limited: int
     timeouts: int
     events_dropped: int
+
+
+class EventStream:
+    """An async iterator over a server's events; see :meth:`BroadcastServer.events`."""
+
+    def __init__(self, server: BroadcastServer, maxsize: int) -> None:
+        self._server = server
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize)
+        self._entry = (self._queue, [0])
+        self._done = False
+        server._subscribers.append(self._entry)
+        if server._closing:
+            self._done = True
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._done and self._queue.empty():
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        """Unsubscribe; iteration ends."""
+        if self._entry in self._server._subscribers:
+            self._server._subscribers.remove(self._entry)
+        self._done = True
+        if self._queue.empty():
+            self._queue.put_nowait(None)
+
+    @property
+    def dropped(self) -> int:
+        """Events this reader lost by falling behind."""
+        return self._entry[1][0]
 
 
 class BroadcastServer:
@@ -405,26 +443,17 @@ class BroadcastServer:
         """Each room with members, and how many."""
         return {room: len(members) for room, members in sorted(self._rooms.items())}
 
-    async def events(self, *, maxsize: int = 1000) -> AsyncIterator[Message]:
-        """Iterate over what happens in the server: messages, privates, joins, leaves...
+    def events(self, *, maxsize: int = 1000) -> EventStream:
+        """Subscribe to what happens in the server: messages, privates, joins, leaves...
 
-        Each event is a :class:`~chatcast.message.Message` (``kind`` says what). A reader
-        that falls more than ``maxsize`` events behind loses the newest ones (counted in
-        ``events_dropped``); the server never waits for it. Ends when the server closes.
+        Use as ``async for event in server.events():``. Each event is a
+        :class:`~chatcast.message.Message` (``kind`` says what). The subscription starts at
+        this call, so nothing that happens after it is missed. A reader that falls more than
+        ``maxsize`` events behind loses the newest ones (counted in ``events_dropped``); the
+        server never waits for it. Iteration ends when the server closes, or at
+        :meth:`EventStream.aclose`.
         """
-        queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize)
-        entry = (queue, [0])
-        self._subscribers.append(entry)
-        try:
-            while True:
-                if self._closing and queue.empty():
-                    return
-                event = await queue.get()
-                if event is None:
-                    return
-                yield event
-        finally:
-            self._subscribers.remove(entry)
+        return EventStream(self, maxsize)
 
     def statistics(self) -> ServerStatistics:
         """Return a snapshot of the counters."""
@@ -600,6 +629,8 @@ class BroadcastServer:
                 continue
             self._flush_batch(conn, batch)
             self._command(conn, command)
+            if not conn.announced and conn.room and not conn.closing:
+                self._announce(conn)  # any first command ends the silent join grace
         self._flush_batch(conn, batch)
 
     def _maybe_hello(self, conn: Connection, frame: str) -> bool:

@@ -1,0 +1,285 @@
+"""``chatcast server`` and ``chatcast client``: the TCP chat hub and an interactive client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+from typing import Any
+
+from ._console import Console
+from .client import BroadcastClient
+from .exceptions import ChatcastError, ConnectionClosed
+from .message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text
+from .server import DEFAULT_WELCOME, BroadcastServer
+
+__all__ = ["add_parser"]
+
+log = logging.getLogger("chatcast.cli")
+
+TOKEN_ENV = "CHATCAST_TOKEN"
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``server`` and ``client`` commands."""
+    server = commands.add_parser(
+        "server",
+        help="run the chat hub",
+        description=(
+            "Run the chat hub. Lines typed on this terminal are sent to every client as "
+            "server announcements. Ctrl-C or SIGTERM shuts it down gracefully. Clients: "
+            "'chatcast client', or any line-based tool (nc, telnet, socat)."
+        ),
+    )
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0 for the LAN)",
+    )
+    server.add_argument(
+        "--port", type=int, default=8080, help="port (default: %(default)s; 0 picks one)"
+    )
+    server.add_argument(
+        "--welcome", default=DEFAULT_WELCOME, help="first line each client receives"
+    )
+    server.add_argument("--room", default="lobby", help="default room (default: %(default)s)")
+    server.add_argument(
+        "--max-clients", type=int, default=1000, help="most clients at once (default: %(default)s)"
+    )
+    server.add_argument(
+        "--max-per-address", type=int, default=None, help="most clients from one IP address"
+    )
+    server.add_argument(
+        "--token",
+        default=None,
+        help=f"require this token (better: set ${TOKEN_ENV}, kept out of ps)",
+    )
+    server.add_argument(
+        "--rate", type=float, default=None, help="flood control: messages per second per client"
+    )
+    server.add_argument(
+        "--burst", type=float, default=None, help="flood control: burst size (default: 2 x rate)"
+    )
+    server.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="drop text clients silent this many seconds",
+    )
+    server.add_argument(
+        "--slow-consumer",
+        choices=("disconnect", "drop-oldest"),
+        default="disconnect",
+        help="what happens to a client that cannot keep up (default: %(default)s)",
+    )
+    server.add_argument(
+        "--tls-cert", default=None, help="serve TLS with this certificate chain (PEM)"
+    )
+    server.add_argument("--tls-key", default=None, help="private key for --tls-cert (PEM)")
+    server.add_argument(
+        "--quiet", action="store_true", help="do not print joins, leaves and messages"
+    )
+    server.set_defaults(run=run_server)
+
+    client = commands.add_parser(
+        "client",
+        help="chat interactively with a chat hub",
+        description=(
+            "Chat with a chatcast server. Type to send to your room; /help lists the "
+            "commands (/join, /nick, /msg, /who, /rooms, /quit). Ctrl-D quits."
+        ),
+    )
+    client.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    client.add_argument("--port", type=int, default=8080, help="server port (default: %(default)s)")
+    client.add_argument("--name", default=None, help="your name (default: the server picks guestN)")
+    client.add_argument("--room", default=None, help="room to join (default: the server's)")
+    client.add_argument(
+        "--token", default=None, help=f"the server's token (better: set ${TOKEN_ENV})"
+    )
+    client.add_argument("--tls", action="store_true", help="connect with TLS")
+    client.add_argument("--ca", default=None, help="trust this CA file (PEM) for --tls")
+    client.add_argument(
+        "--reconnect", action="store_true", help="reconnect when the connection drops"
+    )
+    client.set_defaults(run=run_client)
+
+
+async def run_server(args: argparse.Namespace) -> int:
+    """Run the hub until Ctrl-C, SIGTERM or ``/quit`` typed on the server's terminal."""
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    server = BroadcastServer(
+        args.host,
+        args.port,
+        welcome=args.welcome,
+        default_room=args.room,
+        max_clients=args.max_clients,
+        max_per_address=args.max_per_address,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        rate=args.rate,
+        burst=args.burst,
+        idle_timeout=args.idle_timeout,
+        slow_consumer=args.slow_consumer,
+        ssl=context,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _on_signals(loop, stop.set)
+    async with server, Console(prompt="announce> ") as console:
+        scheme = "TLS " if context else ""
+        console.write(
+            f"chatcast server on {scheme}{args.host} port {server.port} "
+            "(type a line to announce it; Ctrl-C to stop)"
+        )
+        tasks = [
+            asyncio.create_task(_operator(console, server, stop)),
+            asyncio.create_task(_show_events(console, server, args.quiet)),
+        ]
+        await stop.wait()
+        console.write("shutting down...")
+        server.close()
+        await server.wait_closed()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0
+
+
+async def _operator(console: Console, server: BroadcastServer, stop: asyncio.Event) -> None:
+    """Lines typed by the operator become announcements; at end of input, keep serving."""
+    while True:
+        line = await console.read_line()
+        if line is None:
+            return  # stdin closed (e.g. run in the background): serve until a signal
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            stop.set()
+            return
+        if line:
+            count = await server.broadcast(line)
+            console.write(f"[server] {line}  (to {count} clients)")
+
+
+async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -> None:
+    async for event in server.events():
+        if event.kind == ANNOUNCEMENT or (quiet and event.kind not in (JOIN, LEAVE, NICK)):
+            continue  # the operator's own announcements are echoed by _operator
+        if event.kind == PRIVATE:
+            console.write(f"[private] {event.sender} -> {event.to}: (not shown)")
+        else:
+            console.write(render_text(event))
+
+
+async def run_client(args: argparse.Namespace) -> int:
+    """Chat until Ctrl-D, ``/quit`` or the server closes the connection."""
+    context: ssl.SSLContext | bool | None = None
+    if args.tls:
+        context = ssl.create_default_context(cafile=args.ca)
+    elif args.ca:
+        raise ValueError("--ca needs --tls")
+    client = BroadcastClient(
+        args.host,
+        args.port,
+        name=args.name,
+        room=args.room,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        ssl=context,
+        reconnect=args.reconnect,
+    )
+    try:
+        await client.connect()
+    except ConnectionClosed as exc:
+        print(f"chatcast: refused: {exc.reason}", file=sys.stderr)
+        return 1
+    except ChatcastError as exc:
+        print(f"chatcast: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _on_signals(loop, stop.set)
+    status = 0
+    async with Console(prompt="> ") as console:
+        console.write(f"{client.welcome}")
+        console.write(f"* you are {client.name} in {client.room} (/help for commands)")
+        incoming = asyncio.create_task(_incoming(console, client))
+        typing = asyncio.create_task(_typing(console, client))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            {incoming, typing, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if incoming in done and incoming.exception() is not None:
+            console.write(f"! {incoming.exception()}")
+            status = 1
+        for task in (incoming, typing, stopper):
+            task.cancel()
+        await asyncio.gather(incoming, typing, stopper, return_exceptions=True)
+        await client.close()
+    return status
+
+
+async def _incoming(console: Console, client: BroadcastClient) -> None:
+    async for message in client:
+        console.write(render_text(message))
+    console.write("* connection closed")
+
+
+async def _typing(console: Console, client: BroadcastClient) -> None:
+    while True:
+        line = await console.read_line()
+        if line is None:
+            return
+        if not line.strip():
+            continue
+        try:
+            if not await _client_command(console, client, line):
+                return
+        except ValueError as exc:
+            console.write(f"! {exc}")
+        except ConnectionClosed as exc:
+            console.write(f"! not sent: {exc.reason}")
+
+
+async def _client_command(console: Console, client: BroadcastClient, line: str) -> bool:
+    """Do what a typed line asks; return False to quit."""
+    if not line.startswith("/") or line.startswith("//"):
+        await client.send(line[1:] if line.startswith("//") else line)
+        return True
+    word, _, rest = line[1:].partition(" ")
+    word, rest = word.lower(), rest.strip()
+    if word in ("quit", "exit"):
+        return False
+    if word == "join" and rest:
+        await client.join(rest)
+    elif word == "nick" and rest:
+        await client.nick(rest)
+    elif word == "msg" and " " in rest:
+        to, text = rest.split(" ", 1)
+        await client.send(text, to=to)
+    elif word == "who":
+        names = await client.who(rest or None)
+        console.write(f"* in {rest or client.room}: {', '.join(names) or '(nobody)'}")
+    elif word == "rooms":
+        rooms = await client.rooms()
+        console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
+    else:
+        console.write(
+            "* commands: /join ROOM, /nick NAME, /msg NAME TEXT, /who [ROOM], /rooms, "
+            "/quit; //text sends a line starting with '/'"
+        )
+    return True
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+    """SIGTERM (and SIGINT) start a graceful stop; asyncio.run alone handles SIGINT only."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: no handlers
+            loop.add_signal_handler(signum, callback)
