@@ -21,19 +21,26 @@ from .exceptions import (
     MessageTooLong,
     ProtocolError,
 )
+from .client import BroadcastClient, ClientStatistics
 from .message import Message
+from .server import BroadcastServer, EventStream, ServerStatistics
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "AuthenticationError",
+    "BroadcastClient",
+    "BroadcastServer",
     "ChannelClosed",
     "ChatcastError",
+    "ClientStatistics",
     "ConnectionClosed",
+    "EventStream",
     "InvalidFrame",
     "LineDecoder",
     "LineTooLong",
     "Message",
     "MessageTooLong",
     "ProtocolError",
+    "ServerStatistics",
     "__version__",
 ]

@@ -81,11 +81,14 @@ class LineDecoder:
         if buffer:
             end = data.find(b"\n")
             if end < 0:
-                buffer += data
-                self._check_partial(out)
+                self._hold(data, out)
                 return out
-            buffer += data[:end]
-            self._emit(bytes(buffer), out)
+            if len(buffer) + end > self.max_line_bytes + 1:
+                # Too long even if it ends in CR: report it without copying it in.
+                out.append(LineTooLong(self.max_line_bytes))
+            else:
+                buffer += data[:end]
+                self._emit(bytes(buffer), out)
             buffer.clear()
             data = data[end + 1 :]
         lines = data.split(b"\n")
@@ -93,16 +96,18 @@ class LineDecoder:
         for line in lines:
             self._emit(line, out)
         if tail:
-            buffer += tail
-            self._check_partial(out)
+            self._hold(tail, out)
         return out
 
     def flush(self) -> str | ProtocolError | None:
         """Take the unfinished frame in the buffer as if its LF had arrived.
 
         Used for peers that send lines without a terminator (the lab's clients), after a
-        silence. Returns ``None`` when nothing is pending.
+        silence. Returns ``None`` when nothing is pending. An over-long frame that was being
+        discarded ends here too: the bytes fed next start a new frame.
         """
+        # As if the LF had arrived: an over-long frame being discarded has ended too.
+        self._discarding = False
         if not self._buffer:
             return None
         out: list[str | ProtocolError] = []
@@ -121,12 +126,17 @@ class LineDecoder:
         except UnicodeDecodeError as exc:
             out.append(InvalidFrame(f"invalid UTF-8 at byte {exc.start}"))
 
-    def _check_partial(self, out: list[str | ProtocolError]) -> None:
+    def _hold(self, data: bytes, out: list[str | ProtocolError]) -> None:
+        # Add ``data`` (no LF in it) to the unfinished frame, or, if that passes the limit,
+        # report it and start discarding; the buffer never grows past limit + 1 bytes.
         # A partial frame of exactly limit + 1 bytes ending in CR may still be a frame at the
         # limit whose LF is in the next packet: keep it (Twisted test_basic.py pins this).
-        size = len(self._buffer)
+        size = len(self._buffer) + len(data)
         limit = self.max_line_bytes
-        if size > limit + 1 or (size == limit + 1 and self._buffer[-1] != 0x0D):
+        last = data[-1:] or self._buffer[-1:]
+        if size > limit + 1 or (size == limit + 1 and last != b"\r"):
             out.append(LineTooLong(limit))
             self._buffer.clear()
             self._discarding = True
+        else:
+            self._buffer += data

@@ -44,7 +44,8 @@ _NAME = re.compile(r"[^\W][\w.\-]*")
 # Reserved: the server's own voice and the default-name pattern's prefix is allowed.
 _RESERVED: Final = frozenset({"server", "system", "chatcast"})
 # C0 controls other than tab and LF, DEL and C1 controls are refused in chat text.
-_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Lone surrogates (U+D800..U+DFFF) cannot be encoded as UTF-8 at all.
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,10 @@ def check_text(text: str) -> str:
         raise InvalidFrame("empty message")
     bad = _BAD_TEXT.search(text)
     if bad is not None:
-        raise InvalidFrame(f"control character U+{ord(bad.group()):04X} is not allowed")
+        char = ord(bad.group())
+        if 0xD800 <= char <= 0xDFFF:
+            raise InvalidFrame(f"lone surrogate U+{char:04X} is not valid text")
+        raise InvalidFrame(f"control character U+{char:04X} is not allowed")
     return text
 
 

@@ -46,6 +46,7 @@ class ConnectionClosed(ChatcastError):
     """
 
     def __init__(self, reason: str = "connection closed") -> None:
+        reason = reason or "connection closed"
         super().__init__(reason)
         self.reason = reason
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -109,7 +110,9 @@ def encode_message(message: Message) -> bytes:
 
 def dump_frame(obj: dict[str, Any]) -> bytes:
     """Encode any JSON-form object as one compact LF-terminated UTF-8 frame."""
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return (
+        json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+    ).encode()
 
 
 def parse_frame(frame: str) -> dict[str, Any]:
@@ -122,13 +125,19 @@ def parse_frame(frame: str) -> dict[str, Any]:
         The object; its ``"type"`` is guaranteed to be a non-empty ``str``.
 
     Raises:
-        InvalidFrame: Not JSON, nested too deeply, not an object, or no string ``"type"``.
+        InvalidFrame: Not JSON, nested too deeply, a string holding a lone surrogate
+            (``"\\ud800"``: not Unicode text), not an object, or no string ``"type"``.
     """
     try:
         obj = json.loads(frame)
     except (ValueError, RecursionError) as exc:
         # RecursionError: "[[[[..." nested past the interpreter's limit.
         raise InvalidFrame(f"not a JSON frame: {_short(exc)}") from None
+    # json.loads turns an unpaired "\ud800" escape into a lone surrogate, which no UTF-8
+    # encoder accepts: relaying it would raise UnicodeEncodeError in whoever re-encodes it
+    # (RFC 8259 section 8.2: such strings have unpredictable behaviour).
+    if _SURROGATE_ESCAPE.search(frame) and _has_lone_surrogate(obj):
+        raise InvalidFrame("a JSON frame must hold valid Unicode (lone surrogate escape)")
     if not isinstance(obj, dict):
         raise InvalidFrame("a JSON frame must be an object")
     kind = obj.get("type")
@@ -146,7 +155,7 @@ def decode_message(frame: str | dict[str, Any]) -> Message:
     """
     obj = parse_frame(frame) if isinstance(frame, str) else frame
     kind = obj.get("type")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidFrame(f"unknown message type {kind!r}")
     text = obj.get("text", "")
     if not isinstance(text, str):
@@ -177,6 +186,28 @@ def _optional_str(obj: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidFrame(f'"{key}" must be a string')
     return value
+
+
+#: An escape in the surrogate range; only then can a parsed frame hold a lone surrogate.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    # Iterative: the object may be nested as deep as json.loads allows.
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _short(exc: BaseException) -> str:
