@@ -81,7 +81,7 @@ class Connection(asyncio.Protocol):
         self.dropped = 0
         self.tokens = 0.0
         self.tokens_at = 0.0
-        self.strikes = 0
+        self.strikes = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -100,6 +100,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         server = self.server
         server._bytes_in += len(data)
+        if self.closing:
+            return  # lingering close: what the peer still sends is discarded
         self.last_rx = server._loop.time()
         self.pinged_at = None
         frames = self.decoder.feed(data)

@@ -508,10 +508,9 @@ class BroadcastServer:
     def _refuse(self, conn: Connection, reason: str) -> None:
         self._rejected += 1
         log.info("refused %s: %s", conn.address, reason)
-        conn.closing = True
         assert conn.transport is not None
         conn.transport.write(f"! {reason}\n".encode())
-        conn.transport.close()
+        self._close_gently(conn)
 
     def _enter_text_mode(self, conn: Connection) -> None:
         """Authenticated text-mode connection: in the default room under a guest name,
@@ -581,11 +580,26 @@ class BroadcastServer:
             if not leave_reason and notice is not None:
                 leave_reason = notice.text
             self._leave_room(conn, leave_reason)
+        self._close_gently(conn)
+
+    def _close_gently(self, conn: Connection) -> None:
+        """Close so that the peer reads everything we wrote, the reason included.
+
+        Closing a socket with unread input makes the kernel send RST, and an RST can make
+        the peer's kernel throw away data it has not read yet: our reason. So: send FIN after
+        the pending output (``write_eof``), discard what the peer still sends, and close when
+        it closes or after a short linger (Apache's "lingering close"). A peer that never
+        reads is aborted after ``close_timeout``, so its buffer is given back.
+        """
+        transport = conn.transport
+        assert transport is not None
         conn.closing = True
         conn.write = _discard
-        transport.close()
-        # close() waits for the buffer to drain, which a peer that never reads never lets
-        # happen: abort after close_timeout so its memory is given back.
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._loop.call_later(min(2.0, self.close_timeout), transport.close)
+        else:
+            transport.close()  # TLS: close_notify, then close
         self._loop.call_later(self.close_timeout, transport.abort)
 
     # -- frames -----------------------------------------------------------------------------
@@ -595,7 +609,7 @@ class BroadcastServer:
         batch: list[str] = []
         for frame in frames:
             if conn.closing:
-                return
+                break
             if type(frame) is not str:
                 self._flush_batch(conn, batch)
                 self._error(conn, str(frame))
@@ -623,15 +637,18 @@ class BroadcastServer:
                 self._unauthenticated(conn, command)
                 continue
             if type(command) is proto.Say and command.to is None:
-                if not self._admit(conn):
-                    continue
-                batch.append(command.text)
+                if self._admit(conn):
+                    batch.append(command.text)
+                elif self._flooding(conn):
+                    break  # relay what was accepted before this, then drop the flooder
                 continue
             self._flush_batch(conn, batch)
             self._command(conn, command)
             if not conn.announced and conn.room and not conn.closing:
                 self._announce(conn)  # any first command ends the silent join grace
         self._flush_batch(conn, batch)
+        if self._flooding(conn) and not conn.closing:
+            self._drop_flooder(conn)
 
     def _maybe_hello(self, conn: Connection, frame: str) -> bool:
         try:
@@ -711,35 +728,48 @@ class BroadcastServer:
         self._disconnect(conn, Message(reason, kind=ERROR))
 
     def _admit(self, conn: Connection) -> bool:
-        """Flood control: take a token from ``conn``'s bucket, or refuse the message."""
+        """Flood control: take a token from ``conn``'s bucket, or refuse the message.
+
+        Refused messages also fill a second, *violation* bucket that drains at ``rate`` per
+        second; a client that fills it past ``4 * burst`` is flooding persistently and is
+        disconnected. Occasional bursts over the limit drain away and are forgiven.
+        """
         rate = self.rate
         if rate is None:
             return True
         now = self._loop.time()
-        tokens = min(self.burst, conn.tokens + (now - conn.tokens_at) * rate)
+        elapsed = now - conn.tokens_at
         conn.tokens_at = now
-        if tokens >= 1.0:
-            conn.tokens = tokens - 1.0
-            conn.strikes = 0
+        conn.tokens = min(self.burst, conn.tokens + elapsed * rate)
+        conn.strikes = max(0.0, conn.strikes - elapsed * rate)
+        if conn.tokens >= 1.0:
+            conn.tokens -= 1.0
             return True
-        conn.tokens = tokens
-        conn.strikes += 1
+        first = conn.strikes < 1.0
+        conn.strikes += 1.0
         self._rate_limited += 1
-        if conn.strikes > 4 * self.burst:
-            self._disconnect(
-                conn, Message("flooding: too many messages over the rate limit", kind=ERROR)
-            )
-        elif conn.strikes == 1:
+        if first and not self._flooding(conn):
             # One error per run of refused messages, not one per message: a flood must not
             # turn into a flood of error frames.
             self._error(conn, f"rate limit ({rate:g}/s) exceeded: message dropped")
         return False
+
+    def _flooding(self, conn: Connection) -> bool:
+        """True once ``conn`` has filled its violation bucket (see :meth:`_admit`)."""
+        return self.rate is not None and conn.strikes > 4 * self.burst
+
+    def _drop_flooder(self, conn: Connection) -> None:
+        self._disconnect(
+            conn, Message("flooding: too many messages over the rate limit", kind=ERROR)
+        )
 
     def _command(self, conn: Connection, command: proto.Command) -> None:
         try:
             if type(command) is proto.Say:
                 if self._admit(conn):
                     self._private(conn, command.text, command.to)
+                elif self._flooding(conn):
+                    self._drop_flooder(conn)
             elif type(command) is proto.Join:
                 self._join(conn, proto.check_name(command.room, "room"))
             elif type(command) is proto.Nick:
@@ -883,7 +913,8 @@ class BroadcastServer:
         The hot path: both wire forms are built once for the whole batch (lazily, only if
         a recipient needs that form) and handed to each transport in one write.
         """
-        if not batch:
+        if not batch or not conn.room:
+            batch.clear()
             return
         if not conn.announced:
             self._announce(conn)
