@@ -19,7 +19,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
