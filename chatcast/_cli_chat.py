@@ -207,7 +207,7 @@ async def run_client(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _on_signals(loop, stop.set)
     status = 0
-    async with Console(prompt="> ") as console:
+    async with Console(prompt=f"{client.name}> ") as console:
         console.write(f"{client.welcome}")
         console.write(f"* you are {client.name} in {client.room} (/help for commands)")
         incoming = asyncio.create_task(_incoming(console, client))
@@ -246,6 +246,7 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
             console.write(f"! {exc}")
         except ConnectionClosed as exc:
             console.write(f"! not sent: {exc.reason}")
+        console.prompt = f"{client.name}> "  # a /nick may have changed it
 
 
 async def _client_command(console: Console, client: BroadcastClient, line: str) -> bool:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable
+from typing import Final
 
 from .client import BroadcastClient
 from .message import ANNOUNCEMENT, JOIN, MESSAGE, render_text
@@ -107,81 +108,77 @@ class _TextClient:
                 return line
 
 
+# Who says what, in order: client1 and client2 are text-mode (raw sockets, like the lab's
+# clients and nc); client3 and client4 are BroadcastClients (JSON mode).
+SCRIPT: Final = [
+    ("client1", "hi"),
+    ("client2", "apa kabar?"),
+    ("client3", "baik, terima kasih"),
+    ("client4", "sampai jumpa"),
+]
+
+
 async def _broadcast_part(say: Callable[[str], None]) -> bool:
     say("")
     async with BroadcastServer("127.0.0.1", 0, join_grace=0.1) as server:
         say(f"== Broadcast: a chat server on 127.0.0.1 port {server.port}, four clients ==")
         events = server.events()
-        joins: set[str] = set()
-        text_clients = []
+        text_clients: dict[str, _TextClient] = {}
         for label in ("client1", "client2"):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             welcome = (await reader.readline()).decode().strip()
             say(f"{label} (text mode, like nc) connected; server says: {welcome}")
             writer.write(f"/nick {label}\n".encode())
-            text_clients.append(_TextClient(label, reader, writer))
-        json_clients = [
-            BroadcastClient("127.0.0.1", server.port, name=f"client{i}") for i in (3, 4)
-        ]
+            text_clients[label] = _TextClient(label, reader, writer)
         async with contextlib.AsyncExitStack() as stack:
-            for client in json_clients:
-                await stack.enter_async_context(client)
-                say(f"{client.name} (BroadcastClient, JSON mode) connected")
-            async for event in events:
+            json_clients: dict[str, BroadcastClient] = {}
+            for label in ("client3", "client4"):
+                client = BroadcastClient("127.0.0.1", server.port, name=label)
+                json_clients[label] = await stack.enter_async_context(client)
+                say(f"{label} (BroadcastClient, JSON mode) connected")
+            joined: set[str] = set()
+            async for event in events:  # wait until all four are in the room
                 if event.kind == JOIN and event.sender:
-                    joins.add(event.sender)
-                if joins >= {"client1", "client2", "client3", "client4"}:
-                    break
+                    joined.add(event.sender)
+                    if len(joined) == 4:
+                        break
             await events.aclose()
+
             say("server announces -> halo")
             await server.broadcast("halo")
-            lines = [
-                (text_clients[0], "hi"),
-                (text_clients[1], "apa kabar?"),
-                (json_clients[0], "baik, terima kasih"),
-                (json_clients[1], "sampai jumpa"),
-            ]
-            for sender, text in lines:
-                if isinstance(sender, _TextClient):
+            for label, text in SCRIPT:
+                if label in text_clients:
                     # client1 sends with no newline, exactly like the lab's send(): the
                     # server takes the line after a short silence.
-                    ending = "" if sender.label == "client1" else "\n"
-                    sender.writer.write((text + ending).encode())
-                    say(
-                        f"{sender.label} -> {text}"
-                        + ("   (sent without a newline)" if not ending else "")
-                    )
+                    ending = "" if label == "client1" else "\n"
+                    text_clients[label].writer.write((text + ending).encode())
+                    note = "   (sent without a newline)" if not ending else ""
+                    say(f"{label} -> {text}{note}")
                 else:
-                    await sender.send(text)
-                    say(f"{sender.name} -> {text}")
-                await asyncio.sleep(0)
-            said = [(getattr(s, "label", None) or getattr(s, "name", "")) for s, _ in lines]
-            expected = {
-                name: ["[server] halo"]
-                + [f"{n}: {t}" for n, (_, t) in zip(said, lines, strict=True) if n != name]
-                for name in said
-            }
+                    await json_clients[label].send(text)
+                    say(f"{label} -> {text}")
+
             received: dict[str, list[str]] = {}
-            for text_client in text_clients:
-                received[text_client.label] = [await text_client.next_chat() for _ in range(4)]
-            for client in json_clients:
-                got = []
-                while len(got) < 4:
+            for label, text_client in text_clients.items():
+                received[label] = [await text_client.next_chat() for _ in range(len(SCRIPT))]
+                text_client.writer.close()
+            for label, client in json_clients.items():
+                got: list[str] = []
+                while len(got) < len(SCRIPT):
                     message = await client.receive()
                     if message.kind in (MESSAGE, ANNOUNCEMENT):
                         got.append(render_text(message))
-                assert client.name is not None
-                received[client.name] = got
-            for text_client in text_clients:
-                text_client.writer.close()
+                received[label] = got
+
         ok = True
-        for name, want in expected.items():
-            got = received[name]
+        for label, got in received.items():
+            want = ["[server] halo"] + [f"{who}: {text}" for who, text in SCRIPT if who != label]
             for line in got:
-                say(f"{name} <- {line}")
-            if sorted(got) != sorted(want) or got[0] != want[0]:
+                say(f"{label} <- {line}")
+            # The announcement comes first; messages from different senders may interleave.
+            if got[0] != want[0] or sorted(got) != sorted(want):
                 ok = False
-                say(f"{name}: expected {want}")
+                say(f"{label}: expected {want}")
         stats = server.statistics()
         say(
             f"broadcast: {stats.messages_in} messages in, {stats.messages_out} delivered, "

@@ -1,0 +1,314 @@
+"""Console in a real terminal emulator: tmux runs the program, the test types and looks.
+
+:class:`TmuxSession` is a small harness meant for reuse (``python -m chatcast client`` in a
+real terminal, say): it runs one command in a detached tmux session on a private tmux server
+(``tmux -L <unique socket>``), types with ``send-keys`` and reads the screen with
+``capture-pane``, polling against a deadline instead of sleeping. Tests skip when tmux (or,
+for job control, bash) is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import timeout
+
+TMUX = shutil.which("tmux")
+BASH = shutil.which("bash")
+
+pytestmark = [
+    pytest.mark.skipif(TMUX is None, reason="tmux is not installed"),
+    pytest.mark.skipif(sys.platform == "win32", reason="tmux needs a POSIX system"),
+]
+
+#: A screen: the pane's lines, top to bottom, trailing blanks removed.
+Screen = list[str]
+
+
+class TmuxSession:
+    """One command running in a detached tmux session, on a tmux server of its own.
+
+    Args:
+        command: The program and its arguments, run directly (no shell) in the only pane.
+            With a single element, tmux runs it with ``sh -c``.
+        columns: Width of the pane.
+        rows: Height of the pane.
+        env: Extra environment variables for the command (and the tmux server).
+        cwd: Working directory of the command.
+
+    The pane stays on screen after the command exits (``remain-on-exit``), so its last output
+    can still be captured; :attr:`exited` tells whether it has. :meth:`close` (or leaving the
+    ``with`` block) kills this server only, with everything running in it.
+
+    Example::
+
+        with TmuxSession([sys.executable, "-m", "chatcast", "client", ...]) as tmux:
+            tmux.wait_for("> ")
+            tmux.type("hello")
+            tmux.send_keys("Enter")
+            tmux.wait_for(lambda screen: "alice: hello" in screen)
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        columns: int = 80,
+        rows: int = 24,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
+        if TMUX is None:
+            raise RuntimeError("tmux is not installed")
+        self.socket = f"chatcast-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        environment = dict(os.environ)
+        environment.pop("TMUX", None)  # we may be running inside tmux ourselves
+        environment.setdefault("TERM", "xterm-256color")  # tmux refuses an unknown TERM
+        environment.update(env or {})
+        self._env = environment
+        # One tmux invocation: the options are set before the command starts, so a command
+        # that exits at once still leaves its pane to capture.
+        self._tmux(
+            *("-f", os.devnull, "start-server", ";"),
+            *("set-option", "-g", "remain-on-exit", "on", ";"),
+            *("set-option", "-g", "status", "off", ";"),
+            *("new-session", "-d", "-s", "main", "-x", str(columns), "-y", str(rows)),
+            *(["-c", str(cwd)] if cwd is not None else []),
+            *command,
+        )
+
+    def _tmux(self, *args: str) -> str:
+        assert TMUX is not None
+        done = subprocess.run(
+            [TMUX, "-L", self.socket, *args],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=timeout(10),
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"tmux {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def type(self, text: str) -> None:
+        """Type ``text`` literally, as if pasted key by key (no key names interpreted)."""
+        self._tmux("send-keys", "-t", "main", "-l", text)
+
+    def send_keys(self, *keys: str) -> None:
+        """Press keys by tmux name: ``"Enter"``, ``"C-c"``, ``"C-z"``, ``"BSpace"``, ``"Up"``."""
+        self._tmux("send-keys", "-t", "main", *keys)
+
+    def capture(self) -> Screen:
+        """The visible pane now: one string per row, trailing spaces and empty rows removed."""
+        lines = [
+            line.rstrip() for line in self._tmux("capture-pane", "-p", "-t", "main").split("\n")
+        ]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    def wait_for(self, expected: str | Callable[[Screen], bool], seconds: float = 5.0) -> Screen:
+        """Poll the screen until it shows ``expected``; return that screen.
+
+        Args:
+            expected: Text that must appear somewhere on the screen, or a predicate of the
+                screen.
+            seconds: The deadline (scaled by ``CHATCAST_TIMEOUT_SCALE``).
+
+        Raises:
+            AssertionError: The deadline passed; the message shows the last screen.
+        """
+        if isinstance(expected, str):
+            text = expected
+            expected = lambda screen: text in "\n".join(screen)  # noqa: E731
+        deadline = time.monotonic() + timeout(seconds)
+        while True:
+            screen = self.capture()
+            if expected(screen):
+                return screen
+            if time.monotonic() > deadline:
+                shown = "\n".join(screen)
+                raise AssertionError(f"screen never showed what was expected:\n{shown}")
+            time.sleep(0.02)  # polling interval, not synchronisation
+
+    @property
+    def exited(self) -> bool:
+        """True once the command has exited."""
+        return self._tmux("display-message", "-p", "-t", "main", "#{pane_dead}").strip() == "1"
+
+    def close(self) -> None:
+        """Kill this tmux server (and the command, if still running); remove its socket."""
+        try:
+            self._tmux("kill-server")
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pass  # already gone
+        socket_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (socket_dir / self.socket).unlink(missing_ok=True)
+
+    def __enter__(self) -> TmuxSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def tmux_session() -> Iterator[Callable[..., TmuxSession]]:
+    """Factory: ``tmux = tmux_session(command, **options)``; every session closed after."""
+    sessions: list[TmuxSession] = []
+
+    def start(command: Sequence[str], **options: object) -> TmuxSession:
+        session = TmuxSession(command, **options)  # type: ignore[arg-type]
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in sessions:
+        session.close()
+
+
+#: The program under test: a Console whose background task prints "incoming N" every
+#: INTERVAL seconds (none if 0) while the main task waits for one typed line, which it then
+#: writes, as repr(), to RESULT. Exits 130 on Ctrl-C, as the chatcast CLI does.
+PROGRAM = """\
+import asyncio, sys
+from chatcast._console import Console
+
+async def main(result, interval):
+    async with Console(prompt="> ") as console:
+        async def incoming():
+            n = 0
+            while True:
+                n += 1
+                console.write(f"incoming {n}")
+                await asyncio.sleep(interval)
+        task = asyncio.create_task(incoming()) if interval else None
+        line = await console.read_line()
+        if task is not None:
+            task.cancel()
+    with open(result, "w", encoding="utf-8") as f:
+        f.write(repr(line))
+    print(f"GOT {line!r}")
+
+try:
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+except KeyboardInterrupt:
+    print("INTERRUPTED")
+    raise SystemExit(130)
+"""
+
+INCOMING = re.compile(r"incoming (\d+)")
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> tuple[Path, Path]:
+    """The program's path and the file it writes the line it read to."""
+    path = tmp_path / "console_program.py"
+    path.write_text(PROGRAM, encoding="utf-8")
+    return path, tmp_path / "result.txt"
+
+
+def wait_result(result: Path, seconds: float = 5.0) -> str:
+    """Poll until the program has written its result file; return its content."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not result.exists() or not result.read_text(encoding="utf-8"):
+        assert time.monotonic() < deadline, "the program never wrote its result"
+        time.sleep(0.02)
+    return result.read_text(encoding="utf-8")
+
+
+def last_counter(screen: Screen) -> int:
+    """The highest N of the "incoming N" lines on the screen (0 if none)."""
+    numbers = [int(m.group(1)) for line in screen if (m := INCOMING.fullmatch(line))]
+    return max(numbers, default=0)
+
+
+def intact(screen: Screen, typed: str) -> bool:
+    """The input line is last and whole, and every line above is one unbroken incoming line."""
+    if not screen or screen[-1] != f"> {typed}".rstrip():
+        return False
+    numbers = []
+    for line in screen[:-1]:
+        match = INCOMING.fullmatch(line)
+        if match is None:
+            return False
+        numbers.append(int(match.group(1)))
+    return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else True
+
+
+def test_incoming_lines_never_break_the_typed_line(
+    tmux_session: Callable[..., TmuxSession], program: tuple[Path, Path]
+) -> None:
+    """Lines printed every few ms stay above the prompt; the half-typed line stays whole."""
+    path, result = program
+    tmux = tmux_session([sys.executable, str(path), str(result), "0.005"], cwd=Path.cwd())
+    tmux.wait_for(lambda screen: last_counter(screen) >= 5)
+    typed = ""
+    for ch in "héllo wor":
+        before = last_counter(tmux.capture())
+        tmux.type(ch)
+        typed += ch
+        # Several incoming lines arrive after each key, and the line being typed survives.
+        tmux.wait_for(lambda s: intact(s, typed) and last_counter(s) >= before + 3)  # noqa: B023
+    screen = tmux.wait_for(lambda s: intact(s, typed) and len(s) == 24)  # the pane is full
+    assert screen[-1] == "> héllo wor"
+    tmux.type("ld")
+    tmux.send_keys("Enter")
+    assert wait_result(result) == repr("héllo world")
+    tmux.wait_for("GOT 'héllo world'")
+
+
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+def test_job_control_and_ctrl_c_hand_the_terminal_back(
+    tmux_session: Callable[..., TmuxSession], program: tuple[Path, Path]
+) -> None:
+    """Ctrl-Z gives the shell a sane terminal, fg resumes editing, Ctrl-C exits restored."""
+    path, result = program
+    tmux = tmux_session(
+        [str(BASH), "--norc", "--noprofile", "-i"],
+        env={"PS1": "$ ", "HISTFILE": os.devnull},
+        cwd=Path.cwd(),
+    )
+    # Prints the terminal's "icanon" and "echo" flags, "-" in front of those that are off.
+    show_mode = "stty -a | tr -s ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | paste -sd' '"
+    tmux.wait_for(lambda s: s[-1:] == ["$"])
+    tmux.type(f"{sys.executable} {path} {result} 0")
+    tmux.send_keys("Enter")
+    tmux.wait_for(lambda s: s[-1:] == [">"])
+    tmux.type("abc")
+    tmux.wait_for(lambda s: s[-1:] == ["> abc"])
+    tmux.send_keys("C-z")
+    tmux.wait_for("Stopped")
+    tmux.type(show_mode)
+    tmux.send_keys("Enter")
+    tmux.wait_for(lambda s: s[-2:] == ["icanon echo", "$"])
+    tmux.type("fg")
+    tmux.send_keys("Enter")
+    tmux.wait_for(lambda s: s[-1:] == ["> abc"])  # the unfinished line is redrawn
+    tmux.type("def")
+    tmux.send_keys("Enter")
+    assert wait_result(result) == repr("abcdef")
+    tmux.wait_for(lambda s: s[-2:] == ["GOT 'abcdef'", "$"])
+
+    result.unlink()
+    tmux.type(f"{sys.executable} {path} {result} 0; {show_mode}")
+    tmux.send_keys("Enter")
+    tmux.wait_for(lambda s: s[-1:] == [">"])
+    tmux.type("xyz")
+    tmux.wait_for(lambda s: s[-1:] == ["> xyz"])
+    tmux.send_keys("C-c")
+    # The typed line stays visible, the program exits by itself (status 130, not killed),
+    # and the terminal it leaves behind is in canonical mode with echo.
+    tmux.wait_for(lambda s: s[-4:] == ["> xyz", "INTERRUPTED", "icanon echo", "$"])
+    assert not result.exists()
