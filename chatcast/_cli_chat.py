@@ -229,6 +229,8 @@ async def run_client(args: argparse.Namespace) -> int:
 async def _incoming(console: Console, client: BroadcastClient) -> None:
     async for message in client:
         console.write(render_text(message))
+        if message.kind == NICK:
+            console.prompt = f"{client.name}> "  # the server confirmed a /nick
     console.write("* connection closed")
 
 
@@ -246,7 +248,6 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
             console.write(f"! {exc}")
         except ConnectionClosed as exc:
             console.write(f"! not sent: {exc.reason}")
-        console.prompt = f"{client.name}> "  # a /nick may have changed it
 
 
 async def _client_command(console: Console, client: BroadcastClient, line: str) -> bool:
