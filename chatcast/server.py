@@ -58,7 +58,7 @@ class ServerStatistics:
     """A snapshot of a server's counters (:meth:`BroadcastServer.statistics`).
 
     Attributes:
-        clients: Connections open now.
+        clients: Connections open now (not counting those being closed).
         rooms: Rooms with at least one member now.
         connections: Connections accepted since start.
         messages_in: Chat messages received from clients (room and private).
@@ -269,6 +269,7 @@ class BroadcastServer:
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
+        self._active = 0  # connections counted against the limits (not closing)
         self._rooms: dict[str, set[Connection]] = {}
         self._names: dict[str, Connection] = {}
         self._guest_counter = 0
@@ -458,7 +459,7 @@ class BroadcastServer:
     def statistics(self) -> ServerStatistics:
         """Return a snapshot of the counters."""
         return ServerStatistics(
-            clients=len(self._connections),
+            clients=self._active,
             rooms=len(self._rooms),
             connections=self._connections_total,
             messages_in=self._messages_in,
@@ -488,10 +489,11 @@ class BroadcastServer:
         conn.tokens_at = now
         ip = conn.address.rpartition(":")[0]
         self._per_address[ip] += 1
+        self._active += 1
         if self._closing:
             self._refuse(conn, "server shutting down")
             return
-        if self.max_clients is not None and len(self._connections) > self.max_clients:
+        if self.max_clients is not None and self._active > self.max_clients:
             self._refuse(conn, f"server full ({self.max_clients} clients)")
             return
         if self.max_per_address is not None and self._per_address[ip] > self.max_per_address:
@@ -529,18 +531,25 @@ class BroadcastServer:
             conn.send(message)  # confirms the join (and the room) to a JSON client
         self._notify_room(conn.room, message, conn)
 
-    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
-        self._connections.discard(conn)
+    def _release(self, conn: Connection) -> None:
+        """Stop counting ``conn`` against the limits: it is closing (or gone). Once only."""
+        if conn.closing:
+            return
+        conn.closing = True
+        self._active -= 1
         ip = conn.address.rpartition(":")[0]
         self._per_address[ip] -= 1
         if self._per_address[ip] <= 0:
             del self._per_address[ip]
+
+    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
+        self._connections.discard(conn)
+        self._release(conn)
         if conn.room:
             reason = "connection lost" if exc is not None else "quit"
             self._leave_room(conn, reason)
         if conn.name and self._names.get(conn.name) is conn:
             del self._names[conn.name]
-        conn.closing = True
         log.debug("connection from %s closed (%s)", conn.address, exc or "clean")
         if not self._connections and self._all_gone is not None:
             self._all_gone.set()
@@ -593,7 +602,7 @@ class BroadcastServer:
         """
         transport = conn.transport
         assert transport is not None
-        conn.closing = True
+        self._release(conn)
         conn.write = _discard
         if transport.can_write_eof():
             transport.write_eof()
@@ -840,6 +849,8 @@ class BroadcastServer:
         conn.room = ""
         if conn.announced:
             conn.announced = False
+            if self._closing:
+                return  # everyone is being told the server is closing: no n^2 leave notices
             self._notify_room(
                 room,
                 Message(reason, sender=conn.name, kind=LEAVE, room=room, timestamp=_now()),
