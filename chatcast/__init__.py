@@ -11,6 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
+from .client import BroadcastClient, ClientStatistics
 from .exceptions import (
     AuthenticationError,
     ChannelClosed,
@@ -21,8 +22,8 @@ from .exceptions import (
     MessageTooLong,
     ProtocolError,
 )
-from .client import BroadcastClient, ClientStatistics
 from .message import Message
+from .multicast import MulticastChannel, MulticastStatistics
 from .server import BroadcastServer, EventStream, ServerStatistics
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "LineTooLong",
     "Message",
     "MessageTooLong",
+    "MulticastChannel",
+    "MulticastStatistics",
     "ProtocolError",
     "ServerStatistics",
     "__version__",

@@ -1,0 +1,253 @@
+"""``chatcast multicast chat|send|receive``: the lab's multicast scripts, done right.
+
+* ``chat``: interactive; typed lines are sent, messages from others are printed above the
+  input line as they arrive.
+* ``send TEXT...``: send one message (the words joined by spaces), or, without TEXT, every
+  non-empty line of stdin, like the lab's ``sender.py``.
+* ``receive [--count N]``: print messages as they arrive, like the lab's ``receiver1.py``;
+  ``--count`` exits after N. A line on stderr says when it is listening.
+
+Everything received is printed through :func:`chatcast.message.render_text` or
+:func:`chatcast.message.sanitize`: control characters from the network never reach the
+terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from ._console import Console
+from .exceptions import MessageTooLong
+from .message import Message, render_text, sanitize
+from .multicast import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_TTL, MulticastChannel
+
+__all__ = ["add_parser", "run_chat", "run_receive", "run_send"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``multicast`` command and its ``chat``, ``send`` and ``receive`` actions."""
+    common = argparse.ArgumentParser(add_help=False)
+    options = common.add_argument_group("multicast options")
+    options.add_argument(
+        "--group", default=DEFAULT_GROUP, help="multicast group (default: %(default)s)"
+    )
+    options.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="UDP port (default: %(default)s)"
+    )
+    options.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_TTL,
+        help="hops datagrams may travel: 0 this host, 1 the local network (default: %(default)s)",
+    )
+    options.add_argument(
+        "--interface",
+        default=None,
+        help="address or name of the interface to use, e.g. 192.168.1.10, eth0, or 127.0.0.1 "
+        "to stay on this host (default: the OS's choice, from the route to the group)",
+    )
+    options.add_argument(
+        "--name",
+        default=None,
+        help="your name on messages you send (default: your login name)",
+    )
+    options.add_argument(
+        "--plain",
+        action="store_true",
+        help="send bare text, as the lab's sender.py (no name); receive: print the text only, "
+        "as the lab's receivers",
+    )
+
+    multicast = commands.add_parser(
+        "multicast",
+        help="chat over UDP multicast (the lab's sender.py and receiver.py)",
+        description=(
+            "Group chat over UDP multicast, with no server: everyone who joins the group "
+            "gets every message. Interoperates with plain UDP programs such as the lab's "
+            "sender.py and receiver1.py."
+        ),
+    )
+    actions = multicast.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    chat = actions.add_parser(
+        "chat",
+        parents=[common],
+        help="interactive chat",
+        description=(
+            "Interactive chat: lines you type are sent to the group; messages from others "
+            "are printed above your input line as they arrive. Ctrl-D leaves."
+        ),
+    )
+    chat.set_defaults(run=run_chat)
+
+    send = actions.add_parser(
+        "send",
+        parents=[common],
+        help="send a message, or lines from stdin",
+        description=(
+            "Send TEXT (the words joined by spaces) as one message; without TEXT, send each "
+            "non-empty line of stdin as a message, until end of input."
+        ),
+    )
+    send.add_argument("text", nargs="*", metavar="TEXT", help="the message")
+    send.set_defaults(run=run_send)
+
+    receive = actions.add_parser(
+        "receive",
+        parents=[common],
+        help="print messages as they arrive",
+        description=(
+            "Print each message received, one per line, until Ctrl-C (or --count messages). "
+            "Datagrams from any UDP program are shown as text from their source address."
+        ),
+    )
+    receive.add_argument(
+        "--count", type=_positive, default=None, metavar="N", help="exit after N messages"
+    )
+    receive.set_defaults(run=run_receive)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _channel(args: argparse.Namespace) -> MulticastChannel:
+    name = args.name if args.name is not None else _login_name()
+    return MulticastChannel(
+        args.group,
+        args.port,
+        interface=args.interface,
+        ttl=args.ttl,
+        name=name,
+        plain=args.plain,
+    )
+
+
+def _login_name() -> str | None:
+    try:
+        return getpass.getuser() or None
+    except (OSError, KeyError, ImportError):  # no login name (containers, odd environments)
+        return None
+
+
+def _where(channel: MulticastChannel, args: argparse.Namespace, *, ttl: bool = True) -> str:
+    interface = args.interface or "the default interface"
+    where = f"{channel.group} port {channel.port} on {interface}"
+    return f"{where}, ttl {channel.ttl}" if ttl else where
+
+
+def _render(message: Message, plain: bool) -> str:
+    return sanitize(message.text, keep_newlines=True) if plain else render_text(message)
+
+
+def _on_sigterm(callback: Callable[[], object]) -> Callable[[], None]:
+    """Run ``callback`` on SIGTERM (where the loop supports it); return the undo."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, callback)
+    except (NotImplementedError, RuntimeError, AttributeError):  # Windows
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    return undo
+
+
+async def run_receive(args: argparse.Namespace) -> int:
+    """Print messages until Ctrl-C, SIGTERM or ``--count`` messages; return 0."""
+    async with _channel(args) as channel:
+        undo = _on_sigterm(channel.close)
+        try:
+            print(
+                f"chatcast: receiving on {_where(channel, args, ttl=False)} (Ctrl-C to stop)",
+                file=sys.stderr,
+                flush=True,
+            )
+            count = 0
+            async for message in channel:
+                print(_render(message, args.plain), flush=True)
+                count += 1
+                if args.count is not None and count >= args.count:
+                    break
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly, and keep Python's final flush of
+            # stdout from complaining again.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        finally:
+            undo()
+    return 0
+
+
+async def run_send(args: argparse.Namespace) -> int:
+    """Send TEXT, or each non-empty line of stdin; return 1 if a line was too long."""
+    async with _channel(args) as channel:
+        if args.text:
+            await channel.send(" ".join(args.text))
+            return 0
+        status = 0
+        async with Console(prompt="send> ") as console:
+            while (line := await console.read_line()) is not None:
+                if not line:
+                    continue  # an empty datagram carries nothing: receivers skip it
+                try:
+                    await channel.send(line)
+                except MessageTooLong as exc:
+                    print(f"chatcast: not sent: {exc}", file=sys.stderr, flush=True)
+                    status = 1
+        return status
+
+
+async def run_chat(args: argparse.Namespace) -> int:
+    """Chat until Ctrl-D, end of input or SIGTERM; return 0, or 1 after a network error."""
+    stop = asyncio.Event()
+    status = 0
+    async with _channel(args) as channel, Console(prompt="> ") as console:
+        undo = _on_sigterm(stop.set)
+        as_whom = "plain text" if channel.plain else (channel.name or "no name")
+        console.write(f"* chatting on {_where(channel, args)} as {as_whom} (Ctrl-D to leave)")
+        tasks = [
+            asyncio.create_task(_show_incoming(console, channel, args.plain)),
+            asyncio.create_task(_send_typed(console, channel)),
+            asyncio.create_task(stop.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    console.write(f"! {task.exception()}")
+                    status = 1
+        finally:
+            undo()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return status
+
+
+async def _show_incoming(console: Console, channel: MulticastChannel, plain: bool) -> None:
+    async for message in channel:
+        console.write(_render(message, plain))
+
+
+async def _send_typed(console: Console, channel: MulticastChannel) -> None:
+    while (line := await console.read_line()) is not None:
+        if not line:
+            continue
+        try:
+            await channel.send(line)
+        except (MessageTooLong, OSError) as exc:
+            console.write(f"! not sent: {exc}")

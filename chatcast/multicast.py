@@ -1,0 +1,703 @@
+"""UDP multicast group chat: :class:`MulticastChannel`.
+
+::
+
+    async with MulticastChannel("224.1.1.1", 5004, interface="127.0.0.1", ttl=2) as channel:
+        await channel.send("halo")
+        message = await channel.receive()       # Message(text=..., sender=...)
+        async for message in channel:
+            ...
+
+A channel sends to a group and receives everything sent to it, from other channels and from
+any UDP program (the lab's ``sender.py``). ``docs/multicast.md`` ("Datagram format") is the
+normative description of what goes on the wire; in short:
+
+* **JSON form** (default): one JSON object per datagram, the object the TCP side uses,
+  ``{"type": "message", "from": ..., "text": ..., "ts": ..., "seq": ..., "instance": ...}``,
+  UTF-8, no terminator. ``instance`` is a random id per channel.
+* **Plain form** (``plain=True``): the text as bare UTF-8, which the lab's receivers print.
+* A received datagram whose first byte is not ``{``, or that is not a JSON object with a
+  string ``"type"``, is a plain-text :class:`~chatcast.message.Message` whose ``sender`` is
+  its source, ``"host:port"``.
+
+Datagrams are unreliable and unordered across senders: the network may drop, duplicate or
+reorder them; a channel adds no retransmission. It never raises on bad input: oversized,
+empty, non-UTF-8 and malformed datagrams are counted in :meth:`~MulticastChannel.statistics`
+and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import secrets
+import socket
+import time
+from typing import Any, Final, Literal
+
+from . import _sockets
+from .exceptions import ChannelClosed, InvalidFrame, MessageTooLong
+from .message import Message, decode_message, dump_frame, parse_frame
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_MAX_DATAGRAM_BYTES",
+    "DEFAULT_PORT",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_RECEIVE_BUFFER_BYTES",
+    "DEFAULT_TTL",
+    "INSTANCE_FIELD",
+    "MulticastChannel",
+    "MulticastStatistics",
+]
+
+logger = logging.getLogger("chatcast.multicast")
+
+#: The lab's group.
+DEFAULT_GROUP: Final = "224.1.1.1"
+#: The lab's port.
+DEFAULT_PORT: Final = 5004
+#: The lab's TTL: two hops.
+DEFAULT_TTL: Final = 2
+#: Largest datagram sent or accepted by default: 8 KiB, which the lab's receivers
+#: (``recv(10240)``) read whole.
+DEFAULT_MAX_DATAGRAM_BYTES: Final = 8192
+#: Messages a channel holds for :meth:`MulticastChannel.receive` by default.
+DEFAULT_QUEUE_SIZE: Final = 1024
+#: Kernel receive buffer asked for by default (4 MiB; see ``docs/multicast.md``).
+DEFAULT_RECEIVE_BUFFER_BYTES: Final = _sockets.DEFAULT_RECEIVE_BUFFER_BYTES
+#: The JSON field that carries the sending channel's instance id.
+INSTANCE_FIELD: Final = "instance"
+
+# UDP payload limits: 65535 - 8 (UDP header) - 20 (IPv4 header); IPv6 has no header in the
+# 16-bit length field, so 65535 - 8 (RFC 8200 without jumbograms).
+_MAX_UDP_PAYLOAD: Final = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+# Datagrams read per wake-up of the event loop's reader: the one asyncio reads, plus up to
+# this many more read straight from the socket (see _Receiver.datagram_received).
+_DRAIN: Final = 63
+# Enough for any UDP datagram, so an oversized one is seen whole and counted, not truncated.
+_RECV_SIZE: Final = 65536
+# "{": only datagrams that start with it are tried as the JSON form.
+_OPEN_BRACE: Final = 0x7B
+# Windows' completion-based loop, where reading ahead would reorder datagrams.
+_PROACTOR: Final[tuple[type, ...]] = tuple(
+    loop_class
+    for loop_class in (getattr(asyncio, "ProactorEventLoop", None),)
+    if loop_class is not None
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MulticastStatistics:
+    """Counters of one :class:`MulticastChannel`, taken at one instant.
+
+    While the channel is open, every datagram read is accounted for exactly once::
+
+        received == own + empty + oversized + invalid + overflowed + delivered + queued
+
+    Attributes:
+        sent: Datagrams handed to the OS by :meth:`~MulticastChannel.send`.
+        received: Datagrams read from the socket, whatever became of them.
+        delivered: Messages returned by :meth:`~MulticastChannel.receive`.
+        queued: Messages waiting in the receive queue now.
+        own: This channel's own datagrams, looped back and skipped (``echo=False``).
+        empty: Empty datagrams (and plain ones holding only a line ending), skipped.
+        oversized: Datagrams over ``max_datagram_bytes``, skipped.
+        invalid: Datagrams that are not UTF-8, or JSON objects with a string ``"type"`` that
+            are not a valid message (unknown type, wrong field types), skipped.
+        overflowed: Messages dropped because the receive queue was full (see ``drop``).
+        errors: Errors the OS reported on the sockets (logged at debug level).
+        receive_buffer_bytes: The kernel receive buffer, as the OS reports it (Linux
+            reports twice what it grants); 0 before the channel is open.
+    """
+
+    sent: int = 0
+    received: int = 0
+    delivered: int = 0
+    queued: int = 0
+    own: int = 0
+    empty: int = 0
+    oversized: int = 0
+    invalid: int = 0
+    overflowed: int = 0
+    errors: int = 0
+    receive_buffer_bytes: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams and messages lost to bad input or a full queue (``own`` not included)."""
+        return self.empty + self.oversized + self.invalid + self.overflowed
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    """The receive side: classifies datagrams into the bounded queue. No awaits, no tasks."""
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        echo: bool,
+        max_bytes: int,
+        max_queue: int,
+        drop_newest: bool,
+    ) -> None:
+        self.instance = instance
+        self.echo = echo
+        self.max_bytes = max_bytes
+        self.max_queue = max_queue
+        self.drop_newest = drop_newest
+        self.own_address: tuple[str, int] = ("", 0)
+        self.sock: socket.socket | None = None
+        self.queue: collections.deque[Message] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.closed: asyncio.Future[None] | None = None
+        self.received = 0
+        self.own = 0
+        self.empty = 0
+        self.oversized = 0
+        self.invalid = 0
+        self.overflowed = 0
+        self.errors = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sock = None
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors += 1
+        logger.debug("receive error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # asyncio's selector transport reads one datagram per event-loop iteration, which
+        # caps a channel at a fraction of what a blocking socket reads in a burst. So, having
+        # been handed one, read what else is waiting straight from the (non-blocking) socket,
+        # at most _DRAIN, so other callbacks still get their turn. Order is kept: these are
+        # the datagrams the transport would have read next. Not with a proactor loop, whose
+        # overlapped read already in flight would take a datagram out of turn.
+        self._handle(data, addr)
+        sock = self.sock
+        if sock is None:
+            return
+        handle = self._handle
+        for _ in range(_DRAIN):
+            try:
+                data, addr = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            handle(data, addr)
+
+    def _handle(self, data: bytes, addr: Any) -> None:
+        # The hot path: one call per datagram; no awaits, no tasks, no logging unless dropped.
+        self.received += 1
+        size = len(data)
+        if size > self.max_bytes:
+            self.oversized += 1
+            logger.debug("skipped a datagram of %d bytes from %s", size, addr)
+            return
+        if not size:
+            self.empty += 1
+            return
+        if addr[1] == self.own_address[1] and addr[0] == self.own_address[0]:
+            # From this channel's own send socket: nobody else can send from that address.
+            if not self.echo:
+                self.own += 1
+                return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self.invalid += 1
+            logger.debug("skipped a datagram that is not UTF-8 from %s", addr)
+            return
+        message: Message | None
+        if data[0] == _OPEN_BRACE:
+            message = self._decode_json(text, addr)
+            if message is None:
+                return
+        else:
+            if text[-1] == "\n":
+                # A terminal's line ending (nc -u, echo | socat): not part of the text.
+                text = text[:-2] if text.endswith("\r\n") else text[:-1]
+                if not text:
+                    self.empty += 1
+                    return
+            message = Message(text=text, sender=_source(addr))
+        queue = self.queue
+        if len(queue) >= self.max_queue:
+            self.overflowed += 1
+            if self.drop_newest:
+                return
+            queue.popleft()
+        queue.append(message)
+        if self.waiters:
+            self.wake_one()
+
+    def _decode_json(self, text: str, addr: Any) -> Message | None:
+        try:
+            obj = parse_frame(text)
+        except InvalidFrame:
+            # "{" typed by a human, or any other non-chatcast datagram: plain text.
+            return Message(text=text, sender=_source(addr))
+        if obj.get(INSTANCE_FIELD) == self.instance and not self.echo:
+            self.own += 1
+            return None
+        try:
+            message = decode_message(obj)
+        except InvalidFrame as exc:
+            self.invalid += 1
+            logger.debug("skipped an invalid JSON datagram from %s: %s", addr, exc)
+            return None
+        if message.sender is None:
+            message = dataclasses.replace(message, sender=_source(addr))
+        return message
+
+    def wake_one(self) -> None:
+        """Wake the longest-waiting receiver, if any."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        """Wake every waiting receiver (the channel is closing)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _Sender(asyncio.DatagramProtocol):
+    """The send side: records errors the transport reports and its flow control."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.errors = 0
+        self.resumed: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+        self.resume_writing()
+
+    def error_received(self, exc: Exception) -> None:
+        # Called from inside sendto() for an immediate failure (send() raises it), or later
+        # for a datagram that had to wait in the transport's buffer (only counted).
+        self.error = exc
+        self.errors += 1
+        logger.debug("send error: %s", exc)
+
+    def pause_writing(self) -> None:
+        if self.resumed is None:
+            self.resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.resumed is not None:
+            if not self.resumed.done():
+                self.resumed.set_result(None)
+            self.resumed = None
+
+
+def _source(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class MulticastChannel:
+    """A group chat over UDP multicast that also talks to plain UDP programs.
+
+    Args:
+        group: The multicast group: IPv4 ``224.0.0.0/4`` (``239.0.0.0/8`` is for
+            organisation-local use) or IPv6 ``ff00::/8`` (link-local ``ff02::`` needs an
+            ``interface``).
+        port: The UDP port, 1-65535.
+        interface: Where to join and send: an address of this host (``"192.168.1.10"``,
+            ``"127.0.0.1"``), an interface name (``"eth0"``), or ``None`` for the OS default
+            (the interface of the route to the group, usually the default route's).
+        ttl: IPv4 TTL / IPv6 hop limit of sent datagrams, 0-255: 0 stays on this host, 1 on
+            the local network, each further hop needs a multicast router. Default 2, as the
+            lab.
+        loopback: Whether receivers on this host get what this channel sends.
+        name: The sender name carried in each datagram (JSON form); ``None`` leaves it out
+            and receivers show the source address instead.
+        plain: Send bare UTF-8 text instead of the JSON form, as the lab's ``sender.py``
+            does (no name, no timestamp). Receiving accepts both forms either way.
+        echo: Hand back this channel's own datagrams from :meth:`receive` when they loop
+            back (they are skipped by default).
+        receive_buffer_bytes: Kernel receive buffer to ask for (default 4 MiB, so a burst is
+            not dropped by the kernel while Python catches up); ``None`` for the OS default.
+        max_datagram_bytes: Largest datagram sent or accepted, 1 up to the UDP limit (65507
+            for IPv4, 65527 for IPv6). Default 8192.
+        max_queue: Messages held for :meth:`receive`, at least 1. Default 1024.
+        drop: What goes when a message arrives to a full queue: ``"oldest"`` (default: the
+            longest-waiting message, so a reader that falls behind sees the newest) or
+            ``"newest"`` (the arriving one, as the kernel does). Counted as ``overflowed``.
+
+    Raises:
+        ValueError: A group that is not multicast, a port or TTL out of range, an unknown
+            interface, or another argument out of range (the message names it).
+        TypeError: An argument of the wrong type.
+
+    Nothing touches the network until :meth:`open` (or ``async with``). A channel is used by
+    one event loop; it may be opened once.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        port: int,
+        *,
+        interface: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        loopback: bool = True,
+        name: str | None = None,
+        plain: bool = False,
+        echo: bool = False,
+        receive_buffer_bytes: int | None = DEFAULT_RECEIVE_BUFFER_BYTES,
+        max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+        max_queue: int = DEFAULT_QUEUE_SIZE,
+        drop: Literal["oldest", "newest"] = "oldest",
+    ) -> None:
+        self._group = _sockets.parse_group(group)
+        family = socket.AF_INET if self._group.version == 4 else socket.AF_INET6
+        self._port = _sockets.check_port(port)
+        self._ttl = _sockets.check_ttl(ttl)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty str or None, got {name!r}")
+        limit = _MAX_UDP_PAYLOAD[family]
+        _check_int("max_datagram_bytes", max_datagram_bytes, 1, limit)
+        _check_int("max_queue", max_queue, 1, None)
+        if receive_buffer_bytes is not None:
+            _check_int("receive_buffer_bytes", receive_buffer_bytes, 1, None)
+        if drop not in ("oldest", "newest"):
+            raise ValueError(f"drop must be 'oldest' or 'newest', got {drop!r}")
+        self._interface = _sockets.resolve_interface(interface, family)
+        if self._interface.index == 0 and _sockets.needs_interface(self._group):
+            raise ValueError(
+                f"the link-local group {group} needs an interface (a name such as 'eth0')"
+            )
+        self._loopback = bool(loopback)
+        self._name = name
+        self._plain = bool(plain)
+        self._echo = bool(echo)
+        self._receive_buffer_bytes = receive_buffer_bytes
+        self._max_datagram_bytes = max_datagram_bytes
+        self._instance = secrets.token_hex(8)
+        self._seq = 0
+        self._sent = 0
+        self._delivered = 0
+        self._granted_buffer = 0
+        self._state: Literal["new", "opening", "open", "closed"] = "new"
+        self._receiver = _Receiver(
+            instance=self._instance,
+            echo=self._echo,
+            max_bytes=max_datagram_bytes,
+            max_queue=max_queue,
+            drop_newest=drop == "newest",
+        )
+        self._sender = _Sender()
+        self._receive_transport: asyncio.DatagramTransport | None = None
+        self._send_transport: asyncio.DatagramTransport | None = None
+        self._local_address: tuple[str, int] | None = None
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def group(self) -> str:
+        """The multicast group, normalised (``"ff05::1"``, ``"224.1.1.1"``)."""
+        return str(self._group)
+
+    @property
+    def port(self) -> int:
+        """The UDP port."""
+        return self._port
+
+    @property
+    def ttl(self) -> int:
+        """The TTL / hop limit of sent datagrams."""
+        return self._ttl
+
+    @property
+    def name(self) -> str | None:
+        """The sender name carried in sent datagrams."""
+        return self._name
+
+    @property
+    def plain(self) -> bool:
+        """True if this channel sends bare text instead of the JSON form."""
+        return self._plain
+
+    @property
+    def instance(self) -> str:
+        """This channel's random instance id, carried in every JSON-form datagram."""
+        return self._instance
+
+    @property
+    def max_datagram_bytes(self) -> int:
+        """The largest datagram sent or accepted, in bytes."""
+        return self._max_datagram_bytes
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """The source (host, port) of this channel's datagrams; ``None`` until open."""
+        return self._local_address
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._state == "closed"
+
+    def __repr__(self) -> str:
+        return (
+            f"<MulticastChannel {_source((self.group, self._port))} on {self._interface} "
+            f"ttl={self._ttl} {self._state}>"
+        )
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the sockets, join the group and start receiving.
+
+        Raises:
+            ChannelClosed: The channel was closed already.
+            RuntimeError: It was opened already.
+            OSError: The OS refused to bind, join or route to the group; nothing is left
+                open.
+        """
+        if self._state == "closed":
+            raise ChannelClosed("the multicast channel is closed")
+        if self._state != "new":
+            raise RuntimeError("the multicast channel was opened already")
+        self._state = "opening"
+        loop = asyncio.get_running_loop()
+        receive_sock = send_sock = None
+        try:
+            receive_sock = _sockets.open_receive_socket(
+                self._group,
+                self._port,
+                self._interface,
+                loopback=self._loopback,
+                receive_buffer_bytes=self._receive_buffer_bytes,
+            )
+            send_sock = _sockets.open_send_socket(
+                self._group, self._port, self._interface, ttl=self._ttl, loopback=self._loopback
+            )
+            own = send_sock.getsockname()
+            self._local_address = self._receiver.own_address = (own[0], own[1])
+            self._granted_buffer = receive_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            receiver, sender = self._receiver, self._sender
+            if not isinstance(loop, _PROACTOR):
+                receiver.sock = receive_sock
+            receive_transport, _ = await loop.create_datagram_endpoint(
+                lambda: receiver, sock=receive_sock
+            )
+            self._receive_transport = receive_transport
+            receive_sock = None  # the transport owns it now
+            send_transport, _ = await loop.create_datagram_endpoint(lambda: sender, sock=send_sock)
+            self._send_transport = send_transport
+            send_sock = None
+        except BaseException:
+            for sock in (receive_sock, send_sock):
+                if sock is not None:
+                    sock.close()
+            self._state = "closed"
+            self._close_transports()
+            raise
+        if self._state != "opening":
+            self._close_transports()
+            raise ChannelClosed("the multicast channel was closed while opening")
+        self._state = "open"
+        logger.info(
+            "joined %s on %s (ttl %d), sending from %s",
+            _source((self.group, self._port)),
+            self._interface,
+            self._ttl,
+            _source(self._local_address),
+        )
+
+    def close(self) -> None:
+        """Close the channel; idempotent, never raises.
+
+        Receivers waiting in :meth:`receive` are woken with :class:`ChannelClosed`; messages
+        still queued are discarded. Datagrams :meth:`send` handed over are still sent.
+        Use :meth:`wait_closed` (or ``async with``) to wait until the sockets are closed.
+        """
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._close_transports()
+        self._receiver.sock = None
+        self._receiver.queue.clear()
+        self._receiver.wake_all()
+        self._sender.resume_writing()
+
+    def _close_transports(self) -> None:
+        for transport in (self._receive_transport, self._send_transport):
+            if transport is not None:
+                transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has released both sockets."""
+        for protocol in (self._receiver, self._sender):
+            if protocol.closed is not None:
+                await protocol.closed
+
+    async def __aenter__(self) -> MulticastChannel:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send(self, text: str) -> None:
+        """Send ``text`` to the group as one datagram.
+
+        Returns once the datagram is handed to the OS, which may still lose it (UDP). Waits
+        only while the OS cannot take more datagrams. If cancelled while waiting, the
+        datagram is still sent.
+
+        Args:
+            text: The text; any length up to the datagram limit, newlines allowed.
+
+        Raises:
+            MessageTooLong: The datagram would be over ``max_datagram_bytes``; nothing sent.
+            ValueError: Empty text in plain mode (an empty datagram carries nothing and
+                receivers skip it), or text that cannot be encoded (lone surrogates).
+            TypeError: ``text`` is not a ``str``.
+            ChannelClosed: The channel is closed.
+            RuntimeError: The channel was never opened.
+            OSError: The OS refused the datagram (``ENETUNREACH``, ``EPERM``...); the channel
+                stays open.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        transport = self._send_transport
+        if self._state == "closed":
+            raise ChannelClosed("the multicast channel is closed")
+        if transport is None:
+            raise RuntimeError("open the channel first: async with MulticastChannel(...)")
+        data = self._encode(text)
+        sender = self._sender
+        sender.error = None
+        transport.sendto(data)
+        if sender.error is not None:
+            error, sender.error = sender.error, None
+            raise error
+        self._sent += 1
+        if sender.resumed is not None:
+            await asyncio.shield(sender.resumed)
+
+    def _encode(self, text: str) -> bytes:
+        if self._plain:
+            if not text:
+                raise ValueError("plain mode cannot send an empty text")
+            data = text.encode()
+        else:
+            wire = Message(
+                text=text, sender=self._name, timestamp=time.time(), seq=self._seq + 1
+            ).to_wire()
+            wire[INSTANCE_FIELD] = self._instance
+            data = dump_frame(wire)[:-1]  # a datagram needs no line terminator
+        if len(data) > self._max_datagram_bytes:
+            raise MessageTooLong(len(data), self._max_datagram_bytes)
+        if not self._plain:
+            self._seq += 1
+        return data
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        """Return the next message, waiting for one if none is queued.
+
+        Messages come in the order their datagrams arrived. Cancellation-safe: a receive
+        that is cancelled takes no message from the queue. Several tasks may wait at once;
+        each message goes to one of them.
+
+        Raises:
+            ChannelClosed: The channel is closed, or was closed while waiting.
+            RuntimeError: The channel was never opened.
+        """
+        receiver = self._receiver
+        queue = receiver.queue
+        while not queue:
+            if self._state == "closed":
+                raise ChannelClosed("the multicast channel is closed")
+            if self._state == "new":
+                raise RuntimeError("open the channel first: async with MulticastChannel(...)")
+            waiter = asyncio.get_running_loop().create_future()
+            receiver.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in receiver.waiters:
+                    receiver.waiters.remove(waiter)
+                elif queue:
+                    receiver.wake_one()  # we were woken for a message we will not take
+                raise
+        self._delivered += 1
+        return queue.popleft()
+
+    def receive_nowait(self) -> Message | None:
+        """Return the next queued message, or ``None`` if none is queued now.
+
+        Raises:
+            ChannelClosed: The channel is closed.
+        """
+        if self._state == "closed":
+            raise ChannelClosed("the multicast channel is closed")
+        if not self._receiver.queue:
+            return None
+        self._delivered += 1
+        return self._receiver.queue.popleft()
+
+    def __aiter__(self) -> MulticastChannel:
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next message; the iteration ends when the channel is closed."""
+        try:
+            return await self.receive()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def statistics(self) -> MulticastStatistics:
+        """Return the channel's counters now (see :class:`MulticastStatistics`)."""
+        r = self._receiver
+        return MulticastStatistics(
+            sent=self._sent,
+            received=r.received,
+            delivered=self._delivered,
+            queued=len(r.queue),
+            own=r.own,
+            empty=r.empty,
+            oversized=r.oversized,
+            invalid=r.invalid,
+            overflowed=r.overflowed,
+            errors=r.errors + self._sender.errors,
+            receive_buffer_bytes=self._granted_buffer,
+        )
+
+
+def _check_int(what: str, value: object, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{what} must be {allowed}, got {value}")

@@ -1,0 +1,23 @@
+# fmt: off
+# The lab's receiver2.py (Modul 11 report), code verbatim. It joins on the OS's default
+# interface: run it only inside a network namespace (tests/test_multicast_netns.py does).
+import socket
+import struct
+
+MCAST_GRP = '224.1.1.1'
+
+MCAST_PORT = 5004
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+sock.bind(('', MCAST_PORT))
+
+mreq = struct.pack("4sl", socket.inet_aton(MCAST_GRP), socket.INADDR_ANY)
+
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+
+while True:
+
+    print(sock.recv(10240).decode('utf-8'))
