@@ -84,6 +84,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     server.add_argument(
         "--quiet", action="store_true", help="do not print joins, leaves and messages"
     )
+    server.add_argument(
+        "--backplane",
+        metavar="URL",
+        default=None,
+        help="join other servers through Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(needs: pip install 'chatcast[redis]')",
+    )
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run N server processes on one port (SO_REUSEPORT), joined by --backplane",
+    )
+    server.add_argument(
+        "--reuse-port", action="store_true", help="set SO_REUSEPORT (share the port with others)"
+    )
+    server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
 
     client = commands.add_parser(
@@ -111,6 +128,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 async def run_server(args: argparse.Namespace) -> int:
     """Run the hub until Ctrl-C, SIGTERM or ``/quit`` typed on the server's terminal."""
+    if args.workers != 1:
+        from ._workers import run_workers
+
+        return await run_workers(args)
+    backplane = None
+    if args.backplane:
+        from .backplane import RedisBackplane
+
+        backplane = RedisBackplane(args.backplane)
     context = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -130,14 +156,27 @@ async def run_server(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         slow_consumer=args.slow_consumer,
         ssl=context,
+        reuse_port=args.reuse_port,
+        backplane=backplane,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(loop, stop.set)
+    if args.worker:  # one of --workers N: its stdin is the parent's announcements, if any
+        async with server, Console(prompt="") as console:
+            print(f"worker ready pid {os.getpid()} port {server.port}", flush=True)
+            operator = asyncio.create_task(_operator(console, server, stop))
+            await stop.wait()
+            server.close()
+            await server.wait_closed()
+            operator.cancel()
+            await asyncio.gather(operator, return_exceptions=True)
+        return 0
     async with server, Console(prompt="announce> ") as console:
         scheme = "TLS " if context else ""
+        joined = f", backplane {args.backplane}" if args.backplane else ""
         console.write(
-            f"chatcast server on {scheme}{args.host} port {server.port} "
+            f"chatcast server on {scheme}{args.host} port {server.port}{joined} "
             "(type a line to announce it; Ctrl-C to stop)"
         )
         tasks = [

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._framing import LineDecoder
+from .exceptions import ProtocolError
 from .message import ERROR, Message, dump_frame, render_text
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Connection(asyncio.Protocol):
         "backlog_bytes",
         "closing",
         "decoder",
+        "deferred",
         "dropped",
         "first_frame",
         "flush_handle",
@@ -62,6 +64,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: BroadcastServer) -> None:
         self.server = server
         self.decoder = LineDecoder(server.max_line_bytes)
+        # Frames waiting while an asynchronous step (a cluster-wide name claim) completes.
+        self.deferred: list[str | ProtocolError] | None = None
         self.transport: asyncio.Transport | None = None
         self.write: Callable[[bytes], object] = _discard
         self.address = "?"
@@ -104,9 +108,10 @@ class Connection(asyncio.Protocol):
             return  # lingering close: what the peer still sends is discarded
         self.last_rx = server._loop.time()
         self.pinged_at = None
-        frames = self.decoder.feed(data)
-        if frames:
-            server._handle_frames(self, frames)
+        if not server._receive_text(self, data):
+            frames = self.decoder.feed(data)
+            if frames:
+                server._handle_frames(self, frames)
         if not self.json and self.decoder.pending and self.flush_handle is None:
             # Text mode: a partial line followed by a silence is a message (the lab's
             # clients send() without a newline).

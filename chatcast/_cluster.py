@@ -1,0 +1,234 @@
+"""The glue between a :class:`~chatcast.server.BroadcastServer` and its backplane.
+
+The server calls in here only when it has a backplane. Outgoing, each room batch, notice,
+announcement and remote private message becomes one :class:`~chatcast.backplane.Envelope`.
+Incoming, an envelope from another server is fanned out to this server's own members, encoded
+once per wire form, exactly as a local batch is.
+
+Who is where on the other servers is kept as a local replica (``remote``: name to room),
+updated by the join, leave and nick envelopes and refreshed from the backplane every few
+seconds, so ``/who``, private-message routing and the taken-name check stay synchronous.
+Only *claiming* a name asks the backplane (Redis decides who gets it); while that answer is on
+its way the connection's reading is paused and any frames already read wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from . import backplane as bp
+from .message import ANNOUNCEMENT, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from .server import BroadcastServer
+
+__all__ = ["Cluster"]
+
+log = logging.getLogger("chatcast.server")
+
+_NOTICES = {JOIN: bp.JOIN, LEAVE: bp.LEAVE, NICK: bp.NICK}
+
+
+class Cluster:
+    """A server's view of the other servers on its backplane."""
+
+    def __init__(self, server: BroadcastServer, backplane: bp.Backplane) -> None:
+        self.server = server
+        self.backplane = backplane
+        self.origin = backplane.server_id
+        #: Names on other servers, and their rooms (a replica; see the module docstring).
+        self.remote: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        backplane.attach(self._deliver, self._state_changed)
+
+    async def start(self) -> None:
+        await self.backplane.start()
+        await self._refresh()
+        self._spawn(self._refresh_forever())
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        await self.backplane.close()
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    def batch(self, sender: str, room: str, texts: list[str], timestamp: float) -> None:
+        self.backplane.publish(
+            bp.Envelope(self.origin, bp.BATCH, room, sender, tuple(texts), ts=timestamp)
+        )
+
+    def notice(self, message: Message) -> None:
+        """Publish a join, leave or nick notice (other kinds are not notices)."""
+        kind = _NOTICES.get(message.kind)
+        if kind is not None:
+            self.backplane.publish(
+                bp.Envelope(
+                    self.origin,
+                    kind,
+                    message.room,
+                    message.sender,
+                    (message.text,),
+                    ts=message.timestamp,
+                )
+            )
+
+    def announcement(self, message: Message) -> None:
+        self.backplane.publish(
+            bp.Envelope(
+                self.origin,
+                bp.ANNOUNCEMENT,
+                message.room,
+                "server",
+                (message.text,),
+                ts=message.timestamp,
+            )
+        )
+
+    def private(self, message: Message) -> bool:
+        """Send a private message to a name on another server; False if nobody has it."""
+        if message.to not in self.remote:
+            return False
+        self.backplane.publish(
+            bp.Envelope(
+                self.origin,
+                bp.PRIVATE,
+                None,
+                message.sender,
+                (message.text,),
+                to=message.to,
+                ts=message.timestamp,
+            )
+        )
+        return True
+
+    def moved(self, name: str, room: str) -> None:
+        self.backplane.moved(name, room)
+
+    def release(self, name: str) -> None:
+        self.backplane.release(name)
+
+    def guest_suffix(self) -> str:
+        """Guest names carry part of the server id, so two servers never hand out the same."""
+        return "-" + self.origin[:6]
+
+    # -- asynchronous name claims -----------------------------------------------------------
+
+    def claim(self, conn: Connection, name: str, room: str, then: Callable[[bool], None]) -> None:
+        """Claim ``name`` cluster-wide, then call ``then(claimed)``.
+
+        Reading from ``conn`` is paused meanwhile; frames already decoded are kept in
+        ``conn.deferred`` by the server and handled, in order, after ``then``.
+        """
+        if name in self.remote:
+            then(False)
+            return
+        conn.deferred = []
+        if conn.transport is not None:
+            conn.transport.pause_reading()
+
+        async def run() -> None:
+            try:
+                claimed = await self.backplane.claim(name, room)
+            except Exception as exc:  # the backplane decides locally when Redis is away
+                log.warning("name claim for %r failed: %s", name, exc)
+                claimed = False
+            deferred, conn.deferred = conn.deferred or [], None
+            if conn.closing:
+                if claimed:
+                    self.backplane.release(name)
+                return
+            if conn.transport is not None:
+                conn.transport.resume_reading()
+            then(claimed)
+            if deferred and not conn.closing:
+                self.server._handle_frames(conn, deferred)
+
+        self._spawn(run())
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    def _deliver(self, envelope: bp.Envelope) -> None:
+        server = self.server
+        kind = envelope.kind
+        if kind == bp.BATCH:
+            if envelope.room is not None and envelope.sender is not None:
+                server._relay_remote(
+                    envelope.sender, envelope.room, list(envelope.texts), envelope.ts or 0.0
+                )
+            return
+        text = envelope.texts[0] if envelope.texts else ""
+        if kind == bp.PRIVATE:
+            target = server._names.get(envelope.to or "")
+            if target is not None and not target.closing:
+                message = Message(
+                    text,
+                    sender=envelope.sender,
+                    kind=PRIVATE,
+                    to=envelope.to,
+                    timestamp=envelope.ts,
+                )
+                server._deliver_private(target, message)
+            return
+        if kind == bp.ANNOUNCEMENT:
+            message = Message(
+                text, sender="server", kind=ANNOUNCEMENT, room=envelope.room, timestamp=envelope.ts
+            )
+            server._announce_locally(message)
+            return
+        # A notice: keep the replica of who is where, then tell the room here.
+        sender = envelope.sender or ""
+        room = envelope.room or ""
+        if kind == bp.JOIN:
+            self.remote[sender] = room
+            message = Message("", sender=sender, kind=JOIN, room=room, timestamp=envelope.ts)
+        elif kind == bp.LEAVE:
+            if self.remote.get(sender) == room:
+                del self.remote[sender]
+            message = Message(text, sender=sender, kind=LEAVE, room=room, timestamp=envelope.ts)
+        else:
+            self.remote.pop(sender, None)
+            self.remote[text] = room
+            message = Message(text, sender=sender, kind=NICK, room=room, timestamp=envelope.ts)
+        server._notify_room(room, message, None, remote=True)
+
+    def _state_changed(self, state: str, detail: str) -> None:
+        text = (
+            "backplane reconnected and resynced" if state == "up" else f"backplane down: {detail}"
+        )
+        self.server._publish(Message(text, sender="backplane", kind=INFO))
+        if state == "up":
+            self._spawn(self._refresh())
+
+    async def _refresh(self) -> None:
+        """Replace the replica with what the backplane says now (drops servers that died)."""
+        try:
+            presence = await self.backplane.presence()
+        except Exception as exc:
+            log.debug("presence refresh failed: %s", exc)
+            return
+        local = self.server._names
+        self.remote = {name: room for name, room in presence.items() if name not in local}
+
+    async def _refresh_forever(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(5.0)
+            await self._refresh()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cluster task failed", exc_info=task.exception())

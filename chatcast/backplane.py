@@ -1,0 +1,485 @@
+"""Backplanes: several :class:`~chatcast.server.BroadcastServer` s acting as one chat.
+
+A backplane carries what happens in rooms from each server to all the others. chatcast does not
+invent a cluster protocol: :class:`RedisBackplane` uses Redis pub/sub for events and a Redis hash
+for who is where, as Socket.IO's Redis adapter, Django Channels and SignalR do.
+
+Guarantees (``docs/scaling.md``):
+
+* Each batch of room messages crosses Redis **once per server**, not once per client; every
+  server fans it out to its own members. A server ignores its own envelopes, so nothing is
+  delivered twice.
+* Per sender, order is kept on every server.
+* **At most once across servers.** While Redis is unreachable, local rooms keep working;
+  envelopes that cannot cross are dropped and counted (``failures``), and names are claimed
+  locally only. When Redis returns, the server re-registers its names and carries on.
+
+The core of chatcast stays stdlib-only: this module imports ``redis`` only when a
+:class:`RedisBackplane` is created (``pip install chatcast[redis]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane"]
+
+log = logging.getLogger("chatcast.backplane")
+
+#: Envelope kinds.
+BATCH: Final = "batch"  # room messages: texts from one sender in one room
+PRIVATE: Final = "private"
+ANNOUNCEMENT: Final = "announcement"
+JOIN: Final = "join"
+LEAVE: Final = "leave"
+NICK: Final = "nick"
+_KINDS: Final = frozenset({BATCH, PRIVATE, ANNOUNCEMENT, JOIN, LEAVE, NICK})
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One event crossing the backplane, from the server ``origin``.
+
+    Attributes:
+        origin: The id of the server it comes from.
+        kind: ``"batch"`` (room messages), ``"private"``, ``"announcement"``, ``"join"``,
+            ``"leave"`` or ``"nick"``.
+        room: The room, where there is one.
+        sender: The sender's name (the old name, for ``"nick"``).
+        texts: The texts (one per message for a batch; the new name for ``"nick"``; the
+            reason for ``"leave"``).
+        to: The recipient of a private message.
+        ts: The server's timestamp.
+    """
+
+    origin: str
+    kind: str
+    room: str | None = None
+    sender: str | None = None
+    texts: tuple[str, ...] = ()
+    to: str | None = None
+    ts: float | None = None
+
+    def encode(self) -> bytes:
+        """The wire form: one compact JSON object."""
+        obj: dict[str, Any] = {"o": self.origin, "k": self.kind, "t": list(self.texts)}
+        for key, value in (("r", self.room), ("s", self.sender), ("to", self.to), ("ts", self.ts)):
+            if value is not None:
+                obj[key] = value
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> Envelope:
+        """Parse the wire form.
+
+        Raises:
+            ValueError: Not an envelope (bad JSON, unknown kind, wrong field types).
+        """
+        obj = json.loads(data)
+        if not isinstance(obj, dict) or obj.get("k") not in _KINDS:
+            raise ValueError("not a chatcast envelope")
+        texts = obj.get("t", [])
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("envelope texts must be strings")
+        fields = {key: obj.get(key) for key in ("o", "r", "s", "to")}
+        if not isinstance(fields["o"], str) or not all(
+            value is None or isinstance(value, str) for value in fields.values()
+        ):
+            raise ValueError("envelope fields must be strings")
+        ts = obj.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+            raise ValueError("envelope ts must be a number")
+        return cls(
+            origin=fields["o"],
+            kind=obj["k"],
+            room=fields["r"],
+            sender=fields["s"],
+            texts=tuple(texts),
+            to=fields["to"],
+            ts=None if ts is None else float(ts),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BackplaneStatistics:
+    """A snapshot of a backplane's counters.
+
+    Attributes:
+        connected: Whether the backplane is connected to its engine now.
+        published: Envelopes published.
+        received: Envelopes received from other servers.
+        failures: Envelopes that could not cross (engine down, queue full): lost for the
+            other servers (at most once).
+        reconnects: Times the connection was re-established after a loss.
+    """
+
+    connected: bool
+    published: int
+    received: int
+    failures: int
+    reconnects: int
+
+
+#: What the server gives a backplane to call: deliver an envelope from another server, and
+#: report a state change ("down", "up": reconnected and resynced).
+Deliver = Callable[[Envelope], None]
+StateChanged = Callable[[str, str], None]
+
+
+class Backplane:
+    """The interface a :class:`~chatcast.server.BroadcastServer` uses; subclass to add an engine.
+
+    Every method that the server calls from its protocol callbacks (:meth:`publish`,
+    :meth:`moved`, :meth:`release`) returns at once and never raises: they queue work for the
+    backplane's own task. :meth:`claim`, :meth:`names` and :meth:`lookup` are coroutines the
+    server awaits outside the hot path.
+    """
+
+    def __init__(self) -> None:
+        #: This server's id on the backplane (random, unique).
+        self.server_id = uuid.uuid4().hex[:12]
+        self._deliver: Deliver = lambda envelope: None
+        self._state_changed: StateChanged = lambda state, detail: None
+
+    def attach(self, deliver: Deliver, state_changed: StateChanged) -> None:
+        """Called by the server before :meth:`start`."""
+        self._deliver = deliver
+        self._state_changed = state_changed
+
+    async def start(self) -> None:
+        """Connect and start carrying envelopes."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop; release this server's names."""
+        raise NotImplementedError
+
+    def publish(self, envelope: Envelope) -> None:
+        """Queue ``envelope`` for every other server. Never waits, never raises."""
+        raise NotImplementedError
+
+    async def claim(self, name: str, room: str) -> bool:
+        """Take ``name`` for a client of this server in ``room``; False if taken elsewhere."""
+        raise NotImplementedError
+
+    def moved(self, name: str, room: str) -> None:
+        """Record that ``name`` (ours) is now in ``room``."""
+        raise NotImplementedError
+
+    def release(self, name: str) -> None:
+        """Give ``name`` (ours) back."""
+        raise NotImplementedError
+
+    async def presence(self) -> dict[str, str]:
+        """Every name held by a live server (this one included), with its room."""
+        raise NotImplementedError
+
+    def statistics(self) -> BackplaneStatistics:
+        """Return a snapshot of the counters."""
+        raise NotImplementedError
+
+
+# Compare-and-delete: drop a name only if this server owns it.
+_RELEASE_SCRIPT: Final = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value and string.sub(value, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '|' then
+    return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+class RedisBackplane(Backplane):
+    """A backplane on Redis: pub/sub for events, a hash for names.
+
+    Args:
+        url: The Redis URL, e.g. ``"redis://127.0.0.1:6379/0"``.
+        prefix: Key and channel prefix; servers with the same prefix form one chat.
+        queue_size: Envelopes held while the publisher catches up; beyond it they are
+            dropped and counted as failures.
+        heartbeat: Seconds between this server's liveness refreshes; a server not heard from
+            for three heartbeats is dead and its names are free again.
+
+    Raises:
+        ImportError: redis-py is not installed (``pip install chatcast[redis]``).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "chatcast",
+        queue_size: int = 10000,
+        heartbeat: float = 5.0,
+    ) -> None:
+        super().__init__()
+        try:
+            import redis.asyncio  # noqa: F401  (checked here, used in start())
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "RedisBackplane needs redis-py: pip install 'chatcast[redis]'"
+            ) from exc
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not heartbeat > 0:
+            raise ValueError(f"heartbeat must be > 0 seconds, got {heartbeat}")
+        self.url = url
+        self.prefix = prefix
+        self.heartbeat = heartbeat
+        self._channel = f"{prefix}:events"
+        self._names_key = f"{prefix}:names"
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(queue_size)
+        self._local: dict[str, str] = {}  # our names -> room, for resync
+        self._redis: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = False
+        self._closing = False
+        self._published = 0
+        self._received = 0
+        self._failures = 0
+        self._reconnects = 0
+
+    def _server_key(self, server_id: str) -> str:
+        return f"{self.prefix}:server:{server_id}"
+
+    async def start(self) -> None:
+        """Connect to Redis and start the publisher, subscriber and heartbeat tasks.
+
+        Starts even when Redis is down (local rooms work; the backplane keeps retrying).
+        """
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        # One immediate retry on a broken connection: after Redis restarts, the pool's old
+        # connections are dead and the first command on each would otherwise be lost.
+        self._redis = aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=5,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+        )
+        ready = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._subscriber(ready), name="chatcast-backplane-sub"),
+            asyncio.create_task(self._publisher(), name="chatcast-backplane-pub"),
+            asyncio.create_task(self._beat(), name="chatcast-backplane-beat"),
+        ]
+        # Wait briefly for the first subscription so that a server started next to others
+        # hears them from its first client on; carry on regardless if Redis is down.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                await ready.wait()
+
+    async def close(self) -> None:
+        """Stop the tasks, give back this server's names, and disconnect."""
+        self._closing = True
+        # redis-py can turn a cancellation inside its reconnect path into a ConnectionError;
+        # the loops also stop on _closing, and the wait is bounded either way.
+        pending = set(self._tasks)
+        for _ in range(3):
+            for task in pending:
+                task.cancel()
+            if not pending:
+                break
+            _, pending = await asyncio.wait(pending, timeout=1)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    for name in list(self._local):
+                        await self._redis.eval(
+                            _RELEASE_SCRIPT, 1, self._names_key, name, self.server_id
+                        )
+                    await self._redis.delete(self._server_key(self.server_id))
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._redis.aclose()
+        self._connected = False
+
+    # -- queued work --------------------------------------------------------------------
+
+    def publish(self, envelope: Envelope) -> None:
+        self._enqueue("publish", envelope.encode())
+
+    def moved(self, name: str, room: str) -> None:
+        self._local[name] = room
+        self._enqueue("hset", (name, f"{self.server_id}|{room}"))
+
+    def release(self, name: str) -> None:
+        self._local.pop(name, None)
+        self._enqueue("release", name)
+
+    def _enqueue(self, op: str, payload: Any) -> None:
+        if self._closing:
+            return
+        if not self._connected and op == "publish":
+            self._failures += 1  # Redis is down: at most once, counted
+            return
+        try:
+            self._queue.put_nowait((op, payload))
+        except asyncio.QueueFull:
+            self._failures += 1
+
+    async def _publisher(self) -> None:
+        """Run queued operations in order, pipelining whatever has piled up."""
+        while not self._closing:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 512:
+                batch.append(self._queue.get_nowait())
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for op, payload in batch:
+                        if op == "publish":
+                            pipe.publish(self._channel, payload)
+                        elif op == "hset":
+                            pipe.hset(self._names_key, payload[0], payload[1])
+                        else:  # release: compare-and-delete, rare enough for EVAL
+                            pipe.eval(_RELEASE_SCRIPT, 1, self._names_key, payload, self.server_id)
+                    await pipe.execute()
+                self._published += sum(1 for op, _ in batch if op == "publish")
+            except Exception as exc:  # redis-py raises many types; all mean "did not cross"
+                lost = sum(1 for op, _ in batch if op == "publish")
+                self._failures += lost
+                log.warning("backplane: %d envelopes lost: %s", lost, exc)
+
+    # -- claims and lookups ---------------------------------------------------------------
+
+    async def claim(self, name: str, room: str) -> bool:
+        value = f"{self.server_id}|{room}"
+        if not self._connected:
+            self._local[name] = room  # degraded: unique on this server only until resync
+            return True
+        try:
+            if await self._redis.hsetnx(self._names_key, name, value):
+                self._local[name] = room
+                return True
+            owner = await self._redis.hget(self._names_key, name)
+            owner_id = owner.decode().split("|", 1)[0] if owner else ""
+            if owner_id == self.server_id or not await self._redis.exists(
+                self._server_key(owner_id)
+            ):
+                # Ours already, or left behind by a server that died: take it.
+                await self._redis.hset(self._names_key, name, value)
+                self._local[name] = room
+                return True
+            return False
+        except Exception as exc:
+            log.warning("backplane: claim of %r made locally only: %s", name, exc)
+            self._local[name] = room
+            return True
+
+    async def presence(self) -> dict[str, str]:
+        """Every name held by a live server, with its room (this server's own when down).
+
+        Raises:
+            Exception: Whatever redis-py raises when Redis cannot be asked.
+        """
+        if not self._connected:
+            return dict(self._local)
+        raw = await self._redis.hgetall(self._names_key)
+        entries = {k.decode(): v.decode().split("|", 1) for k, v in raw.items()}
+        servers = sorted({server for server, _ in entries.values()})
+        alive = {self.server_id}
+        if servers:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for server in servers:
+                    pipe.exists(self._server_key(server))
+                results = await pipe.execute()
+            alive.update(s for s, ok in zip(servers, results, strict=True) if ok)
+        return {
+            name: where[1] if len(where) > 1 else ""
+            for name, where in entries.items()
+            if where[0] in alive
+        }
+
+    def statistics(self) -> BackplaneStatistics:
+        return BackplaneStatistics(
+            connected=self._connected,
+            published=self._published,
+            received=self._received,
+            failures=self._failures,
+            reconnects=self._reconnects,
+        )
+
+    # -- background tasks -----------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        """Keep this server's liveness key fresh."""
+        while not self._closing:
+            with contextlib.suppress(Exception):
+                await self._redis.set(
+                    self._server_key(self.server_id), b"1", ex=max(1, round(3 * self.heartbeat))
+                )
+            await asyncio.sleep(self.heartbeat)
+
+    async def _subscriber(self, ready: asyncio.Event) -> None:
+        """Receive envelopes; on a lost connection retry with backoff, then resync."""
+        delay = 0.1
+        first = True
+        while not self._closing:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                await self._resync()
+                self._connected = True
+                delay = 0.1
+                if first:
+                    first = False
+                else:
+                    self._reconnects += 1
+                    log.warning("backplane: reconnected to %s and resynced", self.url)
+                    self._state_changed("up", "reconnected and resynced")
+                ready.set()
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._receive(message["data"])
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await pubsub.aclose()
+                raise
+            except Exception as exc:
+                if self._connected or first:
+                    log.warning("backplane: lost %s (%s); retrying", self.url, exc)
+                    if self._connected:
+                        self._state_changed("down", str(exc))
+                self._connected = False
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await pubsub.aclose()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(5.0, delay * 2)
+
+    async def _resync(self) -> None:
+        """Re-register our names and liveness (Redis may have restarted empty)."""
+        await self._redis.set(
+            self._server_key(self.server_id), b"1", ex=max(1, round(3 * self.heartbeat))
+        )
+        if self._local:
+            await self._redis.hset(
+                self._names_key,
+                mapping={name: f"{self.server_id}|{room}" for name, room in self._local.items()},
+            )
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            envelope = Envelope.decode(data)
+        except ValueError as exc:
+            log.warning("backplane: dropped a bad envelope: %s", exc)
+            return
+        if envelope.origin == self.server_id:
+            return  # our own, already delivered locally
+        self._received += 1
+        self._deliver(envelope)

@@ -1,0 +1,311 @@
+"""Several servers as one chat over a real Redis backplane.
+
+The tests start their own ``redis-server`` on a free loopback port; without the binary (or
+redis-py) they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from chatcast.client import BroadcastClient
+from chatcast.exceptions import ConnectionClosed
+from chatcast.message import ANNOUNCEMENT, JOIN, LEAVE, MESSAGE, NICK, PRIVATE
+from chatcast.server import BroadcastServer
+from tests.conftest import receive_kind
+from tests.helpers import timeout, wait_until
+
+redis = pytest.importorskip(
+    "redis", reason="redis-py is not installed (pip install chatcast[redis])"
+)
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+from chatcast.backplane import Envelope, RedisBackplane  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisProcess:
+    """A redis-server of our own on 127.0.0.1, with no persistence; can be killed and restarted."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline_tries = int(timeout(10) / 0.02)
+        for _ in range(deadline_tries):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port)) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            subprocess.run(["sleep", "0.02"], check=True)  # polling a port, not synchronising
+        raise RuntimeError("redis-server did not answer PING")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A fresh redis-server for this test; killed after it."""
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def cluster(redis_server: RedisProcess) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``server = await cluster(**options)`` joins a chat over ``redis_server``."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    servers: list[BroadcastServer] = []
+    clients: list[BroadcastClient] = []
+
+    async def start(**options: Any) -> BroadcastServer:
+        options.setdefault("join_grace", 0.05)
+        backplane = RedisBackplane(redis_server.url, prefix=prefix, heartbeat=0.5)
+        server = BroadcastServer("127.0.0.1", 0, backplane=backplane, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    start.clients = clients  # type: ignore[attr-defined]
+    yield start
+    for client in clients:
+        await client.close()
+    for server in servers:
+        async with asyncio.timeout(timeout(10)):
+            await server.aclose()
+
+
+async def _client(
+    cluster: Any, server: BroadcastServer, name: str, **options: Any
+) -> BroadcastClient:
+    client = BroadcastClient("127.0.0.1", server.port, name=name, **options)
+    await client.connect()
+    cluster.clients.append(client)
+    return client
+
+
+def test_envelope_round_trip() -> None:
+    """Envelopes survive encoding; malformed ones are refused."""
+    envelope = Envelope("srv", "batch", room="lobby", sender="a", texts=("x", "y\nz"), ts=1.5)
+    assert Envelope.decode(envelope.encode()) == envelope
+    for bad in (b"[]", b'{"k":"batch"}', b'{"o":"s","k":"nope"}', b'{"o":"s","k":"batch","t":[1]}'):
+        with pytest.raises(ValueError):  # noqa: PT011 - ValueError is the documented contract
+            Envelope.decode(bad)
+
+
+async def test_two_servers_are_one_chat(cluster: Any) -> None:
+    """Room messages, joins, leaves, nicks, privates and announcements cross servers."""
+    one = await cluster()
+    two = await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    joined = await receive_kind(alice, JOIN)
+    while joined.sender != "bob":
+        joined = await receive_kind(alice, JOIN)
+    await alice.send("hello from one")
+    got = await receive_kind(bob, MESSAGE)
+    assert (got.sender, got.text, got.room) == ("alice", "hello from one", "lobby")
+    await bob.send("psst", to="alice")
+    got = await receive_kind(alice, PRIVATE)
+    assert (got.sender, got.text, got.to) == ("bob", "psst", "alice")
+    await one.broadcast("from the operator of one")
+    assert (await receive_kind(bob, ANNOUNCEMENT)).text == "from the operator of one"
+    await bob.nick("robert")
+    got = await receive_kind(alice, NICK)
+    assert (got.sender, got.text) == ("bob", "robert")
+    assert await alice.who() == ["alice", "robert"]
+    await bob.close()
+    left = await receive_kind(alice, LEAVE)
+    assert left.sender == "robert"
+
+
+async def test_names_are_unique_across_servers(cluster: Any) -> None:
+    """A name taken on one server is refused on another, and free again once released."""
+    one = await cluster()
+    two = await cluster()
+    alice = await _client(cluster, one, "alice")
+    with pytest.raises(ConnectionClosed, match="name 'alice' is taken"):
+        await _client(cluster, two, "alice")
+    await alice.close()
+    await wait_until(lambda: "alice" not in one.who())
+
+    await wait_until(lambda: "alice" not in two.who())
+    again = await _client(cluster, two, "alice")
+    assert again.name == "alice"
+
+
+async def test_private_to_nobody_anywhere(cluster: Any) -> None:
+    """A private message to a name on no server gets the usual error."""
+    one = await cluster()
+    await cluster()
+    alice = await _client(cluster, one, "alice")
+    await alice.send("hello?", to="ghost")
+    error = await receive_kind(alice, "error")
+    assert error.text == "no such user: ghost"
+
+
+async def test_four_servers_hundred_clients(cluster: Any) -> None:
+    """4 servers x 25 clients x 100 messages: each member gets each message once, in order."""
+    servers = [await cluster() for _ in range(4)]
+    count = 100
+    clients = []
+    for s, server in enumerate(servers):
+        for c in range(25):
+            room = "even" if c % 2 == 0 else "odd"
+            clients.append(await _client(cluster, server, f"c{s}x{c}", room=room))
+    members = {room: {c.name for c in clients if c.room == room} for room in ("even", "odd")}
+    await wait_until(lambda: all(len(s.who()) == 100 for s in servers), 10)
+
+    async def send_all(client: BroadcastClient) -> None:
+        for n in range(count):
+            await client.send(f"{n}")
+
+    async def receive_all(client: BroadcastClient) -> dict[str, list[int]]:
+        others = members[client.room or ""] - {client.name}
+        seen: dict[str, list[int]] = {}
+        total = len(others) * count
+        while sum(map(len, seen.values())) < total:
+            message = await receive_kind(client, MESSAGE, seconds=60)
+            seen.setdefault(message.sender or "", []).append(int(message.text))
+        assert set(seen) == others
+        return seen
+
+    async with asyncio.timeout(timeout(120)):
+        receivers = [asyncio.create_task(receive_all(c)) for c in clients]
+        await asyncio.gather(*(send_all(c) for c in clients))
+        results = await asyncio.gather(*receivers)
+    for seen in results:
+        for numbers in seen.values():
+            assert numbers == list(range(count))  # exactly once, in order
+    published = sum(s.statistics().backplane_published for s in servers)
+    assert published < 100 * count  # batches cross once per server, not once per client
+
+
+async def test_redis_outage(cluster: Any, redis_server: RedisProcess) -> None:
+    """Redis dies: local rooms keep working, losses are counted; Redis returns: it resumes."""
+    one = await cluster()
+    two = await cluster()
+    alice = await _client(cluster, one, "alice")
+    carol = await _client(cluster, one, "carol")
+    bob = await _client(cluster, two, "bob")
+    await alice.send("before")
+    assert (await receive_kind(bob, MESSAGE)).text == "before"
+    assert (await receive_kind(carol, MESSAGE)).text == "before"
+    events = one.events()
+    redis_server.kill()
+    await wait_until(lambda: not one.statistics().backplane_connected, 10)
+    await alice.send("during")
+    assert (await receive_kind(carol, MESSAGE)).text == "during"  # local delivery never stops
+    await wait_until(lambda: one.statistics().backplane_failures >= 1)
+    redis_server.start()
+    async with asyncio.timeout(timeout(20)):
+        async for event in events:
+            if event.sender == "backplane" and "reconnected" in event.text:
+                break
+    await events.aclose()
+    await wait_until(lambda: two.statistics().backplane_connected, 20)
+    await alice.send("after")
+    got = await receive_kind(bob, MESSAGE, seconds=10)
+    assert got.text == "after"  # "during" was lost across servers (at most once), and counted
+    assert one.statistics().backplane_reconnects >= 1
+    await wait_until(lambda: two.who() == ["alice", "bob", "carol"], 10)  # names resynced
+
+
+async def test_workers_share_one_port(redis_server: RedisProcess) -> None:
+    """`chatcast server --workers 2` serves clients from both processes as one room."""
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatcast", "server", "--port", str(port),
+        "--workers", "2", "--backplane", redis_server.url,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    clients: list[BroadcastClient] = []
+    try:
+        ready = 0
+        async with asyncio.timeout(timeout(20)):
+            while ready < 2:
+                line = await process.stdout.readline()
+                assert line, "the server exited early"
+                ready += b"worker ready" in line
+        for n in range(16):
+            client = BroadcastClient("127.0.0.1", port, name=f"w{n}")
+            await client.connect()
+            clients.append(client)
+        await clients[0].send("to everyone")
+        for client in clients[1:]:
+            assert (await receive_kind(client, MESSAGE, seconds=10)).text == "to everyone"
+        assert await clients[0].who() == sorted(f"w{n}" for n in range(16))
+        process.stdin.write(b"halo workers\n")  # typed on the parent's terminal
+        await process.stdin.drain()
+        for client in clients:
+            got = await receive_kind(client, ANNOUNCEMENT, seconds=10)
+            assert got.text == "halo workers"
+        # Both processes hold clients (the odds that SO_REUSEPORT put all 16 on one: 2^-15).
+        r = redis.asyncio.Redis.from_url(redis_server.url)
+        holders = {v.split(b"|")[0] for v in (await r.hgetall("chatcast:names")).values()}
+        await r.aclose()
+        assert len(holders) == 2
+    finally:
+        for client in clients:
+            await client.close()
+        if process.returncode is None:
+            process.terminate()
+        try:
+            async with asyncio.timeout(timeout(15)):
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 0
