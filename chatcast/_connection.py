@@ -14,7 +14,7 @@ import collections
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._framing import LineDecoder
 from .exceptions import ProtocolError
@@ -90,7 +90,9 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Not an isinstance() check: uvloop's TCP transport is not a subclass of
+        # asyncio.Transport, though it implements it (chatcast[speed]).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.write = transport.write
         peer = transport.get_extra_info("peername")

@@ -1046,6 +1046,7 @@ class BroadcastServer:
             or conn.first_frame
             or not conn.authenticated
             or decoder.discarding
+            or conn.deferred is not None  # frames wait for an asynchronous step: keep order
         ):
             return False
         end = data.rfind(b"\n")
@@ -1090,14 +1091,8 @@ class BroadcastServer:
             text = raw.decode()
         except UnicodeDecodeError:
             return None
-        if (
-            not text
-            or text[0] in "\n/"
-            or text[-1] == "\n"
-            or "\n\n" in text
-            or "\n/" in text
-        ):
-            return None
+        if not text or text[0] in "\n/" or text[-1] == "\n" or "\n\n" in text or "\n/" in text:
+            return None  # an empty line or a command: the per-frame path handles those
         lines = text.split("\n")
         if end - start > self.max_line_bytes and (
             not text.isascii() or max(map(len, lines)) > self.max_line_bytes

@@ -1,0 +1,100 @@
+"""Run one relay in this process: ``python -m benchmarks._serve KIND [--uvloop]``.
+
+Prints ``PORT <n>`` once listening on 127.0.0.1 (port 0: the OS picks), then serves until its
+standard input is closed (the benchmark's way of stopping it) or it gets SIGTERM.
+KIND is ``chatcast``, ``ceiling``, ``naive`` or ``threaded``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from ._util import raise_nofile
+
+KINDS = ("chatcast", "ceiling", "naive", "threaded")
+
+
+def _wait_stdin_then(callback: Callable[[], object]) -> None:
+    def reader() -> None:
+        try:
+            sys.stdin.buffer.read()
+        finally:
+            callback()
+
+    threading.Thread(target=reader, daemon=True).start()
+
+
+def _serve_threaded() -> None:
+    from .baselines.threaded import ThreadedRelay
+
+    relay = ThreadedRelay()
+    done = threading.Event()
+    _wait_stdin_then(done.set)
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    print(f"PORT {relay.port}", flush=True)
+    done.wait()
+    relay.close()
+
+
+async def _serve_async(kind: str, max_clients: int | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _wait_stdin_then(lambda: loop.call_soon_threadsafe(stop.set))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    close: Callable[[], object]
+    if kind == "chatcast":
+        from chatcast import BroadcastServer
+
+        server = BroadcastServer("127.0.0.1", 0, max_clients=max_clients)
+        await server.start()
+        port = server.port
+        close = server.close
+    elif kind == "ceiling":
+        from .baselines.ceiling import CeilingHub
+
+        hub = CeilingHub()
+        await hub.start()
+        port, close = hub.port, hub.close
+    else:
+        from .baselines.naive import NaiveRelay
+
+        relay = NaiveRelay()
+        await relay.start()
+        port, close = relay.port, relay.close
+    print(f"PORT {port}", flush=True)
+    await stop.wait()
+    close()
+    if kind == "chatcast":
+        await server.wait_closed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._serve")
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--max-clients", type=int, default=None, help="chatcast's max_clients")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    raise_nofile()
+    if args.kind == "threaded":
+        _serve_threaded()
+        return 0
+    factory = None
+    if args.uvloop:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve_async(args.kind, args.max_clients))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,619 @@
+"""The benchmark's one command: ``python -m benchmarks [--quick] [--uvloop] [--only ...]``.
+
+Each workload starts the relay under test in its own process (``benchmarks._serve``), drives it
+from a load-generator process (``benchmarks.loadgen``) and stops both by PID; this process only
+orchestrates, prints the table and writes ``benchmarks/results/`` (JSON, CSV, a chart when
+matplotlib is installed). ``--quick`` is the CI smoke run: tiny counts, every delivery must be
+counted, no time is judged. See ``docs/performance.md`` for what each workload measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._util import Child, raise_nofile, rss_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Row = dict[str, Any]
+
+
+def _have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Server:
+    """One relay process: ``kind`` (chatcast, ceiling, naive, threaded), maybe on uvloop."""
+
+    #: Set by ``--profile``: record chatcast servers with py-spy into results/.
+    profile: str | None = None
+
+    def __init__(self, kind: str, *, uvloop: bool = False, max_clients: int = 2000) -> None:
+        args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients)]
+        if uvloop:
+            args.append("--uvloop")
+        self.name = kind + ("+uvloop" if uvloop else "")
+        prefix: list[str] = []
+        if Server.profile is not None and kind == "chatcast":
+            # Collapsed stacks (one line per stack with its sample count): grep-able.
+            out = RESULTS / f"profile-{Server.profile}-{self.name}-{time.time():.0f}.txt"
+            prefix = ["py-spy", "record", "--format", "raw", "--rate", "250", "-o", str(out), "--"]
+        self.child = Child(args, stderr_to=RESULTS / f"server-{self.name}.log", prefix=prefix)
+        self.port = int(self.child.expect("PORT", timeout=30))
+        self.pid = self.child.pid
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _loadgen(args: list[str], timeout: float) -> Row:
+    child = Child(["-m", "benchmarks.loadgen", *args])
+    try:
+        result: Row = json.loads(child.expect("RESULT", timeout=timeout))
+    finally:
+        child.stop()
+    return result
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+
+def burst(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
+    """Workload 1 at each subscriber count, for each server."""
+    rows = []
+    for subs in cfg.burst_subscribers:
+        for kind, uv in servers:
+            per_pub = cfg.burst_messages(subs, kind)
+            variants = [False, True] if kind == "chatcast" and subs in cfg.json_at else [False]
+            for json_subs in variants:
+                repeats = cfg.repeat if kind in ("chatcast", "ceiling") else 1
+                runs = []
+                for _ in range(repeats):
+                    with Server(kind, uvloop=uv, max_clients=subs + 100) as server:
+                        args = [
+                            f"--server-pid={server.pid}",
+                            f"--port={server.port}",
+                            f"--subscribers={subs}",
+                            f"--publishers={cfg.publishers}",
+                            f"--messages={per_pub}",
+                            f"--settle={cfg.settle}",
+                            f"--timeout={cfg.timeout}",
+                        ]
+                        if json_subs:
+                            args.append("--json-subscribers")
+                        args.insert(0, "burst")
+                        result = _loadgen(args, cfg.timeout + 60)
+                        runs.append(result)
+                best = sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2]
+                best["runs_per_s"] = [r["deliveries_per_s"] for r in runs]
+                best["all_counted"] = all(r["all_counted"] for r in runs)
+                best["server"] = server.name + (" (JSON subs)" if json_subs else "")
+                rows.append(best)
+                _progress(best, f"{best['deliveries_per_s']:,.0f} deliveries/s")
+    return rows
+
+
+def paced(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
+    """Workload 2 for each server."""
+    rows = []
+    for kind, uv in servers:
+        with Server(kind, uvloop=uv) as server:
+            args = [
+                "paced",
+                f"--port={server.port}",
+                f"--subscribers={cfg.paced_subscribers}",
+                f"--publishers={cfg.publishers}",
+                f"--rate={cfg.paced_rate}",
+                f"--duration={cfg.paced_duration}",
+                f"--settle={cfg.settle}",
+                f"--timeout={cfg.timeout}",
+            ]
+            result = _loadgen(args, cfg.timeout + cfg.paced_duration + 60)
+            result["server"] = server.name
+        rows.append(result)
+        _progress(result, f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
+    return rows
+
+
+def scale(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
+    """Workload 3: idle clients; server RSS per connection and time to accept them all."""
+    rows = []
+    cases = [
+        (k, uv, mode, size)
+        for size in cfg.room_sizes
+        for k, uv in servers
+        if k == "chatcast"
+        for mode in ("text", "json")
+    ]
+    cases += [(k, uv, "bare", 0) for k, uv in servers if k == "ceiling"]
+    for kind, uv, mode, room_size in cases:
+        with Server(kind, uvloop=uv, max_clients=cfg.scale_clients + 100) as server:
+            time.sleep(0.2)
+            rss0 = rss_bytes(server.pid)
+            per_worker = math.ceil(cfg.scale_clients / cfg.scale_workers)
+            workers = []
+            try:
+                for w in range(cfg.scale_workers):
+                    first = w * per_worker
+                    count = min(per_worker, cfg.scale_clients - first)
+                    worker = Child(
+                        [
+                            "-m",
+                            "benchmarks.loadgen",
+                            "scale",
+                            f"--port={server.port}",
+                            f"--count={count}",
+                            f"--first={first}",
+                            f"--mode={mode}",
+                            f"--room-size={max(1, room_size)}",
+                        ]
+                    )
+                    workers.append(worker)
+                for worker in workers:
+                    worker.expect("READY", timeout=30)
+                for worker in workers:
+                    worker.send("GO")
+                done = [json.loads(w.expect("DONE", timeout=cfg.timeout)) for w in workers]
+                time.sleep(cfg.scale_settle)  # join notices and timers have run
+                rss1 = rss_bytes(server.pid)
+                for worker in workers:
+                    worker.send("CLOSE")
+                closed = [json.loads(w.expect("CLOSED", timeout=30)) for w in workers]
+            finally:
+                for worker in workers:
+                    worker.stop()
+        started = min(d["started"] for d in done)
+        entered = sum(d["entered"] for d in done)
+        alive = sum(c["alive"] for c in closed)
+        row = {
+            "workload": "scale",
+            "server": server.name,
+            "mode": mode,
+            "room_size": room_size,
+            "clients": cfg.scale_clients,
+            "entered": entered,
+            "alive_at_end": alive,
+            "all_counted": entered == cfg.scale_clients and alive == cfg.scale_clients,
+            "accept_s": max(d["last_welcome"] for d in done) - started,
+            "ready_s": max(d["last_in"] for d in done) - started,
+            "rss_before_mb": rss0 / 2**20,
+            "rss_after_mb": rss1 / 2**20,
+            "rss_per_client_kb": (rss1 - rss0) / cfg.scale_clients / 1024,
+        }
+        rows.append(row)
+        _progress(row, f"{row['rss_per_client_kb']:.2f} KB/client, all in {row['ready_s']:.2f} s")
+    return rows
+
+
+def hotpath(cfg: Config) -> list[Row]:
+    """The fan-out hot path alone, without sockets (see :mod:`benchmarks.hotpath`)."""
+    child = Child(["-m", "benchmarks.hotpath", *(["--quick"] if cfg.quick else [])])
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=300))
+    finally:
+        child.stop()
+    for row in rows:
+        _progress(row, f"{row['lines_per_read']} lines/read: {row['us_per_read']:.1f} us/read")
+    return rows
+
+
+def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
+    """Workload 4: a raw blocking sender into a raw receiver or a MulticastChannel."""
+    rows: list[Row] = []
+    receivers = [("raw", False), ("chatcast", False)]
+    if use_uvloop:
+        receivers.append(("chatcast", True))
+    port = 20000 + os.getpid() % 20000
+    for paced_rate in (0.0, cfg.mcast_paced_rate):
+        count = cfg.mcast_count if not paced_rate else int(paced_rate * cfg.mcast_paced_s)
+        for kind, uv in receivers:
+            port += 1
+            common = [f"--port={port}", f"--count={count}", "--ttl=0"]
+            receiver = Child(
+                ["-m", "benchmarks.mcast", "receive", f"--kind={kind}", *common]
+                + (["--uvloop"] if uv else [])
+            )
+            try:
+                receiver.expect("READY", timeout=30)
+                sender = Child(["-m", "benchmarks.mcast", "send", f"--rate={paced_rate}", *common])
+                try:
+                    sent = json.loads(sender.expect("RESULT", timeout=120))
+                finally:
+                    sender.stop()
+                got = json.loads(receiver.expect("RESULT", timeout=120))
+            finally:
+                receiver.stop()
+            span = got["last"] - sent["started"]
+            row = {
+                "workload": "multicast",
+                "server": ("MulticastChannel" if kind == "chatcast" else "raw blocking")
+                + ("+uvloop" if uv else ""),
+                "paced_rate": paced_rate,
+                "sent": sent["sent"],
+                "received": got["received"],
+                "lost": sent["sent"] - got["received"],
+                "sender_per_s": sent["sent"] / (sent["ended"] - sent["started"]),
+                "received_per_s": got["received"] / span if span > 0 else 0.0,
+                "rcvbuf": got["rcvbuf"],
+                "overflowed": got.get("overflowed", 0),
+                # A burst measures loss (UDP may drop); a paced run and the smoke run must not.
+                "all_counted": got["received"] == sent["sent"]
+                or (not cfg.quick and not paced_rate),
+            }
+            rows.append(row)
+            label = "paced" if paced_rate else "burst"
+            _progress(row, f"{label}: {row['received_per_s']:,.0f}/s, lost {row['lost']}")
+    return rows
+
+
+# -- configuration, report ------------------------------------------------------------------
+
+
+class Config:
+    """Counts for one run: ``quick`` (smoke) or full."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.publishers = 2 if quick else 10
+        self.settle = 0.7 if quick else 1.0
+        self.timeout = 30.0 if quick else 120.0
+        self.repeat = 1 if quick else 3
+        self.burst_subscribers = [5] if quick else [10, 100, 300, 1000]
+        self.json_at = [5] if quick else [100]
+        self.paced_subscribers = 5 if quick else 100
+        self.paced_rate = 200.0 if quick else 2000.0
+        self.paced_duration = 0.5 if quick else 5.0
+        self.scale_clients = 60 if quick else 10_000
+        self.scale_workers = 2
+        self.scale_settle = 0.8 if quick else 2.0
+        # Clients per room: 1 measures the connection alone; 100 (a class) adds each
+        # client's join notice to the 99 others (chatcast announces every join).
+        self.room_sizes = [10] if quick else [1, 100]
+        self.mcast_count = 2000 if quick else 200_000
+        self.mcast_paced_rate = 20_000.0 if quick else 100_000.0
+        self.mcast_paced_s = 0.1 if quick else 2.0
+
+    def burst_messages(self, subscribers: int, kind: str) -> int:
+        """Messages per publisher: about 8 M deliveries for the fast relays, 1/16 of that for
+        the naive one (it is 50-100x slower; its rate is steady, so fewer is fair)."""
+        if self.quick:
+            return 20
+        per_pub = max(20, 8_000_000 // (subscribers * self.publishers))
+        return per_pub // 16 if kind == "naive" else per_pub
+
+
+def _progress(row: Row, text: str) -> None:
+    mark = "ok" if row.get("all_counted") else "NOT ALL COUNTED"
+    extra = f" subs={row['subscribers']}" if "subscribers" in row else ""
+    extra += f" mode={row['mode']}" if "mode" in row else ""
+    print(f"  {row['workload']:<9} {row['server']:<26}{extra}: {text} [{mark}]", flush=True)
+
+
+def _ratios(rows: list[Row]) -> list[Row]:
+    """Chatcast over ceiling and naive, per workload and size, from the same run."""
+    out: list[Row] = []
+    bursts = [r for r in rows if r["workload"] == "burst"]
+    for subs in sorted({r["subscribers"] for r in bursts}):
+        at = {r["server"]: r["deliveries_per_s"] for r in bursts if r["subscribers"] == subs}
+        for loop in ("", "+uvloop"):
+            ours = at.get("chatcast" + loop)
+            if ours is None:
+                continue
+            # The issue's targets are for 100 and 1000 subscribers; other sizes are shown.
+            targeted = subs in (100, 1000)
+            pairs: list[tuple[str, float | None]] = [
+                ("ceiling" + loop, 0.6 if targeted else None),
+                ("naive", 25.0 if targeted else None),
+            ]
+            if loop:
+                pairs.append(("ceiling", None))  # what uvloop buys over stock asyncio
+            for base, target in pairs:
+                if base in at:
+                    ratio = ours / at[base]
+                    out.append(
+                        {
+                            "what": f"burst {subs} subs: chatcast{loop} / {base}",
+                            "ratio": ratio,
+                            "target": target,
+                            "met": None if target is None else ratio >= target,
+                        }
+                    )
+    paced_rows = {r["server"]: r for r in rows if r["workload"] == "paced"}
+    for loop in ("", "+uvloop"):
+        if "chatcast" + loop in paced_rows and "ceiling" + loop in paced_rows:
+            ratio = paced_rows["chatcast" + loop]["p99_ms"] / paced_rows["ceiling" + loop]["p99_ms"]
+            out.append(
+                {
+                    "what": f"paced p99: chatcast{loop} / ceiling{loop}",
+                    "ratio": ratio,
+                    "target": 1.2,
+                    "met": ratio <= 1.2,
+                }
+            )
+    for r in rows:
+        if r["workload"] == "scale" and r["server"].startswith("chatcast"):
+            case = f"scale {r['server']} {r['mode']}, rooms of {r['room_size']}"
+            out.append(
+                {
+                    "what": f"{case}: KB/client",
+                    "ratio": r["rss_per_client_kb"],
+                    "target": 6.0,
+                    "met": r["rss_per_client_kb"] <= 6.0,
+                }
+            )
+            out.append(
+                {
+                    "what": f"{case}: s to all in",
+                    "ratio": r["ready_s"],
+                    "target": 2.0,
+                    "met": r["ready_s"] <= 2.0,
+                }
+            )
+    mc = [r for r in rows if r["workload"] == "multicast"]
+    raw = next((r for r in mc if r["server"] == "raw blocking" and not r["paced_rate"]), None)
+    for r in mc:
+        if r["server"].startswith("MulticastChannel"):
+            if not r["paced_rate"] and raw is not None and raw["received_per_s"]:
+                ratio = r["received_per_s"] / raw["received_per_s"]
+                out.append(
+                    {
+                        "what": f"multicast burst: {r['server']} / raw receiver",
+                        "ratio": ratio,
+                        "target": 0.8,
+                        "met": ratio >= 0.8,
+                    }
+                )
+            elif r["paced_rate"]:
+                out.append(
+                    {
+                        "what": f"multicast paced {r['paced_rate']:,.0f}/s: {r['server']} lost",
+                        "ratio": r["lost"],
+                        "target": 0,
+                        "met": r["lost"] == 0,
+                    }
+                )
+    return out
+
+
+def _table(rows: list[Row], ratios: list[Row]) -> str:
+    lines = []
+    bursts = [r for r in rows if r["workload"] == "burst"]
+    if bursts:
+        lines.append("Burst fan-out (64-byte messages, 10 publishers; median of runs)")
+        lines.append(
+            f"{'server':<28}{'subs':>6}{'deliveries/s':>15}{'s':>7}{'srv CPU s':>10}"
+            f"{'CPU us/1k':>10}{'lost':>6}  all"
+        )
+        for r in bursts:
+            lines.append(
+                f"{r['server']:<28}{r['subscribers']:>6}{r['deliveries_per_s']:>15,.0f}"
+                f"{r['seconds']:>7.2f}{r['server_cpu_s']:>10.2f}{r['server_cpu_us_per_1k']:>10.0f}"
+                f"{r['lost']:>6}  {'yes' if r['all_counted'] else 'NO'}"
+            )
+    paced_rows = [r for r in rows if r["workload"] == "paced"]
+    if paced_rows:
+        r0 = paced_rows[0]
+        lines.append("")
+        lines.append(
+            f"Paced latency ({r0['rate']:,.0f} msg/s to {r0['subscribers']} subscribers, ms)"
+        )
+        lines.append(f"{'server':<28}{'p50':>8}{'p99':>8}{'p99.9':>8}{'max':>8}{'lost':>6}")
+        for r in paced_rows:
+            lines.append(
+                f"{r['server']:<28}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['p999_ms']:>8.2f}"
+                f"{r['max_ms']:>8.2f}{r['lost']:>6}"
+            )
+    scale_rows = [r for r in rows if r["workload"] == "scale"]
+    if scale_rows:
+        lines.append("")
+        lines.append(f"Scale ({scale_rows[0]['clients']:,} idle clients)")
+        lines.append(
+            f"{'server':<20}{'mode':>6}{'room':>6}{'KB/client':>11}{'RSS MB':>9}"
+            f"{'welcomed s':>12}{'all in s':>10}{'kept':>7}"
+        )
+        for r in scale_rows:
+            lines.append(
+                f"{r['server']:<20}{r['mode']:>6}{r['room_size'] or '-':>6}"
+                f"{r['rss_per_client_kb']:>11.2f}"
+                f"{r['rss_after_mb']:>9.1f}{r['accept_s']:>12.2f}{r['ready_s']:>10.2f}"
+                f"{r['alive_at_end']:>7}"
+            )
+    hot = [r for r in rows if r["workload"] == "hotpath"]
+    if hot:
+        lines.append("")
+        lines.append("Hot path alone (in-process, writes counted not sent; CPU)")
+        lines.append(
+            f"{'server':<24}{'subs':>6}{'lines/read':>11}{'us/read':>10}{'us/msg':>9}"
+            f"{'ns/delivery':>12}"
+        )
+        for r in hot:
+            lines.append(
+                f"{r['server']:<24}{r['subscribers']:>6}{r['lines_per_read']:>11}"
+                f"{r['us_per_read']:>10.1f}{r['us_per_message']:>9.2f}{r['ns_per_delivery']:>12.1f}"
+            )
+    mc = [r for r in rows if r["workload"] == "multicast"]
+    if mc:
+        lines.append("")
+        lines.append("Multicast on 127.0.0.1 (raw blocking sender, 64-byte datagrams)")
+        lines.append(
+            f"{'receiver':<24}{'sender':>10}{'sent':>9}{'received':>10}{'lost':>8}"
+            f"{'recv/s':>10}{'send/s':>10}"
+        )
+        for r in mc:
+            pace = f"{r['paced_rate']:,.0f}/s" if r["paced_rate"] else "burst"
+            lines.append(
+                f"{r['server']:<24}{pace:>10}{r['sent']:>9}{r['received']:>10}{r['lost']:>8}"
+                f"{r['received_per_s']:>10,.0f}{r['sender_per_s']:>10,.0f}"
+            )
+    if ratios:
+        lines.append("")
+        lines.append("Targets (ratios from this run)")
+        for t in ratios:
+            met = "" if t["met"] is None else ("met" if t["met"] else "NOT met")
+            target = "" if t["target"] is None else f"target {t['target']}"
+            lines.append(f"  {t['what']:<52}{t['ratio']:>9.2f}  {target:<12} {met}")
+    return "\n".join(lines)
+
+
+def _chart(rows: list[Row], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    bursts = [r for r in rows if r["workload"] == "burst"]
+    if not bursts:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for name in dict.fromkeys(r["server"] for r in bursts):
+        points = sorted(
+            (r["subscribers"], r["deliveries_per_s"]) for r in bursts if r["server"] == name
+        )
+        if len(points) < 2:
+            continue
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("subscribers (10 publishers, 64-byte messages)")
+    ax.set_ylabel("deliveries per second")
+    ax.set_title("Burst fan-out throughput, one 2-core machine")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny counts, no timing")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also run chatcast and ceiling on uvloop"
+    )
+    parser.add_argument(
+        "--only",
+        default="burst,paced,scale,multicast,hotpath",
+        help="comma-separated workloads (burst, paced, scale, multicast, hotpath)",
+    )
+    parser.add_argument("--chart", type=Path, help="also save the chart here")
+    parser.add_argument("--output", type=Path, help="also write the JSON report here")
+    parser.add_argument(
+        "--profile",
+        metavar="LABEL",
+        help="record every chatcast server with py-spy into results/profile-LABEL-*.txt",
+    )
+    parser.add_argument("--subscribers", help="burst subscriber counts, e.g. 100,1000")
+    parser.add_argument("--room-sizes", help="scale: clients per room, e.g. 1,100")
+    parser.add_argument(
+        "--servers", help="comma-separated subset of threaded, naive, ceiling, chatcast"
+    )
+    args = parser.parse_args(argv)
+    only = {w.strip() for w in args.only.split(",") if w.strip()}
+    unknown = only - {"burst", "paced", "scale", "multicast", "hotpath"}
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if args.uvloop and not _have_uvloop():
+        parser.error("--uvloop needs uvloop: pip install 'chatcast[speed]'")
+    RESULTS.mkdir(exist_ok=True)
+    raise_nofile()
+    cfg = Config(args.quick)
+    Server.profile = args.profile
+    if args.room_sizes:
+        cfg.room_sizes = [int(n) for n in args.room_sizes.split(",")]
+    if args.subscribers:
+        cfg.burst_subscribers = [int(n) for n in args.subscribers.split(",")]
+    servers = [("threaded", False), ("naive", False), ("ceiling", False), ("chatcast", False)]
+    if args.uvloop:
+        servers += [("ceiling", True), ("chatcast", True)]
+    if args.servers:
+        keep = {name.strip() for name in args.servers.split(",")}
+        servers = [(kind, uv) for kind, uv in servers if kind in keep]
+    mode = "quick" if args.quick else "full"
+    print(f"chatcast benchmark ({mode}), Python {platform.python_version()}", flush=True)
+    started = time.time()
+    rows: list[Row] = []
+    steps: list[tuple[str, Callable[[], list[Row]]]] = [
+        ("burst", lambda: burst(cfg, servers)),
+        ("paced", lambda: paced(cfg, servers)),
+        ("scale", lambda: scale(cfg, servers)),
+        ("multicast", lambda: multicast(cfg, args.uvloop)),
+        ("hotpath", lambda: hotpath(cfg)),
+    ]
+    skipped: dict[str, str] = {}
+    for name, step in steps:
+        if name not in only:
+            continue
+        print(f"{name}:", flush=True)
+        try:
+            rows += step()
+        except OSError as exc:
+            if name != "multicast":
+                raise
+            # No multicast on this host (no route, no loopback join): say so, do not fail.
+            skipped[name] = str(exc)
+            print(f"  skipped: {exc}", flush=True)
+    ratios = [] if args.quick else _ratios(rows)
+    table = _table(rows, ratios)
+    print()
+    print(table)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report = {
+        "mode": mode,
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "started": started,
+        "seconds": time.time() - started,
+        "rows": rows,
+        "targets": ratios,
+        "skipped": skipped,
+    }
+    json_path = RESULTS / f"{mode}-{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    (RESULTS / f"{mode}-latest.json").write_text(json.dumps(report, indent=1))
+    if args.output is not None:
+        args.output.write_text(json.dumps(report, indent=1))
+    csv_path = RESULTS / f"{mode}-{stamp}.csv"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwrote {json_path} and {csv_path}")
+    if not args.quick:
+        chart = RESULTS / f"{mode}-{stamp}.png"
+        if _chart(rows, chart):
+            print(f"chart: {chart}")
+            if args.chart is not None:
+                _chart(rows, args.chart)
+    missing = [r for r in rows if not r.get("all_counted")]
+    if missing:
+        print(f"NOT ALL DELIVERIES COUNTED in {len(missing)} run(s)")
+        return 1
+    print(f"all deliveries counted ({len(rows)} runs)")
+    return 0
