@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run on uvloop (needs: pip install 'chatcast[speed]')",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _demo.add_parser(commands)
     _cli_multicast.add_parser(commands)
@@ -43,8 +48,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    loop_factory = None
+    if args.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("chatcast: --uvloop needs uvloop: pip install 'chatcast[speed]'", file=sys.stderr)
+            return 2
+        loop_factory = uvloop.new_event_loop
     try:
-        status: int = asyncio.run(args.run(args))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            status: int = runner.run(args.run(args))
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError) as exc:
