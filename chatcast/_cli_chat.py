@@ -82,7 +82,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     server.add_argument("--tls-key", default=None, help="private key for --tls-cert (PEM)")
     server.add_argument(
-        "--quiet", action="store_true", help="do not print joins, leaves and messages"
+        "--quiet", action="store_true", help="do not print chat messages (joins and leaves still)"
+    )
+    server.add_argument(
+        "--notice-limit",
+        type=int,
+        default=100,
+        help="rooms with more members get no join/leave notices (default: %(default)s)",
     )
     server.add_argument(
         "--backplane",
@@ -155,6 +161,7 @@ async def run_server(args: argparse.Namespace) -> int:
         burst=args.burst,
         idle_timeout=args.idle_timeout,
         slow_consumer=args.slow_consumer,
+        notice_limit=args.notice_limit,
         ssl=context,
         reuse_port=args.reuse_port,
         backplane=backplane,

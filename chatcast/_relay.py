@@ -20,6 +20,8 @@ from . import _protocol as proto
 from ._connection import Connection
 from .exceptions import ProtocolError
 from .message import (
+    JOIN,
+    LEAVE,
     MESSAGE,
     Message,
     dump_frame,
@@ -84,6 +86,7 @@ class Relay:
 
     # State owned and initialised by BroadcastServer.__init__ (declared for type checkers).
     max_line_bytes: int
+    notice_limit: int | None
     rate: float | None
     burst: float
     welcome: str
@@ -119,6 +122,7 @@ class Relay:
         else:
             targets = self._rooms.get(message.room, ())
         count = self._send_many(targets, message)
+        self._messages_out += count
         self._publish(message)
         return count
 
@@ -135,7 +139,10 @@ class Relay:
         if self._cluster is not None and not remote:
             self._cluster.notice(message)
         members = self._rooms.get(room)
-        if members:
+        limit = self.notice_limit
+        # The room's size counting the one who joins or leaves, so both notices agree.
+        size = len(members) + (message.kind == LEAVE) if members else 0
+        if members and (limit is None or size <= limit or message.kind not in (JOIN, LEAVE)):
             self._send_many((c for c in members if c is not exclude), message)
         self._publish(message)
 

@@ -32,6 +32,7 @@ _FORWARDED = (
     ("burst", "--burst"),
     ("idle_timeout", "--idle-timeout"),
     ("slow_consumer", "--slow-consumer"),
+    ("notice_limit", "--notice-limit"),
     ("tls_cert", "--tls-cert"),
     ("tls_key", "--tls-key"),
     ("backplane", "--backplane"),

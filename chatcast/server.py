@@ -54,7 +54,8 @@ class ServerStatistics:
         rooms: Rooms with at least one member now.
         connections: Connections accepted since start.
         messages_in: Chat messages received from clients (room and private).
-        messages_out: Chat messages handed to recipients' transports.
+        messages_out: Messages handed to recipients' transports, one per recipient: room and
+            private chat, and announcements (not notices or errors).
         bytes_in: Bytes received.
         bytes_out: Bytes handed to transports.
         slow_consumers: Clients found over ``max_buffer_bytes`` of unsent output.
@@ -130,6 +131,9 @@ class BroadcastServer(Session):
         ssl_handshake_timeout: Seconds a TLS handshake may take.
         close_timeout: Seconds :meth:`close` lets pending output flush before aborting.
         reuse_port: Set ``SO_REUSEPORT`` so several processes can share the port.
+        notice_limit: Rooms with more members than this get no join and leave notices (as
+            Twitch does past 1000): announcing every arrival to everyone costs n^2 writes
+            when many connect at once. ``None`` for notices in rooms of any size.
         backplane: Join other servers through this backplane (e.g.
             :class:`~chatcast.backplane.RedisBackplane`) so that all act as one chat.
 
@@ -164,6 +168,7 @@ class BroadcastServer(Session):
         close_timeout: float = 5.0,
         reuse_port: bool = False,
         backplane: Backplane | None = None,
+        notice_limit: int | None = 100,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
@@ -176,6 +181,7 @@ class BroadcastServer(Session):
         for label, value in (
             ("max_clients", max_clients),
             ("max_per_address", max_per_address),
+            ("notice_limit", notice_limit),
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{label} must be >= 1 or None, got {value}")
@@ -213,6 +219,7 @@ class BroadcastServer(Session):
         self.default_room = default_room
         self.max_clients = max_clients
         self.max_per_address = max_per_address
+        self.notice_limit = notice_limit
         self.max_line_bytes = max_line_bytes
         self.max_buffer_bytes = max_buffer_bytes
         self.slow_consumer = slow_consumer
@@ -401,6 +408,7 @@ class BroadcastServer(Session):
             raise ChannelClosed("server is closed")
         conn = self._names[name]
         conn.send(Message(text, sender="server", kind=PRIVATE, to=name, timestamp=_now()))
+        self._messages_out += 1
 
     def who(self, room: str | None = None) -> list[str]:
         """Names in ``room`` (or everyone connected, when ``None``), sorted.
@@ -408,10 +416,12 @@ class BroadcastServer(Session):
         With a backplane, the names on the other servers are included, as this server last
         heard of them (joins and leaves cross at once; a full refresh every few seconds).
         """
+        # Everyone who can read the room is listed, including a text-mode guest whose join
+        # notice is still waiting for its first line or the join grace.
         if room is None:
-            names = {c.name for c in self._names.values() if c.announced}
+            names = {name for name, conn in self._names.items() if not conn.closing}
         else:
-            names = {c.name for c in self._rooms.get(room, ()) if c.announced}
+            names = {c.name for c in self._rooms.get(room, ())}
         if self._cluster is not None:
             names.update(n for n, r in self._cluster.remote.items() if room is None or r == room)
         return sorted(names)

@@ -31,7 +31,7 @@ def test_demo_runs_the_whole_lab() -> None:
     assert "receiver2 <- sender: selesai" in out
     assert "client2 <- client1: hi" in out  # the lab-style line sent without a newline
     assert "client4 <- [server] halo" in out
-    assert "broadcast: 4 messages in, 12 delivered, 0 errors" in out
+    assert "broadcast: 4 messages in, 16 delivered, 0 errors" in out
     assert out.rstrip().endswith("demo: every message arrived")
 
 

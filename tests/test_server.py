@@ -351,7 +351,8 @@ FLOOD_SIZE = 2000
 
 async def test_slow_consumer_is_disconnected_and_others_unaffected(start_server: Factory) -> None:
     """A never-reading client is cut off at its bound with a reason; the rest get everything."""
-    server = await start_server(max_buffer_bytes=256 * 1024)
+    # close_timeout: the dropped client is aborted only after the test has read its socket.
+    server = await start_server(max_buffer_bytes=256 * 1024, close_timeout=60)
     bob = BroadcastClient("127.0.0.1", server.port, name="bob")
     await bob.connect()
     slow = _never_reading_socket(server.port, "slow")
@@ -527,3 +528,37 @@ def test_constructor_validation() -> None:
         BroadcastServer(default_room="bad room")
     with pytest.raises(ValueError, match="rate"):
         BroadcastServer(rate=0)
+
+
+async def test_big_rooms_skip_join_and_leave_notices(start_server: Factory) -> None:
+    """Past notice_limit members a room gets no join/leave notices; who() lists everyone."""
+    server = await start_server(notice_limit=2)
+    alice = BroadcastClient("127.0.0.1", server.port, name="alice")
+    bob = BroadcastClient("127.0.0.1", server.port, name="bob")
+    carol = BroadcastClient("127.0.0.1", server.port, name="carol")
+    try:
+        await alice.connect()
+        await receive_kind(alice, JOIN)  # her own
+        await bob.connect()
+        assert (await receive_kind(alice, JOIN)).sender == "bob"  # 2 members: notice sent
+        await carol.connect()  # 3 members: no notice
+        await carol.close()  # and no leave notice either
+        await bob.send("after carol")
+        got = await receive_kind(alice, JOIN, LEAVE, MESSAGE)
+        assert (got.kind, got.text) == (MESSAGE, "after carol")
+        assert await alice.who() == ["alice", "bob"]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_who_lists_a_silent_guest_at_once(server: BroadcastServer, connect: Factory) -> None:
+    """A text-mode guest that reads the room is in who() from its first moment, not after."""
+    alice = await connect("alice")
+    peer = await TextPeer.connect(server.port)
+    await peer.line()
+    await wait_until(lambda: len(server.who()) == 2)  # the server has accepted it
+    names = await alice.who()
+    assert names[0] == "alice"
+    assert names[1].startswith("guest")
+    await peer.close()
