@@ -165,9 +165,16 @@ class Console:
         self._loop = asyncio.get_running_loop()
         self._state = _OPEN
         try:
-            if self._terminal:
-                self._start_terminal()
-            self._start_reading()
+            if self._terminal and self._is_controlling_terminal() and not self._is_foreground():
+                # Started in the background (`chatcast server &`): setting up or reading the
+                # terminal would get the process stopped (SIGTTOU/SIGTTIN). So: no input (as
+                # at end of input), plain output, which a background job may write.
+                self._terminal = False
+                self._eof = True
+            else:
+                if self._terminal:
+                    self._start_terminal()
+                self._start_reading()
         except BaseException:
             self._close()
             raise
