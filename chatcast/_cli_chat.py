@@ -212,7 +212,12 @@ async def _operator(console: Console, server: BroadcastServer, stop: asyncio.Eve
             return
         if line:
             count = await server.broadcast(line)
-            console.write(f"[server] {line}  (to {count} clients)")
+            where = (
+                " on this server, and to the others"
+                if server.statistics().backplane_connected is not None
+                else ""
+            )
+            console.write(f"[server] {line}  (to {count} clients{where})")
 
 
 async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -> None:
@@ -304,6 +309,7 @@ async def _client_command(console: Console, client: BroadcastClient, line: str) 
     word, _, rest = line[1:].partition(" ")
     word, rest = word.lower(), rest.strip()
     if word in ("quit", "exit"):
+        await client.close(rest)
         return False
     if word == "join" and rest:
         await client.join(rest)

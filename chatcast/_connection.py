@@ -189,7 +189,7 @@ class Connection(asyncio.Protocol):
         if wait > 0.001:
             self.flush_handle = server._loop.call_later(wait, self._flush_partial)
             return
-        frame = self.decoder.flush()
+        frame = self.decoder.flush(hold_incomplete=True)
         if frame is not None:
             server._handle_frames(self, [frame])
 

@@ -99,20 +99,27 @@ class LineDecoder:
             self._hold(tail, out)
         return out
 
-    def flush(self) -> str | ProtocolError | None:
+    def flush(self, *, hold_incomplete: bool = False) -> str | ProtocolError | None:
         """Take the unfinished frame in the buffer as if its LF had arrived.
 
         Used for peers that send lines without a terminator (the lab's clients), after a
         silence. Returns ``None`` when nothing is pending. An over-long frame that was being
         discarded ends here too: the bytes fed next start a new frame.
+
+        Args:
+            hold_incomplete: Keep a UTF-8 character cut short at the end of the buffer (its
+                first 1 to 3 bytes) for the next frame instead of reporting invalid UTF-8:
+                after a mere silence the rest of the character may still be on its way.
         """
         # As if the LF had arrived: an over-long frame being discarded has ended too.
         self._discarding = False
-        if not self._buffer:
+        data = bytes(self._buffer)
+        keep = _incomplete_utf8_tail(data) if hold_incomplete else 0
+        if len(data) == keep:
             return None
         out: list[str | ProtocolError] = []
-        self._emit(bytes(self._buffer), out)
-        self._buffer.clear()
+        self._emit(data[: len(data) - keep], out)
+        del self._buffer[: len(data) - keep]
         return out[0]
 
     def _emit(self, line: bytes, out: list[str | ProtocolError]) -> None:
@@ -140,3 +147,16 @@ class LineDecoder:
             self._discarding = True
         else:
             self._buffer += data
+
+
+def _incomplete_utf8_tail(data: bytes) -> int:
+    """How many bytes at the end of ``data`` are the start of a cut-short UTF-8 character."""
+    for back in range(1, min(3, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: look further back for the lead
+            continue
+        if byte < 0xC0:  # ASCII: nothing is cut short
+            return 0
+        needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        return back if back < needed else 0
+    return 0

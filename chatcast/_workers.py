@@ -70,7 +70,10 @@ async def run_workers(args: argparse.Namespace) -> int:
         env = {**os.environ, "CHATCAST_TOKEN": args.token}
     workers = [
         await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE if n == 0 else asyncio.subprocess.DEVNULL, env=env
+            *argv,
+            stdin=asyncio.subprocess.PIPE if n == 0 else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,  # shown through the console: no garbled prompt
+            env=env,
         )
         for n in range(args.workers)
     ]
@@ -86,6 +89,7 @@ async def run_workers(args: argparse.Namespace) -> int:
             f"backplane {args.backplane} (type a line to announce it; Ctrl-C to stop)"
         )
         typing = asyncio.create_task(_forward(console, workers[0]))
+        outputs = [asyncio.create_task(_show(console, worker)) for worker in workers]
         exits = [asyncio.create_task(worker.wait()) for worker in workers]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*exits, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -106,10 +110,17 @@ async def run_workers(args: argparse.Namespace) -> int:
             codes = await asyncio.gather(*exits)
             status = 1
         stopper.cancel()
-        await asyncio.gather(typing, stopper, return_exceptions=True)
+        await asyncio.gather(typing, stopper, *outputs, return_exceptions=True)
         if any(codes):
             status = 1
     return status
+
+
+async def _show(console: Console, worker: asyncio.subprocess.Process) -> None:
+    """Print a worker's output above the operator's prompt."""
+    assert worker.stdout is not None
+    while line := await worker.stdout.readline():
+        console.write(line.decode(errors="replace").rstrip("\n"))
 
 
 async def _forward(console: Console, worker: asyncio.subprocess.Process) -> None:

@@ -351,7 +351,10 @@ class RedisBackplane(Backplane):
             except Exception as exc:  # redis-py raises many types; all mean "did not cross"
                 lost = sum(1 for op, _ in batch if op == "publish")
                 self._failures += lost
-                log.warning("backplane: %d envelopes lost: %s", lost, exc)
+                if lost:
+                    log.warning("backplane: %d envelopes lost: %s", lost, exc)
+                else:
+                    log.info("backplane: name registry not updated (resynced later): %s", exc)
 
     # -- claims and lookups ---------------------------------------------------------------
 
@@ -427,6 +430,7 @@ class RedisBackplane(Backplane):
         """Receive envelopes; on a lost connection retry with backoff, then resync."""
         delay = 0.1
         first = True
+        warned = False
         while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -451,10 +455,15 @@ class RedisBackplane(Backplane):
                         await pubsub.aclose()
                 raise
             except Exception as exc:
-                if self._connected or first:
+                if first and not warned:
+                    warned = True
+                    log.warning(
+                        "backplane: cannot reach %s (%s); serving locally, retrying", self.url, exc
+                    )
+                elif self._connected:
                     log.warning("backplane: lost %s (%s); retrying", self.url, exc)
-                    if self._connected:
-                        self._state_changed("down", str(exc))
+                if self._connected:
+                    self._state_changed("down", str(exc))
                 self._connected = False
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1):

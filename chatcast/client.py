@@ -197,8 +197,8 @@ class BroadcastClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        """Say goodbye and close the connection. Idempotent.
+    async def close(self, reason: str = "") -> None:
+        """Say goodbye (with ``reason``, shown to the room) and close the connection. Idempotent.
 
         Afterwards :meth:`send` and :meth:`receive` raise :class:`ChannelClosed` (messages
         already received are still returned first).
@@ -209,7 +209,9 @@ class BroadcastClient:
         writer = self._writer
         if writer is not None and not writer.is_closing():
             with contextlib.suppress(OSError):
-                writer.write(b'{"type":"quit"}\n')
+                writer.write(
+                    dump_frame({"type": "quit", "reason": reason} if reason else {"type": "quit"})
+                )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -519,3 +519,26 @@ def test_framing_imports_no_io() -> None:
             assert name.split(".")[0] not in forbidden, f"{module}.py imports {name}"
         todo.extend(relative)
     assert seen >= {"_framing", "exceptions"}
+
+
+@pytest.mark.parametrize("text", ["héllo", "日本語", "a😀b", "ü"])
+def test_flush_holds_a_character_cut_short(text: str) -> None:
+    """flush(hold_incomplete=True) never splits a UTF-8 character: a silence mid-character."""
+    data = text.encode()
+    for cut in range(1, len(data)):
+        decoder = LineDecoder()
+        assert decoder.feed(data[:cut]) == []
+        first = decoder.flush(hold_incomplete=True)
+        assert decoder.feed(data[cut:]) == []
+        second = decoder.flush(hold_incomplete=True)
+        parts = [part for part in (first, second) if part is not None]
+        assert all(isinstance(part, str) for part in parts)
+        assert "".join(str(part) for part in parts) == text
+        assert decoder.pending == 0
+
+
+def test_flush_without_hold_reports_a_character_cut_short() -> None:
+    """At end of stream (plain flush) a cut-short character is invalid UTF-8."""
+    decoder = LineDecoder()
+    decoder.feed("é".encode()[:1])
+    assert isinstance(decoder.flush(), InvalidFrame)
