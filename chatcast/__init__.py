@@ -23,7 +23,7 @@ from .exceptions import (
     ProtocolError,
 )
 from .message import Message
-from .multicast import MulticastChannel, MulticastStatistics
+from .multicast import MulticastChannel, MulticastStatistics, SenderStatistics
 from .server import BroadcastServer, EventStream, ServerStatistics
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "MulticastChannel",
     "MulticastStatistics",
     "ProtocolError",
+    "SenderStatistics",
     "ServerStatistics",
     "__version__",
 ]

@@ -10,6 +10,10 @@
 Everything received is printed through :func:`chatcast.message.render_text` or
 :func:`chatcast.message.sanitize`: control characters from the network never reach the
 terminal.
+
+``--key KEY``, or the environment variable ``CHATCAST_MULTICAST_KEY`` (kept out of ``ps``),
+signs what is sent and accepts only datagrams signed with the same key. ``--key`` wins over
+the variable; an empty variable counts as unset.
 """
 
 from __future__ import annotations
@@ -18,17 +22,21 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ._console import Console
 from .exceptions import MessageTooLong
 from .message import Message, render_text, sanitize
 from .multicast import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_TTL, MulticastChannel
 
-__all__ = ["add_parser", "run_chat", "run_receive", "run_send"]
+__all__ = ["KEY_ENV", "add_parser", "run_chat", "run_receive", "run_send"]
+
+#: The environment variable holding the group key, so it stays out of ``ps`` and history.
+KEY_ENV = "CHATCAST_MULTICAST_KEY"
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +71,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="send bare text, as the lab's sender.py (no name); receive: print the text only, "
         "as the lab's receivers",
+    )
+    options.add_argument(
+        "--key",
+        default=None,
+        help=f"sign what you send and accept only what is signed with this key (better: set "
+        f"${KEY_ENV}, kept out of ps; --key wins over it). Authenticity, not secrecy: anyone "
+        "on the network can still read the text",
     )
 
     multicast = commands.add_parser(
@@ -121,15 +136,31 @@ def _positive(text: str) -> int:
     return value
 
 
-def _channel(args: argparse.Namespace) -> MulticastChannel:
+def _key(args: argparse.Namespace) -> str | None:
+    """The key: ``--key`` if given (even empty, which the channel refuses), else the
+    environment variable unless it is empty."""
+    if args.key is not None:
+        return str(args.key)
+    return os.environ.get(KEY_ENV) or None
+
+
+def _channel(args: argparse.Namespace, *, receive_only: bool = False) -> MulticastChannel:
     name = args.name if args.name is not None else _login_name()
+    key = _key(args)
+    # receive --plain only changes how messages are printed; it sends nothing.
+    plain = args.plain and not receive_only
+    if key is not None and plain:
+        raise ValueError(
+            f"--plain sends unsigned text, so it cannot be used with a key (--key or ${KEY_ENV})"
+        )
     return MulticastChannel(
         args.group,
         args.port,
         interface=args.interface,
         ttl=args.ttl,
         name=name,
-        plain=args.plain,
+        plain=plain,
+        key=key,
     )
 
 
@@ -143,7 +174,36 @@ def _login_name() -> str | None:
 def _where(channel: MulticastChannel, args: argparse.Namespace, *, ttl: bool = True) -> str:
     interface = args.interface or "the default interface"
     where = f"{channel.group} port {channel.port} on {interface}"
-    return f"{where}, ttl {channel.ttl}" if ttl else where
+    where = f"{where}, ttl {channel.ttl}" if ttl else where
+    return f"{where}, signed" if _key(args) is not None else where
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Shows log records through the console, so they never land in the typed line."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.write(f"! {sanitize(record.getMessage())}")
+        except Exception:  # logging must never break the chat
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_to(console: Console) -> Iterator[None]:
+    """Route the channel's warnings (wrong key, clock skew) through ``console``."""
+    channel_logger = logging.getLogger("chatcast.multicast")
+    handler = _ConsoleLogHandler(console)
+    channel_logger.addHandler(handler)
+    propagate, channel_logger.propagate = channel_logger.propagate, False
+    try:
+        yield
+    finally:
+        channel_logger.propagate = propagate
+        channel_logger.removeHandler(handler)
 
 
 def _render(message: Message, plain: bool) -> str:
@@ -166,7 +226,7 @@ def _on_sigterm(callback: Callable[[], object]) -> Callable[[], None]:
 
 async def run_receive(args: argparse.Namespace) -> int:
     """Print messages until Ctrl-C, SIGTERM or ``--count`` messages; return 0."""
-    async with _channel(args) as channel:
+    async with _channel(args, receive_only=True) as channel:
         undo = _on_sigterm(channel.close)
         try:
             print(
@@ -213,28 +273,33 @@ async def run_send(args: argparse.Namespace) -> int:
 
 async def run_chat(args: argparse.Namespace) -> int:
     """Chat until Ctrl-D, end of input or SIGTERM; return 0, or 1 after a network error."""
+    async with _channel(args) as channel, Console(prompt="> ") as console:
+        with _log_to(console):
+            return await _chat(args, channel, console)
+
+
+async def _chat(args: argparse.Namespace, channel: MulticastChannel, console: Console) -> int:
     stop = asyncio.Event()
     status = 0
-    async with _channel(args) as channel, Console(prompt="> ") as console:
-        undo = _on_sigterm(stop.set)
-        as_whom = "plain text" if channel.plain else (channel.name or "no name")
-        console.write(f"* chatting on {_where(channel, args)} as {as_whom} (Ctrl-D to leave)")
-        tasks = [
-            asyncio.create_task(_show_incoming(console, channel, args.plain)),
-            asyncio.create_task(_send_typed(console, channel)),
-            asyncio.create_task(stop.wait()),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is not None:
-                    console.write(f"! {task.exception()}")
-                    status = 1
-        finally:
-            undo()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    undo = _on_sigterm(stop.set)
+    as_whom = "plain text" if channel.plain else (channel.name or "no name")
+    console.write(f"* chatting on {_where(channel, args)} as {as_whom} (Ctrl-D to leave)")
+    tasks = [
+        asyncio.create_task(_show_incoming(console, channel, args.plain)),
+        asyncio.create_task(_send_typed(console, channel)),
+        asyncio.create_task(stop.wait()),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None:
+                console.write(f"! {task.exception()}")
+                status = 1
+    finally:
+        undo()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return status
 
 

@@ -20,10 +20,16 @@ normative description of what goes on the wire; in short:
   string ``"type"``, is a plain-text :class:`~chatcast.message.Message` whose ``sender`` is
   its source, ``"host:port"``.
 
+* **Signed form** (``key=...``): every datagram carries sender id, epoch, sequence number and
+  time and is signed with HMAC-SHA256 under the group key (:mod:`chatcast._datagram`). A
+  keyed channel sends only signed datagrams and accepts only authentic, fresh ones that it
+  has not accepted before; it counts gaps in each sender's sequence numbers as ``lost``.
+  This is authenticity among key holders, not secrecy: anyone on the network reads the text.
+
 Datagrams are unreliable and unordered across senders: the network may drop, duplicate or
 reorder them; a channel adds no retransmission. It never raises on bad input: oversized,
-empty, non-UTF-8 and malformed datagrams are counted in :meth:`~MulticastChannel.statistics`
-and skipped.
+empty, non-UTF-8, malformed, unsigned, forged and replayed datagrams are counted in
+:meth:`~MulticastChannel.statistics` and skipped.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import socket
 import time
 from typing import Any, Final, Literal
 
-from . import _sockets
+from . import _datagram, _sockets
+from ._datagram import Drop
 from .exceptions import ChannelClosed, InvalidFrame, MessageTooLong
 from .message import Message, decode_message, dump_frame, parse_frame
 
@@ -51,6 +58,7 @@ __all__ = [
     "INSTANCE_FIELD",
     "MulticastChannel",
     "MulticastStatistics",
+    "SenderStatistics",
 ]
 
 logger = logging.getLogger("chatcast.multicast")
@@ -95,7 +103,11 @@ class MulticastStatistics:
 
     While the channel is open, every datagram read is accounted for exactly once::
 
-        received == own + empty + oversized + invalid + overflowed + delivered + queued
+        received == (own + empty + oversized + invalid + unsigned + truncated + malformed
+                     + forged + stale + replayed + overflowed + delivered + queued)
+
+    The counters from ``unsigned`` to ``replayed``, and ``lost``, are for channels with a
+    ``key``; they stay 0 without one.
 
     Attributes:
         sent: Datagrams handed to the OS by :meth:`~MulticastChannel.send`.
@@ -111,6 +123,20 @@ class MulticastStatistics:
         errors: Errors the OS reported on the sockets (logged at debug level).
         receive_buffer_bytes: The kernel receive buffer, as the OS reports it (Linux
             reports twice what it grants); 0 before the channel is open.
+        unsigned: Datagrams without the signed form's marker (plain text, unsigned JSON),
+            skipped.
+        truncated: Signed-looking datagrams shorter than their header says, skipped.
+        malformed: Signed-looking datagrams whose header is not as specified, or with bytes
+            after the tag, skipped.
+        forged: Well-formed datagrams with a wrong tag (another key, or altered), skipped.
+        stale: Authentic datagrams stamped more than 5 minutes from this host's clock,
+            skipped.
+        replayed: Authentic datagrams whose sequence number was accepted already, is more
+            than 64 behind the sender's newest, or belongs to an older epoch, skipped.
+        lost: Sequence numbers that authentic senders skipped and that have not arrived
+            since: datagrams lost on the way (or still on their way: a late one, within 64
+            of the newest, is accepted and no longer counted). Not a count of datagrams
+            read, so not in the sum above.
     """
 
     sent: int = 0
@@ -124,11 +150,54 @@ class MulticastStatistics:
     overflowed: int = 0
     errors: int = 0
     receive_buffer_bytes: int = 0
+    unsigned: int = 0
+    truncated: int = 0
+    malformed: int = 0
+    forged: int = 0
+    stale: int = 0
+    replayed: int = 0
+    lost: int = 0
 
     @property
     def dropped(self) -> int:
-        """Datagrams and messages lost to bad input or a full queue (``own`` not included)."""
-        return self.empty + self.oversized + self.invalid + self.overflowed
+        """Datagrams and messages skipped for bad input or a full queue (not ``own``).
+
+        ``lost`` is not included: those datagrams never arrived.
+        """
+        return (
+            self.empty
+            + self.oversized
+            + self.invalid
+            + self.overflowed
+            + self.unsigned
+            + self.truncated
+            + self.malformed
+            + self.forged
+            + self.stale
+            + self.replayed
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SenderStatistics:
+    """What a keyed :class:`MulticastChannel` knows of one sender, taken at one instant.
+
+    Attributes:
+        sender_id: The sender's id, 16 hex digits (a chatcast channel's
+            :attr:`~MulticastChannel.instance`).
+        name: The ``from`` of its latest message, or ``None``.
+        epoch: Its current epoch (a new one each time it starts its sequence numbers again).
+        last_seq: The highest sequence number received in that epoch.
+        received: Its datagrams accepted, all epochs.
+        lost: Its sequence numbers skipped and not received since.
+    """
+
+    sender_id: str
+    name: str | None
+    epoch: int
+    last_seq: int
+    received: int
+    lost: int
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -160,6 +229,8 @@ class _Receiver(asyncio.DatagramProtocol):
         self.invalid = 0
         self.overflowed = 0
         self.errors = 0
+        # Signed-form counters (see _SignedReceiver); this class never touches them.
+        self.drops = dict.fromkeys(Drop, 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.closed = asyncio.get_running_loop().create_future()
@@ -259,6 +330,21 @@ class _Receiver(asyncio.DatagramProtocol):
             message = dataclasses.replace(message, sender=_source(addr))
         return message
 
+    def enqueue(self, message: Message) -> None:
+        """Queue ``message`` under the drop policy and wake a receiver.
+
+        (:meth:`_handle` does the same inline: one call fewer per datagram.)
+        """
+        queue = self.queue
+        if len(queue) >= self.max_queue:
+            self.overflowed += 1
+            if self.drop_newest:
+                return
+            queue.popleft()
+        queue.append(message)
+        if self.waiters:
+            self.wake_one()
+
     def wake_one(self) -> None:
         """Wake the longest-waiting receiver, if any."""
         while self.waiters:
@@ -273,6 +359,88 @@ class _Receiver(asyncio.DatagramProtocol):
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+
+
+_WARN_ONCE: Final = {
+    Drop.UNSIGNED: "it is not signed (a sender without the key?)",
+    Drop.FORGED: "it is signed with another key, or was altered on the way",
+    Drop.STALE: (
+        "it is stamped %offset s from this host's clock, more than "
+        f"{_datagram.MAX_CLOCK_SKEW_MS // 1000} s: are the clocks synchronised?"
+    ),
+}
+
+
+class _SignedReceiver(_Receiver):
+    """The receive side of a keyed channel: only authentic, fresh datagrams get through.
+
+    A separate class, so the unkeyed hot path (:meth:`_Receiver._handle`) stays as it was.
+    """
+
+    def __init__(self, *, key: bytes, **options: Any) -> None:
+        super().__init__(**options)
+        self.verifier = _datagram.Verifier(key)
+        self.guard = _datagram.ReplayGuard()
+        self.own_sender = self.instance.encode()
+        self.warned: set[Drop] = set()
+
+    def _handle(self, data: bytes, addr: Any) -> None:
+        self.received += 1
+        size = len(data)
+        if size > self.max_bytes:
+            self.oversized += 1
+            logger.debug("skipped a datagram of %d bytes from %s", size, addr)
+            return
+        if not size:
+            self.empty += 1
+            return
+        if addr[1] == self.own_address[1] and addr[0] == self.own_address[0] and not self.echo:
+            self.own += 1
+            return
+        signed = self.verifier.verify(data)
+        if isinstance(signed, Drop):
+            self._drop(signed, addr)
+            return
+        if signed.sender == self.own_sender and not self.echo:
+            self.own += 1
+            return
+        state = self.guard.accept(signed, time.time_ns() // 1_000_000)
+        if isinstance(state, Drop):
+            self._drop(state, addr, signed)
+            return
+        # Authentic and fresh: its sequence number is spent whatever the body holds.
+        try:
+            obj = parse_frame(signed.body.decode())
+            name = obj.get("from")
+            # The signed header's sequence number and time are the message's, whatever the
+            # body says.
+            obj["seq"] = signed.seq
+            obj["ts"] = signed.time_ms / 1000
+            if name is None:
+                obj["from"] = _source(addr)
+            message = decode_message(obj)
+        except (UnicodeDecodeError, InvalidFrame) as exc:
+            self.invalid += 1
+            logger.debug("skipped a signed datagram with an invalid body from %s: %s", addr, exc)
+            return
+        state.name = name
+        self.enqueue(message)
+
+    def _drop(
+        self, reason: Drop, addr: Any, signed: _datagram.SignedDatagram | None = None
+    ) -> None:
+        self.drops[reason] += 1
+        if reason in self.warned or reason not in _WARN_ONCE:
+            logger.debug("dropped a datagram from %s: %s", _source(addr), reason.value)
+            return
+        # Once per channel and kind: these usually mean a misconfiguration (a peer without
+        # the key or with another one, a host whose clock is off), which the user must fix.
+        self.warned.add(reason)
+        hint = _WARN_ONCE[reason]
+        if signed is not None:
+            offset = (signed.time_ms - time.time_ns() // 1_000_000) / 1000
+            hint = hint.replace("%offset", f"{offset:+.0f}")
+        logger.warning("dropped a datagram from %s: %s", _source(addr), hint)
 
 
 class _Sender(asyncio.DatagramProtocol):
@@ -344,10 +512,18 @@ class MulticastChannel:
         drop: What goes when a message arrives to a full queue: ``"oldest"`` (default: the
             longest-waiting message, so a reader that falls behind sees the newest) or
             ``"newest"`` (the arriving one, as the kernel does). Counted as ``overflowed``.
+        key: The group key (``bytes``, or a ``str`` used as UTF-8), shared by every member;
+            ``None`` (default) for unsigned datagrams. With a key, every datagram sent is
+            signed (HMAC-SHA256) and carries this channel's sender id, epoch and sequence
+            number, and only authentic datagrams are received: unsigned, forged, truncated,
+            malformed, stale and replayed ones are skipped and counted. It proves that a
+            message comes from *a* key holder, unaltered and only once; it does not hide it:
+            anyone on the network can read the text. Not with ``plain``.
 
     Raises:
         ValueError: A group that is not multicast, a port or TTL out of range, an unknown
-            interface, or another argument out of range (the message names it).
+            interface, an empty key, a key with ``plain=True``, or another argument out of
+            range (the message names it).
         TypeError: An argument of the wrong type.
 
     Nothing touches the network until :meth:`open` (or ``async with``). A channel is used by
@@ -369,6 +545,7 @@ class MulticastChannel:
         max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
         max_queue: int = DEFAULT_QUEUE_SIZE,
         drop: Literal["oldest", "newest"] = "oldest",
+        key: bytes | str | None = None,
     ) -> None:
         self._group = _sockets.parse_group(group)
         family = socket.AF_INET if self._group.version == 4 else socket.AF_INET6
@@ -383,6 +560,12 @@ class MulticastChannel:
             _check_int("receive_buffer_bytes", receive_buffer_bytes, 1, None)
         if drop not in ("oldest", "newest"):
             raise ValueError(f"drop must be 'oldest' or 'newest', got {drop!r}")
+        signing_key = None if key is None else _datagram.check_key(key)
+        if signing_key is not None and plain:
+            raise ValueError(
+                "a key cannot be combined with plain=True: signed datagrams are always in the "
+                "JSON form"
+            )
         self._interface = _sockets.resolve_interface(interface, family)
         if self._interface.index == 0 and _sockets.needs_interface(self._group):
             raise ValueError(
@@ -395,17 +578,31 @@ class MulticastChannel:
         self._receive_buffer_bytes = receive_buffer_bytes
         self._max_datagram_bytes = max_datagram_bytes
         self._instance = secrets.token_hex(8)
+        # The signed form's epoch: microseconds since the Unix epoch at creation. Only its
+        # uniqueness matters for chatcast's own channels (their sender id is random per
+        # channel); docs/multicast.md says why it is time-ordered.
+        self._epoch = time.time_ns() // 1000
+        self._signer = (
+            None
+            if signing_key is None
+            else _datagram.Signer(signing_key, self._instance, self._epoch)
+        )
         self._seq = 0
         self._sent = 0
         self._delivered = 0
         self._granted_buffer = 0
         self._state: Literal["new", "opening", "open", "closed"] = "new"
-        self._receiver = _Receiver(
-            instance=self._instance,
-            echo=self._echo,
-            max_bytes=max_datagram_bytes,
-            max_queue=max_queue,
-            drop_newest=drop == "newest",
+        options: dict[str, Any] = {
+            "instance": self._instance,
+            "echo": self._echo,
+            "max_bytes": max_datagram_bytes,
+            "max_queue": max_queue,
+            "drop_newest": drop == "newest",
+        }
+        self._receiver = (
+            _Receiver(**options)
+            if signing_key is None
+            else _SignedReceiver(key=signing_key, **options)
         )
         self._sender = _Sender()
         self._receive_transport: asyncio.DatagramTransport | None = None
@@ -441,7 +638,10 @@ class MulticastChannel:
 
     @property
     def instance(self) -> str:
-        """This channel's random instance id, carried in every JSON-form datagram."""
+        """This channel's random instance id, carried in every JSON-form datagram.
+
+        With a ``key`` it is the sender id of the signed form.
+        """
         return self._instance
 
     @property
@@ -460,9 +660,10 @@ class MulticastChannel:
         return self._state == "closed"
 
     def __repr__(self) -> str:
+        signed = " signed" if self._signer is not None else ""
         return (
             f"<MulticastChannel {_source((self.group, self._port))} on {self._interface} "
-            f"ttl={self._ttl} {self._state}>"
+            f"ttl={self._ttl}{signed} {self._state}>"
         )
 
     # -- life cycle ---------------------------------------------------------------------
@@ -603,7 +804,14 @@ class MulticastChannel:
             await asyncio.shield(sender.resumed)
 
     def _encode(self, text: str) -> bytes:
-        if self._plain:
+        if self._signer is not None:
+            # Sequence number and time are in the signed header, so the body leaves them out.
+            body = dump_frame(Message(text=text, sender=self._name).to_wire())[:-1]
+            size = len(body) + _datagram.OVERHEAD
+            if size > self._max_datagram_bytes:  # before signing, which caps the body length
+                raise MessageTooLong(size, self._max_datagram_bytes)
+            data = self._signer.sign(self._seq + 1, time.time_ns() // 1_000_000, body)
+        elif self._plain:
             if not text:
                 raise ValueError("plain mode cannot send an empty text")
             data = text.encode()
@@ -692,7 +900,36 @@ class MulticastChannel:
             overflowed=r.overflowed,
             errors=r.errors + self._sender.errors,
             receive_buffer_bytes=self._granted_buffer,
+            unsigned=r.drops[Drop.UNSIGNED],
+            truncated=r.drops[Drop.TRUNCATED],
+            malformed=r.drops[Drop.MALFORMED],
+            forged=r.drops[Drop.FORGED],
+            stale=r.drops[Drop.STALE],
+            replayed=r.drops[Drop.REPLAYED],
+            lost=r.guard.lost if isinstance(r, _SignedReceiver) else 0,
         )
+
+    def sender_statistics(self) -> list[SenderStatistics]:
+        """Return what this channel knows of each sender now, least recently heard first.
+
+        Only a channel with a ``key`` tracks senders (an unsigned datagram's sender id could
+        be anyone's); without one the list is empty. It holds at most the 1024 most
+        recently heard senders.
+        """
+        receiver = self._receiver
+        if not isinstance(receiver, _SignedReceiver):
+            return []
+        return [
+            SenderStatistics(
+                sender_id=state.sender.decode(),
+                name=state.name,
+                epoch=state.epoch,
+                last_seq=state.top,
+                received=state.received,
+                lost=state.lost,
+            )
+            for state in receiver.guard.senders()
+        ]
 
 
 def _check_int(what: str, value: object, low: int, high: int | None) -> None:

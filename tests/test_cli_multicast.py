@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
 
+from chatcast._cli_multicast import KEY_ENV
+from chatcast._datagram import Signer
 from chatcast.cli import main
 from chatcast.multicast import MulticastChannel
 from tests.helpers import timeout
+
+KEY = "kunci kelas ✓"
 
 Process = asyncio.subprocess.Process
 
@@ -33,9 +39,11 @@ def free_port() -> int:
 
 
 class Run(Protocol):
-    """``await run(action, *args, stdin=...)``: start ``chatcast multicast ACTION``."""
+    """``await run(action, *args, stdin=..., env=...)``: start ``chatcast multicast ACTION``."""
 
-    async def __call__(self, action: str, *args: str, stdin: int | None = ...) -> Process: ...
+    async def __call__(
+        self, action: str, *args: str, stdin: int | None = ..., env: dict[str, str] | None = ...
+    ) -> Process: ...
 
 
 @pytest.fixture
@@ -51,8 +59,14 @@ async def run() -> AsyncIterator[Run]:
     processes: list[Process] = []
 
     async def start(
-        action: str, *args: str, stdin: int | None = asyncio.subprocess.DEVNULL
+        action: str,
+        *args: str,
+        stdin: int | None = asyncio.subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
     ) -> Process:
+        # The caller's own key must not leak into the tests; ``env`` adds variables.
+        environment = {name: value for name, value in os.environ.items() if name != KEY_ENV}
+        environment.update(env or {})
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -63,6 +77,7 @@ async def run() -> AsyncIterator[Run]:
             stdin=stdin,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=environment,
         )
         processes.append(process)
         return process
@@ -103,9 +118,9 @@ async def finish(process: Process, seconds: float = 10.0) -> tuple[int, str, str
     return process.returncode, out.decode(), err.decode()
 
 
-async def started_receiver(run: Run, *args: str) -> Process:
+async def started_receiver(run: Run, *args: str, env: dict[str, str] | None = None) -> Process:
     """``receive`` with ``args``, once it says (on stderr) that it is listening."""
-    process = await run("receive", *args)
+    process = await run("receive", *args, env=env)
     assert (await line_of(process.stderr)).startswith("chatcast: receiving on ")
     return process
 
@@ -122,7 +137,7 @@ def test_help(action: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("usage: chatcast multicast")
     if action:
-        for flag in ("--group", "--port", "--ttl", "--interface", "--name", "--plain"):
+        for flag in ("--group", "--port", "--ttl", "--interface", "--name", "--plain", "--key"):
             assert flag in out
         assert "224.1.1.1" in out
         assert "5004" in out
@@ -248,3 +263,134 @@ async def test_chat_with_piped_stdin(run: Run, where: list[str], channel: Multic
     status, out, err = await finish(chat)
     assert status == 0, err
     assert "dari chat" not in out  # its own message is not echoed back
+
+
+# -- signed: --key and $CHATCAST_MULTICAST_KEY ---------------------------------------------
+
+
+@pytest.fixture
+async def keyed(where: list[str]) -> AsyncIterator[MulticastChannel]:
+    """A channel on the test's group, named "tester", signing with KEY."""
+    group, port = where[1], int(where[3])
+    async with MulticastChannel(
+        group, port, interface="127.0.0.1", ttl=0, name="tester", key=KEY
+    ) as opened:
+        yield opened
+
+
+def raw_sender(where: list[str]) -> socket.socket:
+    """A plain UDP socket sending on 127.0.0.1 with TTL 0 (close it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    return sock
+
+
+async def test_send_with_key_flag(run: Run, where: list[str], keyed: MulticastChannel) -> None:
+    """``send --key`` signs: a channel with the key receives it, numbered."""
+    sender = await run("send", *where, "--ttl", "0", "--name", "alice", "--key", KEY, "halo")
+    assert (await finish(sender))[0] == 0
+    async with asyncio.timeout(timeout()):
+        message = await keyed.receive()
+    assert (message.text, message.sender, message.seq) == ("halo", "alice", 1)
+    assert keyed.statistics().dropped == 0
+
+
+async def test_key_from_environment(run: Run, where: list[str]) -> None:
+    """With $CHATCAST_MULTICAST_KEY, ``receive`` prints only signed messages and warns once."""
+    receiver = await started_receiver(run, *where, "--count", "1", env={KEY_ENV: KEY})
+    signer = Signer(KEY.encode(), "00000000000000ff", 1)
+    body = b'{"type":"message","from":"signer","text":"signed"}'
+    with raw_sender(where) as sock:  # one socket: the unsigned one is read first
+        sock.sendto(b"unsigned noise", (where[1], int(where[3])))
+        sock.sendto(signer.sign(1, int(time.time() * 1000), body), (where[1], int(where[3])))
+    status, out, err = await finish(receiver)
+    assert (status, out) == (0, "signer: signed\n")
+    assert "it is not signed (a sender without the key?)" in err
+
+
+async def test_key_flag_wins_over_environment(
+    run: Run, where: list[str], keyed: MulticastChannel
+) -> None:
+    """``--key`` wins over the environment variable (documented precedence)."""
+    sender = await run("send", *where, "--ttl", "0", "--key", KEY, "right", env={KEY_ENV: "wrong"})
+    assert (await finish(sender))[0] == 0
+    async with asyncio.timeout(timeout()):
+        assert (await keyed.receive()).text == "right"
+    wrong = await run("send", *where, "--ttl", "0", "wrong", env={KEY_ENV: "wrong"})
+    assert (await finish(wrong))[0] == 0
+    with raw_sender(where) as sock:
+        signer = Signer(KEY.encode(), "00000000000000ff", 1)
+        sock.sendto(signer.sign(1, int(time.time() * 1000), b'{"type":"message","text":"ok"}'),
+                    (where[1], int(where[3])))  # fmt: skip
+    async with asyncio.timeout(timeout()):
+        assert (await keyed.receive()).text == "ok"
+    assert keyed.statistics().forged == 1
+
+
+async def test_empty_environment_variable_means_no_key(
+    run: Run, where: list[str], channel: MulticastChannel
+) -> None:
+    """An empty $CHATCAST_MULTICAST_KEY counts as unset: ``send`` sends unsigned."""
+    sender = await run("send", *where, "--ttl", "0", "unsigned", env={KEY_ENV: ""})
+    assert (await finish(sender))[0] == 0
+    async with asyncio.timeout(timeout()):
+        assert (await channel.receive()).text == "unsigned"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["send", "--key", "", "x"], {}, "chatcast: key must not be empty"),
+        (["send", "--plain", "--key", "k", "x"], {}, "--plain sends unsigned text"),
+        (["chat", "--plain"], {KEY_ENV: "k"}, "cannot be used with a key"),
+    ],
+)
+async def test_bad_key_use_is_reported(
+    run: Run, where: list[str], args: list[str], env: dict[str, str], message: str
+) -> None:
+    """An empty key, or --plain with a key, ends the command with status 1 and says why."""
+    process = await run(args[0], *where, "--ttl", "0", *args[1:], env=env)
+    status, _, err = await finish(process)
+    assert status == 1
+    assert message in err
+
+
+async def test_receive_plain_with_key(run: Run, where: list[str], keyed: MulticastChannel) -> None:
+    """``receive --plain`` only changes the printing, so it works with a key."""
+    receiver = await started_receiver(run, *where, "--count", "1", "--plain", "--key", KEY)
+    await keyed.send("text only")
+    status, out, _ = await finish(receiver)
+    assert (status, out) == (0, "text only\n")
+
+
+async def test_chat_with_key_shows_warnings(
+    run: Run, where: list[str], keyed: MulticastChannel
+) -> None:
+    """Keyed ``chat`` says it signs, shows a wrong-key warning as a line, and talks."""
+    chat = await run(
+        "chat", *where, "--ttl", "0", "--name", "chatter", stdin=asyncio.subprocess.PIPE,
+        env={KEY_ENV: KEY},
+    )  # fmt: skip
+    assert chat.stdin is not None
+    banner = await line_of(chat.stdout)
+    assert banner.startswith("* chatting on ")
+    assert ", signed as chatter" in banner
+    with raw_sender(where) as sock:
+        signer = Signer(b"another key", "00000000000000ff", 1)
+        sock.sendto(signer.sign(1, int(time.time() * 1000), b'{"type":"message","text":"x"}'),
+                    (where[1], int(where[3])))  # fmt: skip
+    warning = await line_of(chat.stdout)
+    assert warning.startswith("! dropped a datagram from 127.0.0.1:")
+    assert warning.endswith("it is signed with another key, or was altered on the way")
+    await keyed.send("halo")
+    assert await line_of(chat.stdout) == "tester: halo"
+    chat.stdin.write(b"balas\n")
+    await chat.stdin.drain()
+    async with asyncio.timeout(timeout()):
+        message = await keyed.receive()
+    assert (message.text, message.sender, message.seq) == ("balas", "chatter", 1)
+    chat.stdin.close()
+    status, _, err = await finish(chat)
+    assert status == 0, err
+    assert "dropped" not in err  # the warning went through the console, not stderr
