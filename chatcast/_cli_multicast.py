@@ -256,7 +256,11 @@ async def run_send(args: argparse.Namespace) -> int:
     """Send TEXT, or each non-empty line of stdin; return 1 if a line was too long."""
     async with _channel(args) as channel:
         if args.text:
-            await channel.send(" ".join(args.text))
+            text = " ".join(args.text)
+            if not text.strip():
+                print("chatcast: nothing to send: the text is empty", file=sys.stderr)
+                return 1
+            await channel.send(text)
             return 0
         status = 0
         async with Console(prompt="send> ") as console:
@@ -283,7 +287,10 @@ async def _chat(args: argparse.Namespace, channel: MulticastChannel, console: Co
     status = 0
     undo = _on_sigterm(stop.set)
     as_whom = "plain text" if channel.plain else (channel.name or "no name")
-    console.write(f"* chatting on {_where(channel, args)} as {as_whom} (Ctrl-D to leave)")
+    console.write(
+        f"* chatting on {_where(channel, args)} as {as_whom} (/quit or Ctrl-D to leave; "
+        "//text sends a line that starts with '/')"
+    )
     tasks = [
         asyncio.create_task(_show_incoming(console, channel, args.plain)),
         asyncio.create_task(_send_typed(console, channel)),
@@ -312,6 +319,15 @@ async def _send_typed(console: Console, channel: MulticastChannel) -> None:
     while (line := await console.read_line()) is not None:
         if not line:
             continue
+        if line.startswith("/") and not line.startswith("//"):
+            command = line[1:].split(" ", 1)[0].lower()
+            if command in ("quit", "exit"):
+                return
+            console.write(
+                "* commands: /quit (or Ctrl-D) leaves; //text sends a line starting with '/'"
+            )
+            continue
+        line = line.removeprefix("/")  # "//text" sends "/text"
         try:
             await channel.send(line)
         except (MessageTooLong, OSError) as exc:
