@@ -3,27 +3,44 @@
 Prints ``PORT <n>`` once listening on 127.0.0.1 (port 0: the OS picks), then serves until its
 standard input is closed (the benchmark's way of stopping it) or it gets SIGTERM.
 KIND is ``chatcast``, ``ceiling``, ``naive`` or ``threaded``.
+
+A line ``STATS`` on standard input is answered with ``STATS <json>``: chatcast's
+``statistics()`` (backplane figures included), ``{}`` for the other relays. The same line is
+printed once more when the server stops. ``--backplane redis://...`` (chatcast only) joins the
+server to others through a :class:`~chatcast.backplane.RedisBackplane` with ``--prefix``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ._util import raise_nofile
 
 KINDS = ("chatcast", "ceiling", "naive", "threaded")
 
 
-def _wait_stdin_then(callback: Callable[[], object]) -> None:
+def _wait_stdin_then(
+    callback: Callable[[], object], stats: Callable[[], object] | None = None
+) -> None:
+    """Call ``callback`` when standard input ends; ``stats`` at each ``STATS`` line."""
+
     def reader() -> None:
         try:
-            sys.stdin.buffer.read()
+            for line in sys.stdin:
+                if line.strip() == "STATS":
+                    if stats is not None:
+                        stats()
+                    else:
+                        print("STATS {}", flush=True)
         finally:
             callback()
 
@@ -43,19 +60,36 @@ def _serve_threaded() -> None:
     relay.close()
 
 
-async def _serve_async(kind: str, max_clients: int | None) -> None:
+async def _serve_async(
+    kind: str, max_clients: int | None, backplane_url: str | None, prefix: str
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    _wait_stdin_then(lambda: loop.call_soon_threadsafe(stop.set))
+    statistics: Callable[[], dict[str, Any]] = dict
+
+    def report() -> None:
+        print("STATS " + json.dumps(statistics()), flush=True)
+
+    _wait_stdin_then(
+        lambda: loop.call_soon_threadsafe(stop.set), lambda: loop.call_soon_threadsafe(report)
+    )
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     close: Callable[[], object]
     if kind == "chatcast":
         from chatcast import BroadcastServer
 
-        server = BroadcastServer("127.0.0.1", 0, max_clients=max_clients)
+        backplane = None
+        if backplane_url is not None:
+            from chatcast.backplane import RedisBackplane
+
+            backplane = RedisBackplane(backplane_url, prefix=prefix)
+        server = BroadcastServer("127.0.0.1", 0, max_clients=max_clients, backplane=backplane)
         await server.start()
         port = server.port
         close = server.close
+
+        def statistics() -> dict[str, Any]:
+            return dataclasses.asdict(server.statistics())
     elif kind == "ceiling":
         from .baselines.ceiling import CeilingHub
 
@@ -70,6 +104,7 @@ async def _serve_async(kind: str, max_clients: int | None) -> None:
         port, close = relay.port, relay.close
     print(f"PORT {port}", flush=True)
     await stop.wait()
+    report()  # before closing: a closed server has let go of its backplane
     close()
     if kind == "chatcast":
         await server.wait_closed()
@@ -80,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--max-clients", type=int, default=None, help="chatcast's max_clients")
+    parser.add_argument("--backplane", metavar="URL", help="chatcast: a Redis backplane URL")
+    parser.add_argument("--prefix", default="chatcast", help="the backplane's key prefix")
     args = parser.parse_args(argv)
+    if args.backplane is not None and args.kind != "chatcast":
+        parser.error("--backplane is for chatcast only")
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
     if args.kind == "threaded":
@@ -92,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve_async(args.kind, args.max_clients))
+        runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix))
     return 0
 
 

@@ -10,6 +10,13 @@ lines it has read (the unfinished last line waits for the next read), so a messa
 once, whatever the read boundaries and the wire form (text ``guest3: #m...`` or JSON
 ``"text":"#m..."``). Nothing lost is checked, not assumed: every subscriber must count exactly
 ``publishers x messages``, and every publisher ``(publishers - 1) x messages``.
+
+Several servers: ``--port 4001,4002`` spreads the clients over servers joined by a backplane
+(subscriber ``i`` and publisher ``j`` on server ``i`` and ``j`` modulo the number of ports);
+the counting is the same, since every message must reach every server. The paced workload then
+tells same-server deliveries from cross-server ones (each stamp names its publisher's server).
+``--sync`` lets :mod:`benchmarks.run` read the servers' counters around the measured phase:
+``MEASURE`` is printed before it and ``MEASURED`` after it, each waiting for a line ``GO``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 from ._util import cpu_seconds, raise_nofile
 
 MARK = b"#m"
-_STAMP = re.compile(rb"#m(\d{19})")
+_STAMP = re.compile(rb"#m(\d{19})([a-z])")
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _RECV = 262144
@@ -42,16 +49,27 @@ def message(publisher: int, seq: int, size: int) -> bytes:
     return head + b"x" * (size - 1 - len(head)) + b"\n"
 
 
-def stamped(size: int) -> bytes:
-    """A ``size``-byte chat line carrying the send time (``time.monotonic_ns``)."""
-    head = b"#m%019d " % time.monotonic_ns()
+def stamped(size: int, server: int = 0) -> bytes:
+    """A ``size``-byte chat line carrying the send time (``time.monotonic_ns``) and the index
+    of the publisher's server (a letter: ``a`` for the first)."""
+    head = b"#m%019d%c " % (time.monotonic_ns(), 0x61 + server)
     return head + b"x" * (size - 1 - len(head)) + b"\n"
 
 
 class Peer:
     """One client socket and what was counted on it."""
 
-    __slots__ = ("carry", "count", "hash_last", "latencies", "outbox", "pending", "sock")
+    __slots__ = (
+        "carry",
+        "count",
+        "cross",
+        "hash_last",
+        "latencies",
+        "outbox",
+        "pending",
+        "server",
+        "sock",
+    )
 
     #: Bytes read by all peers (a class-wide counter: one load generator per process).
     received = 0
@@ -59,11 +77,14 @@ class Peer:
     #: limits the measurement: the relay and this process share a 2-core machine).
     buffer = bytearray(_RECV)
 
-    def __init__(self, sock: socket.socket, carry: bytes) -> None:
+    def __init__(self, sock: socket.socket, carry: bytes, server: int = 0) -> None:
         self.sock = sock
         self.carry = carry
+        self.server = server  # the index of the server this client is connected to
         self.count = 0
+        #: Latencies (ns) of messages from publishers on this server, and on other servers.
         self.latencies: list[int] | None = None
+        self.cross: list[int] = []
         self.outbox: list[bytes] = []
         self.pending = b""
         self.hash_last = False
@@ -104,15 +125,19 @@ class Peer:
             now = time.monotonic_ns()
             stamps = _STAMP.findall(data, 0, end)
             self.count += len(stamps)
-            self.latencies.extend([now - int(s) for s in stamps])
+            own = 0x61 + self.server
+            for stamp, origin in stamps:
+                (self.latencies if origin[0] == own else self.cross).append(now - int(stamp))
         return True
 
 
-def connect(port: int, count: int, *, json_mode: bool = False) -> list[Peer]:
-    """Open ``count`` text-mode (or JSON-mode) clients; each has read its welcome line."""
+def connect(ports: list[int], count: int, *, json_mode: bool = False) -> list[Peer]:
+    """Open ``count`` text-mode (or JSON-mode) clients, client ``i`` on ``ports[i % n]``;
+    each has read its welcome line."""
     peers = []
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port))
+    for i in range(count):
+        server = i % len(ports)
+        sock = socket.create_connection(("127.0.0.1", ports[server]))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         data = b""
         while b"\n" not in data:
@@ -124,16 +149,18 @@ def connect(port: int, count: int, *, json_mode: bool = False) -> list[Peer]:
         if json_mode:
             sock.sendall(b'{"type":"hello","room":"lobby"}\n')
         sock.setblocking(False)
-        peers.append(Peer(sock, carry))
+        peers.append(Peer(sock, carry, server))
     return peers
 
 
 class Run:
     """Subscribers and publishers on one selector."""
 
-    def __init__(self, port: int, subscribers: int, publishers: int, json_subs: bool) -> None:
-        self.subs = connect(port, subscribers, json_mode=json_subs)
-        self.pubs = connect(port, publishers)
+    def __init__(
+        self, ports: list[int], subscribers: int, publishers: int, json_subs: bool
+    ) -> None:
+        self.subs = connect(ports, subscribers, json_mode=json_subs)
+        self.pubs = connect(ports, publishers)
         self.epoll = select.epoll()
         self.peers = {peer.sock.fileno(): peer for peer in self.subs + self.pubs}
         for fd in self.peers:
@@ -242,6 +269,22 @@ class Run:
         self.epoll.close()
 
 
+def _sync(args: argparse.Namespace, point: str) -> None:
+    """With ``--sync``: say where we are and wait for ``GO`` (the orchestrator reads the
+    servers' counters meanwhile; nothing is in flight)."""
+    if args.sync:
+        print(point, flush=True)
+        if sys.stdin.readline().strip() != "GO":
+            raise RuntimeError(f"no GO after {point}")
+
+
+def _percentile(samples: list[int], q: float) -> float:
+    """The ``q`` quantile of sorted nanosecond ``samples``, in milliseconds (NaN if none)."""
+    if not samples:
+        return float("nan")
+    return samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6
+
+
 def burst(args: argparse.Namespace) -> dict[str, Any]:
     """Workload 1: every publisher sends ``messages`` as fast as the server takes them."""
     run = Run(args.port, args.subscribers, args.publishers, args.json_subscribers)
@@ -251,6 +294,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         for i, pub in enumerate(run.pubs):
             # outbox is popped from the end: store in reverse so messages go out in order.
             pub.outbox = [message(i, seq, args.size) for seq in range(args.messages, 0, -1)]
+        _sync(args, "MEASURE")
         server_cpu = cpu_seconds(args.server_pid) if args.server_pid else 0.0
         own_cpu = time.process_time()
         started = time.perf_counter()
@@ -265,6 +309,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         own_cpu = time.process_time() - own_cpu
         if args.server_pid:
             server_cpu = cpu_seconds(args.server_pid) - server_cpu
+        _sync(args, "MEASURED")
         counts = run.counts()
         expected = args.subscribers * per_sub
         delivered = counts["subscriber_total"]
@@ -275,6 +320,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         )
         return {
             "workload": "burst",
+            "servers": len(args.port),
             "subscribers": args.subscribers,
             "publishers": args.publishers,
             "messages": args.publishers * args.messages,
@@ -300,11 +346,13 @@ def paced(args: argparse.Namespace) -> dict[str, Any]:
     try:
         run.settle(args.settle)
         run.warm_up(args.size, time.monotonic() + args.timeout)
+        _sync(args, "MEASURE")
         for peer in run.subs:
             peer.latencies = []
             peer.carry = b""  # the server was quiet: no line is cut here
         total = int(args.rate * args.duration)
         interval_ns = int(1e9 / args.rate)
+        own_cpu = time.process_time()
         started = time.monotonic_ns()
         sent = 0
         npubs = len(run.pubs)
@@ -313,7 +361,7 @@ def paced(args: argparse.Namespace) -> dict[str, Any]:
             due = min(total, (now - started) // interval_ns + 1)
             while sent < due:
                 pub = run.pubs[sent % npubs]
-                pub.outbox.insert(0, stamped(args.size))
+                pub.outbox.insert(0, stamped(args.size, pub.server))
                 if len(pub.outbox) == 1 and not pub.pending:
                     run.send(pub)
                     if pub.outbox or pub.pending:
@@ -324,19 +372,32 @@ def paced(args: argparse.Namespace) -> dict[str, Any]:
         # Publisher i sent the messages whose number is i modulo npubs; it gets the others.
         per_pub = [total - len(range(i, total, npubs)) for i in range(npubs)]
         run.wait_counts(total, per_pub, time.monotonic() + args.timeout)
+        own_cpu = time.process_time() - own_cpu
+        _sync(args, "MEASURED")
         pubs_ok = all(p.count == want for p, want in zip(run.pubs, per_pub, strict=True))
         counts = run.counts()
         expected = args.subscribers * total
         delivered = counts["subscriber_total"]
-        samples = sorted(x for p in run.subs for x in (p.latencies or ()))
+        same = sorted(x for p in run.subs for x in (p.latencies or ()))
+        cross = sorted(x for p in run.subs for x in p.cross)
+        samples = sorted(same + cross)
+        split: dict[str, Any] = {}
+        if len(args.port) > 1:
+            # Same-server deliveries (publisher and subscriber on one server) and cross-server
+            # ones (through the backplane), told apart by the server letter in each stamp.
+            for label, part in (("same", same), ("cross", cross)):
+                split[f"{label}_deliveries"] = len(part)
+                split[f"{label}_p50_ms"] = _percentile(part, 0.50)
+                split[f"{label}_p99_ms"] = _percentile(part, 0.99)
+                split[f"{label}_p999_ms"] = _percentile(part, 0.999)
+                split[f"{label}_max_ms"] = part[-1] / 1e6 if part else float("nan")
 
         def pct(q: float) -> float:
-            if not samples:
-                return float("nan")
-            return samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6
+            return _percentile(samples, q)
 
         return {
             "workload": "paced",
+            "servers": len(args.port),
             "subscribers": args.subscribers,
             "publishers": args.publishers,
             "rate": args.rate,
@@ -349,6 +410,8 @@ def paced(args: argparse.Namespace) -> dict[str, Any]:
             "p99_ms": pct(0.99),
             "p999_ms": pct(0.999),
             "max_ms": samples[-1] / 1e6 if samples else float("nan"),
+            "loadgen_cpu_s": own_cpu,
+            **split,
             **counts,
         }
     finally:
@@ -497,12 +560,20 @@ def scale(args: argparse.Namespace) -> int:
                     client.buf = buf[-256:]
 
 
+def _ports(text: str) -> list[int]:
+    """``4001`` or ``4001,4002``: the servers' ports."""
+    return [int(port) for port in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen")
     sub = parser.add_subparsers(dest="workload", required=True)
     for name in ("burst", "paced"):
         p = sub.add_parser(name)
-        p.add_argument("--port", type=int, required=True)
+        p.add_argument(
+            "--port", type=_ports, required=True, help="a port, or ports joined by a backplane"
+        )
+        p.add_argument("--sync", action="store_true", help="MEASURE/MEASURED, wait for GO")
         p.add_argument("--subscribers", type=int, default=100)
         p.add_argument("--publishers", type=int, default=10)
         p.add_argument("--size", type=int, default=64, help="bytes per message, LF included")
