@@ -217,7 +217,8 @@ async def _operator(console: Console, server: BroadcastServer, stop: asyncio.Eve
                 if server.statistics().backplane_connected is not None
                 else ""
             )
-            console.write(f"[server] {line}  (to {count} clients{where})")
+            noun = "client" if count == 1 else "clients"
+            console.write(f"[server] {line}  (to {count} {noun}{where})")
 
 
 async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -> None:
@@ -311,25 +312,40 @@ async def _client_command(console: Console, client: BroadcastClient, line: str) 
     if word in ("quit", "exit"):
         await client.close(rest)
         return False
+    usage = _USAGE.get(word)
     if word == "join" and rest:
         await client.join(rest)
     elif word == "nick" and rest:
         await client.nick(rest)
-    elif word == "msg" and " " in rest:
+    elif word == "msg" and rest.partition(" ")[2].strip():
         to, text = rest.split(" ", 1)
-        await client.send(text, to=to)
+        await client.send(text.strip(), to=to)
     elif word == "who":
         names = await client.who(rest or None)
         console.write(f"* in {rest or client.room}: {', '.join(names) or '(nobody)'}")
     elif word == "rooms":
         rooms = await client.rooms()
         console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
+    elif usage is not None and word != "help":
+        console.write(f"! usage: {usage}")
     else:
-        console.write(
-            "* commands: /join ROOM, /nick NAME, /msg NAME TEXT, /who [ROOM], /rooms, "
-            "/quit; //text sends a line starting with '/'"
-        )
+        if word != "help":
+            console.write(f"! unknown command /{word}")
+        console.write("* commands: " + ", ".join(_USAGE.values()))
+        console.write("* //text sends a line starting with '/'")
     return True
+
+
+#: The client's commands, as /help lists them.
+_USAGE = {
+    "join": "/join ROOM",
+    "nick": "/nick NAME",
+    "msg": "/msg NAME TEXT",
+    "who": "/who [ROOM]",
+    "rooms": "/rooms",
+    "help": "/help",
+    "quit": "/quit [REASON]",
+}
 
 
 def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:

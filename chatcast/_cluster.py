@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import backplane as bp
+from ._protocol import name_key
 from .message import ANNOUNCEMENT, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ class Cluster:
 
     def private(self, message: Message) -> bool:
         """Send a private message to a name on another server; False if nobody has it."""
-        if message.to not in self.remote:
+        to = self._remote_name(message.to or "")
+        if to is None:
             return False
         self.backplane.publish(
             bp.Envelope(
@@ -104,11 +106,18 @@ class Cluster:
                 None,
                 message.sender,
                 (message.text,),
-                to=message.to,
+                to=to,
                 ts=message.timestamp,
             )
         )
         return True
+
+    def _remote_name(self, name: str) -> str | None:
+        """The name on another server that is ``name`` (``Alice`` for ``alice``), or None."""
+        if name in self.remote:
+            return name
+        key = name_key(name)
+        return next((n for n in self.remote if name_key(n) == key), None)
 
     def moved(self, name: str, room: str) -> None:
         self.backplane.moved(name, room)
@@ -128,7 +137,7 @@ class Cluster:
         Reading from ``conn`` is paused meanwhile; frames already decoded are kept in
         ``conn.deferred`` by the server and handled, in order, after ``then``.
         """
-        if name in self.remote:
+        if self._remote_name(name) is not None:
             then(False)
             return
         conn.deferred = []
@@ -167,7 +176,7 @@ class Cluster:
             return
         text = envelope.texts[0] if envelope.texts else ""
         if kind == bp.PRIVATE:
-            target = server._names.get(envelope.to or "")
+            target = server._names.get(name_key(envelope.to or ""))
             if target is not None and not target.closing:
                 message = Message(
                     text,
@@ -216,7 +225,7 @@ class Cluster:
             log.debug("presence refresh failed: %s", exc)
             return
         local = self.server._names
-        self.remote = {name: room for name, room in presence.items() if name not in local}
+        self.remote = {n: room for n, room in presence.items() if name_key(n) not in local}
 
     async def _refresh_forever(self) -> None:
         while not self._closing:

@@ -114,9 +114,16 @@ class Connection(asyncio.Protocol):
             frames = self.decoder.feed(data)
             if frames:
                 server._handle_frames(self, frames)
-        if not self.json and self.decoder.pending and self.flush_handle is None:
+        decoder = self.decoder
+        if (
+            not self.json
+            and (decoder.pending or decoder.discarding)
+            and self.flush_handle is None
+            and not self.closing
+        ):
             # Text mode: a partial line followed by a silence is a message (the lab's
-            # clients send() without a newline).
+            # clients send() without a newline), and the silence also ends an over-long
+            # line being discarded, or a client that never sends LF would be mute for good.
             self.flush_handle = server._loop.call_later(server.line_timeout, self._flush_partial)
 
     def eof_received(self) -> bool:
@@ -165,6 +172,8 @@ class Connection(asyncio.Protocol):
         self.backlog_bytes += len(data)
         limit = self.server.max_buffer_bytes
         while self.backlog_bytes > limit and len(backlog) > 1:
+            if not self.dropped:
+                self.server._slow_consumers += 1  # once per episode of falling behind
             old = backlog.popleft()
             self.backlog_bytes -= len(old)
             self.dropped += old.count(b"\n")
@@ -182,14 +191,15 @@ class Connection(asyncio.Protocol):
 
     def _flush_partial(self) -> None:
         self.flush_handle = None
-        if self.closing or self.json or not self.decoder.pending:
+        decoder = self.decoder
+        if self.closing or self.json or not (decoder.pending or decoder.discarding):
             return
         server = self.server
         wait = self.last_rx + server.line_timeout - server._loop.time()
         if wait > 0.001:
             self.flush_handle = server._loop.call_later(wait, self._flush_partial)
             return
-        frame = self.decoder.flush(hold_incomplete=True)
+        frame = decoder.flush(hold_incomplete=True)  # also ends a discard
         if frame is not None:
             server._handle_frames(self, [frame])
 

@@ -9,6 +9,7 @@ description.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ __all__ = [
     "Who",
     "check_name",
     "check_text",
+    "name_key",
     "parse_json",
     "parse_text",
 ]
@@ -138,9 +140,29 @@ def check_name(name: str, what: str = "name") -> str:
         raise InvalidFrame(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     if not _NAME.fullmatch(name):
         raise InvalidFrame(f"{what} may hold only letters, digits, '_', '.' and '-'")
-    if name.lower() in _RESERVED:
+    if len({_script(c) for c in unicodedata.normalize("NFKC", name) if c.isalpha()}) > 1:
+        # "alice" spelt with a Cyrillic "a" (U+0430) would pass for "alice" (Unicode TR39,
+        # mixed-script confusables): a name's letters come from one script.
+        raise InvalidFrame(f"{what} mixes letters of different scripts")
+    if name_key(name) in _RESERVED:
         raise InvalidFrame(f"{what} {name!r} is reserved")
     return name
+
+
+def name_key(name: str) -> str:
+    """The form two names are compared in: ``Alice``, ``alice`` and ``alice`` in fullwidth
+    letters (U+FF41...) are one name (Unicode NFKC, then case folding)."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+# Scripts that are written together: Japanese mixes kanji and kana, Korean hangul and hanja.
+_SCRIPT_GROUPS: Final = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "HANGUL": "CJK"}
+
+
+def _script(char: str) -> str:
+    """A letter's script, as the first word of its Unicode name (``LATIN``, ``CYRILLIC``)."""
+    word = unicodedata.name(char, "?").split(" ", 1)[0]
+    return _SCRIPT_GROUPS.get(word, word)
 
 
 def check_text(text: str) -> str:

@@ -147,7 +147,7 @@ class Session(Relay):
         name = hello.name
         if name is not None:
             proto.check_name(name)
-            holder = self._names.get(name)
+            holder = self._names.get(proto.name_key(name))
             if holder is not None and holder is not conn:
                 raise InvalidFrame(f"name {name!r} is taken")
             if self._cluster is not None:
@@ -182,7 +182,7 @@ class Session(Relay):
                     "room": room,
                     "text": self.welcome,
                     "version": proto.PROTOCOL_VERSION,
-                    "heartbeat": self.heartbeat_interval,
+                    "heartbeat": float(self.heartbeat_interval),
                 }
             )
         )
@@ -295,17 +295,19 @@ class Session(Relay):
         while True:
             self._guest_counter += 1
             name = f"guest{self._guest_counter}{suffix}"
-            if name not in self._names:
+            if name not in self._names:  # guest names are their own key
                 return name
 
     def _set_name(self, conn: Connection, name: str) -> None:
-        if conn.name and self._names.get(conn.name) is conn:
-            del self._names[conn.name]
-        if conn.name and self._cluster is not None:
-            self._cluster.release(conn.name)
+        if conn.name:
+            key = proto.name_key(conn.name)
+            if self._names.get(key) is conn:
+                del self._names[key]
+            if self._cluster is not None:
+                self._cluster.release(conn.name)
         conn.name = name
         conn.name_json = _encode_str(name)
-        self._names[name] = conn
+        self._names[proto.name_key(name)] = conn
         if conn.room and self._cluster is not None:
             self._cluster.moved(name, conn.room)
 
@@ -347,7 +349,8 @@ class Session(Relay):
     def _nick(self, conn: Connection, name: str) -> None:
         if name == conn.name:
             return
-        if name in self._names:
+        holder = self._names.get(proto.name_key(name))
+        if holder is not None and holder is not conn:  # "Alice" may become "alice"
             raise InvalidFrame(f"name {name!r} is taken")
         if self._cluster is not None:
             self._cluster.claim(
@@ -363,14 +366,17 @@ class Session(Relay):
         old = conn.name
         self._set_name(conn, name)
         message = Message(name, sender=old, kind=NICK, room=conn.room, timestamp=_now())
-        self._notify_room(conn.room, message, None)
-        if not conn.announced:  # the change was not shown to the room; show its author
+        if conn.announced:
+            self._notify_room(conn.room, message, None)  # its author included
+        else:
+            # The room has not heard of the old name yet (a text guest's first command): it
+            # will see the join under the new one. Only the author is told.
             conn.send(message)
 
     def _private(self, conn: Connection, text: str, to: str | None) -> None:
         assert to is not None
         message = Message(text, sender=conn.name, kind=PRIVATE, to=to, timestamp=_now())
-        target = self._names.get(to)
+        target = self._names.get(proto.name_key(to))
         if target is None or target.closing or not target.authenticated:
             if self._cluster is None or not self._cluster.private(message):
                 raise InvalidFrame(f"no such user: {to}")

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._protocol import name_key
+
 __all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane"]
 
 log = logging.getLogger("chatcast.backplane")
@@ -250,6 +252,11 @@ class RedisBackplane(Backplane):
     def _server_key(self, server_id: str) -> str:
         return f"{self.prefix}:server:{server_id}"
 
+    def _entry(self, name: str, room: str) -> str:
+        # The names hash: field name_key(name), so "Alice" and "alice" are one name across
+        # the cluster; value "server|room|name" (neither rooms nor names hold "|").
+        return f"{self.server_id}|{room}|{name}"
+
     async def start(self) -> None:
         """Connect to Redis and start the publisher, subscriber and heartbeat tasks.
 
@@ -299,7 +306,7 @@ class RedisBackplane(Backplane):
                 async with asyncio.timeout(2):
                     for name in list(self._local):
                         await self._redis.eval(
-                            _RELEASE_SCRIPT, 1, self._names_key, name, self.server_id
+                            _RELEASE_SCRIPT, 1, self._names_key, name_key(name), self.server_id
                         )
                     await self._redis.delete(self._server_key(self.server_id))
             with contextlib.suppress(Exception):
@@ -314,11 +321,11 @@ class RedisBackplane(Backplane):
 
     def moved(self, name: str, room: str) -> None:
         self._local[name] = room
-        self._enqueue("hset", (name, f"{self.server_id}|{room}"))
+        self._enqueue("hset", (name_key(name), self._entry(name, room)))
 
     def release(self, name: str) -> None:
         self._local.pop(name, None)
-        self._enqueue("release", name)
+        self._enqueue("release", name_key(name))
 
     def _enqueue(self, op: str, payload: Any) -> None:
         if self._closing:
@@ -359,21 +366,22 @@ class RedisBackplane(Backplane):
     # -- claims and lookups ---------------------------------------------------------------
 
     async def claim(self, name: str, room: str) -> bool:
-        value = f"{self.server_id}|{room}"
+        value = self._entry(name, room)
+        field = name_key(name)
         if not self._connected:
             self._local[name] = room  # degraded: unique on this server only until resync
             return True
         try:
-            if await self._redis.hsetnx(self._names_key, name, value):
+            if await self._redis.hsetnx(self._names_key, field, value):
                 self._local[name] = room
                 return True
-            owner = await self._redis.hget(self._names_key, name)
+            owner = await self._redis.hget(self._names_key, field)
             owner_id = owner.decode().split("|", 1)[0] if owner else ""
             if owner_id == self.server_id or not await self._redis.exists(
                 self._server_key(owner_id)
             ):
                 # Ours already, or left behind by a server that died: take it.
-                await self._redis.hset(self._names_key, name, value)
+                await self._redis.hset(self._names_key, field, value)
                 self._local[name] = room
                 return True
             return False
@@ -391,8 +399,9 @@ class RedisBackplane(Backplane):
         if not self._connected:
             return dict(self._local)
         raw = await self._redis.hgetall(self._names_key)
-        entries = {k.decode(): v.decode().split("|", 1) for k, v in raw.items()}
-        servers = sorted({server for server, _ in entries.values()})
+        # field -> [server, room, name]
+        entries = {k.decode(): v.decode().split("|", 2) for k, v in raw.items()}
+        servers = sorted({where[0] for where in entries.values()})
         alive = {self.server_id}
         if servers:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -401,8 +410,8 @@ class RedisBackplane(Backplane):
                 results = await pipe.execute()
             alive.update(s for s, ok in zip(servers, results, strict=True) if ok)
         return {
-            name: where[1] if len(where) > 1 else ""
-            for name, where in entries.items()
+            (where[2] if len(where) > 2 else field): where[1] if len(where) > 1 else ""
+            for field, where in entries.items()
             if where[0] in alive
         }
 
@@ -479,7 +488,7 @@ class RedisBackplane(Backplane):
         if self._local:
             await self._redis.hset(
                 self._names_key,
-                mapping={name: f"{self.server_id}|{room}" for name, room in self._local.items()},
+                mapping={name_key(n): self._entry(n, room) for n, room in self._local.items()},
             )
 
     def _receive(self, data: bytes) -> None:

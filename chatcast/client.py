@@ -297,15 +297,19 @@ class BroadcastClient:
 
     async def _request(self, kind: str, frame: dict[str, Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((kind, future))
         try:
-            await self._send_frame(frame)
+            await self._send_frame(frame, pending=(kind, future))
             return await future
         finally:
+            # A cancelled request keeps its place in the queue: the server answers it all the
+            # same, and that answer must not go to the next request.
             if not future.done():
                 future.cancel()
 
-    async def _send_frame(self, frame: dict[str, Any]) -> None:
+    async def _send_frame(
+        self, frame: dict[str, Any], *, pending: tuple[str, asyncio.Future[Any]] | None = None
+    ) -> None:
+        """Write ``frame``; ``pending`` waits for the server's answer once it is written."""
         if self._closed:
             raise ChannelClosed("client is closed")
         data = dump_frame(frame)
@@ -316,6 +320,10 @@ class BroadcastClient:
             raise ConnectionClosed("not connected" + (" (reconnecting)" if self.reconnect else ""))
         try:
             writer.write(data)
+            if pending is not None:
+                # The server answers requests in the order it reads them: queue this one
+                # exactly when its frame is on the wire (not before a send that may fail).
+                self._pending.append(pending)
             await writer.drain()
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(f"connection lost: {exc}") from exc
@@ -520,11 +528,14 @@ class BroadcastClient:
             return None
         if kind in ("who", "rooms"):
             value = obj.get("names" if kind == "who" else "rooms")
-            while self._pending:
-                want, future = self._pending.popleft()
-                if want == kind and not future.done():
-                    future.set_result(value if value is not None else [])
-                    break
+            # One answer per request, in order: it belongs to the oldest request, answered
+            # or not (a cancelled one is simply not told).
+            if not self._pending or self._pending[0][0] != kind:
+                log.warning("unexpected %r answer from server", kind)
+                return None
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_result(value if value is not None else ([] if kind == "who" else {}))
             return None
         if kind in ("pong", "welcome"):
             if kind == "welcome":

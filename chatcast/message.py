@@ -61,6 +61,8 @@ CLOSING: Final = "closing"
 
 #: Every kind a :class:`Message` can have.
 KINDS: Final = frozenset({MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING})
+# Kinds whose text is a reason: their JSON form also carries it as "reason".
+_REASONED: Final = frozenset({ERROR, CLOSING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class Message:
         if self.sender is not None:
             wire["from"] = self.sender
         wire["text"] = self.text
+        if self.kind in _REASONED:
+            wire["reason"] = self.text  # the same text under the name an error is read by
         if self.room is not None:
             wire["room"] = self.room
         if self.to is not None:
@@ -157,7 +161,7 @@ def decode_message(frame: str | dict[str, Any]) -> Message:
     kind = obj.get("type")
     if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidFrame(f"unknown message type {kind!r}")
-    text = obj.get("text", "")
+    text = obj.get("text", obj.get("reason", "") if kind in _REASONED else "")
     if not isinstance(text, str):
         raise InvalidFrame('"text" must be a string')
     timestamp = obj.get("ts")

@@ -246,7 +246,7 @@ class BroadcastServer(Session):
         self._per_address: collections.Counter[str] = collections.Counter()
         self._active = 0  # connections counted against the limits (not closing)
         self._rooms: dict[str, set[Connection]] = {}
-        self._names: dict[str, Connection] = {}
+        self._names: dict[str, Connection] = {}  # by name_key(): one "alice" or "Alice"
         self._guest_counter = 0
         self._subscribers: list[tuple[asyncio.Queue[Message | None], list[int]]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -400,15 +400,20 @@ class BroadcastServer(Session):
     async def send(self, name: str, text: str) -> None:
         """Send ``text`` from the server privately to the client called ``name``.
 
+        With a backplane, a client on another server is reached too.
+
         Raises:
             KeyError: Nobody of that name is connected.
             ChannelClosed: The server is closed.
         """
         if self._closing:
             raise ChannelClosed("server is closed")
-        conn = self._names[name]
-        conn.send(Message(text, sender="server", kind=PRIVATE, to=name, timestamp=_now()))
-        self._messages_out += 1
+        message = Message(text, sender="server", kind=PRIVATE, to=name, timestamp=_now())
+        conn = self._names.get(proto.name_key(name))
+        if conn is not None and not conn.closing:
+            self._deliver_private(conn, message)
+        elif self._cluster is None or not self._cluster.private(message):
+            raise KeyError(name)
 
     def who(self, room: str | None = None) -> list[str]:
         """Names in ``room`` (or everyone connected, when ``None``), sorted.
@@ -419,7 +424,7 @@ class BroadcastServer(Session):
         # Everyone who can read the room is listed, including a text-mode guest whose join
         # notice is still waiting for its first line or the join grace.
         if room is None:
-            names = {name for name, conn in self._names.items() if not conn.closing}
+            names = {conn.name for conn in self._names.values() if not conn.closing}
         else:
             names = {c.name for c in self._rooms.get(room, ())}
         if self._cluster is not None:
@@ -532,8 +537,9 @@ class BroadcastServer(Session):
         if conn.room:
             reason = "connection lost" if exc is not None else "quit"
             self._leave_room(conn, reason)
-        if conn.name and self._names.get(conn.name) is conn:
-            del self._names[conn.name]
+        key = proto.name_key(conn.name)
+        if conn.name and self._names.get(key) is conn:
+            del self._names[key]
             if self._cluster is not None:
                 self._cluster.release(conn.name)
         log.debug("connection from %s closed (%s)", conn.address, exc or "clean")

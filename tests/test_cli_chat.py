@@ -163,13 +163,22 @@ def test_client_with_piped_input(server_process: tuple[subprocess.Popen[str], in
         peer.until(lambda line: line.startswith("Selamat"))
         result = subprocess.run(
             [sys.executable, "-m", "chatcast", "client", "--port", str(port), "--name", "pipe"],
-            input="one\ntwo\n",
+            input="one\n/bogus\n/join\n/msg pipe\n/help\ntwo\n",
             capture_output=True,
             text=True,
             timeout=timeout(20),
             check=False,
         )
         assert result.returncode == 0, result.stderr
+        # A mistyped command says what was wrong, not only the list of commands.
+        said = [line for line in result.stdout.splitlines() if line.startswith(("!", "* com"))]
+        assert said[:3] == [
+            "! unknown command /bogus",
+            "* commands: /join ROOM, /nick NAME, "
+            "/msg NAME TEXT, /who [ROOM], /rooms, /help, /quit [REASON]",
+            "! usage: /join ROOM",
+        ]
+        assert said[3:] == ["! usage: /msg NAME TEXT", said[1]]
         assert peer.until(lambda line: line.startswith("pipe:")) == "pipe: one"
         assert peer.until(lambda line: line.startswith("pipe:")) == "pipe: two"
     finally:

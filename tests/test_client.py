@@ -112,6 +112,20 @@ async def test_nick_who_rooms(connect: Factory) -> None:
         await alice.join("no spaces")
 
 
+async def test_cancelled_request_does_not_take_the_next_answer(connect: Factory) -> None:
+    """who()/rooms() answers go to their own requests even after one was cancelled."""
+    alice = await connect("alice")
+    await connect("bob", room="den")
+    for first in (alice.who, alice.rooms):
+        task = asyncio.create_task(first())
+        await asyncio.sleep(0)  # the request is on the wire
+        task.cancel()
+        async with asyncio.timeout(timeout(5)):
+            assert await alice.rooms() == {"den": 1, "lobby": 1}
+            assert await alice.who("lobby") == ["alice"]
+            assert await alice.who("den") == ["bob"]
+
+
 async def test_server_picks_a_name(connect: Factory) -> None:
     """Without a name the server assigns guestN; the client knows it after connecting."""
     client = await connect()

@@ -254,10 +254,8 @@ async def test_names_cannot_be_forged_or_spoofed(start_server: Factory) -> None:
     await raw.line()
     raw.send('{"type":"hello","name":"bad\\u001bname"}\n')
     reply = json.loads(await raw.until(lambda line: line.startswith("{")))
-    assert reply == {
-        "type": "error",
-        "text": "name may hold only letters, digits, '_', '.' and '-'",
-    }
+    reason = "name may hold only letters, digits, '_', '.' and '-'"
+    assert reply == {"type": "error", "text": reason, "reason": reason}
     assert await raw.eof() == b""
     await raw.close()
     peer = await TextPeer.connect(server.port)

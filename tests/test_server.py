@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chatcast.client import BroadcastClient
-from chatcast.message import ANNOUNCEMENT, CLOSING, ERROR, JOIN, LEAVE, MESSAGE, PRIVATE
+from chatcast.message import ANNOUNCEMENT, CLOSING, ERROR, JOIN, LEAVE, MESSAGE, NICK, PRIVATE
 from chatcast.server import BroadcastServer
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
@@ -179,6 +179,45 @@ async def test_names_are_unique(connect: Factory, text_peer: Factory) -> None:
     assert await peer.until(lambda line: line.startswith("!")) == "! name 'alice' is taken"
 
 
+async def test_names_differing_only_in_case_or_width_are_one_name(
+    connect: Factory, text_peer: Factory
+) -> None:
+    """Alice, alice and fullwidth alice are one name; a mixed-script look-alike is refused."""
+    alice = await connect("alice")
+    with pytest.raises(Exception, match="name 'Alice' is taken"):
+        await connect("Alice")
+    with pytest.raises(Exception, match="name '\uff41lice' is taken"):
+        await connect("\uff41lice")  # fullwidth a
+    peer = await text_peer()
+    peer.send("/nick \u0430lice\n")  # Cyrillic a, Latin rest
+    assert await peer.until(lambda line: line.startswith("!")) == (
+        "! name mixes letters of different scripts"
+    )
+    peer.send("/msg ALICE psst\n")  # a private finds its recipient whatever the case
+    got = await receive_kind(alice, PRIVATE)
+    assert (got.to, got.text) == ("ALICE", "psst")
+    await alice.nick("Alice")  # its own name in another case: allowed
+    assert (await receive_kind(alice, NICK)).text == "Alice"
+
+
+async def test_nick_as_a_guests_first_command(server: BroadcastServer, text_peer: Factory) -> None:
+    """A text guest renamed before its join was announced: the room sees only the join under
+    the new name; the guest sees its rename once."""
+    watcher = await text_peer(nick="watcher")
+    guest = await text_peer()
+    (old,) = (name for name in server.who() if name != "watcher")
+    guest.send("/nick tari\n")
+    assert await guest.until(lambda line: line.startswith("*")) == f"* {old} is now tari"
+    guest.send("hai\n/who\n")
+    later = [await guest.line()]
+    while not later[-1].startswith("* in "):
+        later.append(await guest.line())
+    assert not [line for line in later if "is now" in line]  # told once
+    seen = [await watcher.until(lambda line: not line.startswith("* watcher"))]
+    seen.append(await watcher.line())
+    assert seen == ["* tari joined lobby", "tari: hai"]
+
+
 async def test_text_commands(text_peer: Factory) -> None:
     """/help, /who, /rooms, /join, //escape and unknown commands in text mode."""
     peer = await text_peer(nick="tess")
@@ -234,6 +273,22 @@ async def test_over_long_line_is_refused_and_the_next_line_works(
     assert (await peer.until(lambda line: line.startswith("!"))).startswith("! line longer than")
     got = await receive_kind(alice, MESSAGE)
     assert got.text == "next"
+
+
+async def test_over_long_line_without_any_newline_ends_at_a_silence(
+    connect: Factory, text_peer: Factory
+) -> None:
+    """A client that never sends LF (the lab's) is not muted by one over-long line: the
+    silence that completes its lines also ends the discard."""
+    alice = await connect("alice")
+    peer = await text_peer(nick="lab")
+    peer.send(b"A" * (70 * 1024))
+    assert (await peer.until(lambda line: line.startswith("!"))).startswith("! line longer than")
+    peer.send(b"more of the same long line")  # same burst: still the over-long line
+    await asyncio.sleep(0.4)  # the silence *is* the frame boundary for the lab's clients
+    peer.send(b"hello after the long one")
+    got = await receive_kind(alice, MESSAGE)
+    assert (got.sender, got.text) == ("lab", "hello after the long one")
 
 
 async def test_huge_line_without_newline_does_not_grow_memory(
@@ -410,7 +465,7 @@ async def test_slow_consumer_drop_oldest(start_server: Factory) -> None:
         numbers = [int(line.split()[1]) for line in lines[:-1] if line.startswith("guest")]
         assert numbers == sorted(numbers)  # what survived is in order
         assert len(numbers) + int(notices[0].split()[1]) == FLOOD_LINES
-        assert server.statistics().slow_consumers == 0
+        assert server.statistics().slow_consumers == 1  # one episode of falling behind
         assert "slow" in server.who()
     finally:
         await flooder.close()
@@ -492,6 +547,18 @@ async def test_server_send_private_and_room_broadcast(
         await server.send("nobody", "x")
 
 
+async def test_server_send_is_an_event(server: BroadcastServer, connect: Factory) -> None:
+    """A private message from the server is seen by events() readers, as clients' are."""
+    await connect("alice")
+    events = server.events()
+    await server.send("ALICE", "psst")
+    async with asyncio.timeout(timeout(5)):
+        event = await anext(events)
+    await events.aclose()
+    assert (event.kind, event.sender, event.to, event.text) == (PRIVATE, "server", "ALICE", "psst")
+    assert server.statistics().messages_out == 1
+
+
 async def test_heartbeat_drops_silent_json_client(start_server: Factory) -> None:
     """A JSON client that stops answering pings is dropped with a reason."""
     server = await start_server(heartbeat_interval=0.2, heartbeat_timeout=0.2)
@@ -500,7 +567,8 @@ async def test_heartbeat_drops_silent_json_client(start_server: Factory) -> None
     raw.send('{"type":"hello","name":"mute"}\n')
     lines = (await raw.eof()).decode().splitlines()
     assert '{"type":"ping"}' in lines
-    assert json.loads(lines[-1]) == {"type": "error", "text": "heartbeat timeout"}
+    reason = "heartbeat timeout"
+    assert json.loads(lines[-1]) == {"type": "error", "text": reason, "reason": reason}
     assert server.statistics().timeouts == 1
     await raw.close()
 
