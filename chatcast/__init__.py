@@ -14,6 +14,7 @@ from ._framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
 from .client import BroadcastClient, ClientStatistics
 from .exceptions import (
     AuthenticationError,
+    BackplaneError,
     ChannelClosed,
     ChatcastError,
     ConnectionClosed,
@@ -29,6 +30,7 @@ from .server import BroadcastServer, EventStream, ServerStatistics
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "AuthenticationError",
+    "BackplaneError",
     "BroadcastClient",
     "BroadcastServer",
     "ChannelClosed",

@@ -12,7 +12,7 @@ import ssl
 import sys
 from typing import Any
 
-from ._console import Console
+from ._console import Console, log_to
 from .client import BroadcastClient
 from .exceptions import ChatcastError, ConnectionClosed
 from .message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text
@@ -23,6 +23,7 @@ __all__ = ["add_parser"]
 log = logging.getLogger("chatcast.cli")
 
 TOKEN_ENV = "CHATCAST_TOKEN"
+BACKPLANE_ENV = "CHATCAST_BACKPLANE"
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,7 +96,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         default=None,
         help="join other servers through Redis, e.g. redis://127.0.0.1:6379/0 "
-        "(needs: pip install 'chatcast[redis]')",
+        f"(needs: pip install 'chatcast[redis]'; a URL with a password: set ${BACKPLANE_ENV} "
+        "instead, kept out of ps)",
+    )
+    server.add_argument(
+        "--backplane-prefix",
+        metavar="NAME",
+        default="chatcast",
+        help="servers with the same Redis, database and prefix are one chat (default: %(default)s)",
     )
     server.add_argument(
         "--workers",
@@ -107,6 +115,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--reuse-port", action="store_true", help="set SO_REUSEPORT (share the port with others)"
     )
     server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    server.add_argument("--worker-events", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
 
     client = commands.add_parser(
@@ -134,15 +143,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 async def run_server(args: argparse.Namespace) -> int:
     """Run the hub until Ctrl-C, SIGTERM or ``/quit`` typed on the server's terminal."""
+    args.backplane = args.backplane or os.environ.get(BACKPLANE_ENV) or None
+    backplane = None
+    where = None  # the backplane's URL without its password
+    if args.backplane:
+        try:
+            from .backplane import RedisBackplane, redact
+
+            backplane = RedisBackplane(args.backplane, prefix=args.backplane_prefix)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+        where = redact(args.backplane)
     if args.workers != 1:
         from ._workers import run_workers
 
-        return await run_workers(args)
-    backplane = None
-    if args.backplane:
-        from .backplane import RedisBackplane
-
-        backplane = RedisBackplane(args.backplane)
+        return await run_workers(args, where)
     context = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -169,19 +184,11 @@ async def run_server(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(loop, stop.set)
-    if args.worker:  # one of --workers N: its stdin is the parent's announcements, if any
-        async with server, Console(prompt="") as console:
-            print(f"worker ready pid {os.getpid()} port {server.port}", flush=True)
-            operator = asyncio.create_task(_operator(console, server, stop))
-            await stop.wait()
-            server.close()
-            await server.wait_closed()
-            operator.cancel()
-            await asyncio.gather(operator, return_exceptions=True)
-        return 0
-    async with server, Console(prompt="announce> ") as console:
+    if args.worker:
+        return await _run_worker(server, stop, args.worker_events and not args.quiet)
+    async with Console(prompt="announce> ") as console, log_to(console), server:
         scheme = "TLS " if context else ""
-        joined = f", backplane {args.backplane}" if args.backplane else ""
+        joined = f", backplane {where}" if backplane is not None else ""
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}{joined} "
             "(type a line to announce it; Ctrl-C to stop)"
@@ -200,11 +207,33 @@ async def run_server(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _operator(console: Console, server: BroadcastServer, stop: asyncio.Event) -> None:
+async def _run_worker(server: BroadcastServer, stop: asyncio.Event, events: bool) -> int:
+    """One of ``--workers N``: its stdin is a pipe from the parent, carrying the operator's
+    announcements; its end means the parent is gone (even killed), and so the worker stops.
+    Its output (and its logs) go to the parent, which shows them."""
+    async with Console(prompt="") as console, log_to(console), server:
+        print(f"worker ready pid {os.getpid()} port {server.port}", flush=True)
+        tasks = [asyncio.create_task(_operator(console, server, stop, worker=True))]
+        if events:
+            tasks.append(asyncio.create_task(_show_events(console, server, False)))
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0
+
+
+async def _operator(
+    console: Console, server: BroadcastServer, stop: asyncio.Event, *, worker: bool = False
+) -> None:
     """Lines typed by the operator become announcements; at end of input, keep serving."""
     while True:
         line = await console.read_line()
         if line is None:
+            if worker:
+                stop.set()  # the parent is gone
             return  # stdin closed (e.g. run in the background): serve until a signal
         line = line.strip()
         if line in ("/quit", "/exit"):
@@ -212,10 +241,13 @@ async def _operator(console: Console, server: BroadcastServer, stop: asyncio.Eve
             return
         if line:
             count = await server.broadcast(line)
+            connected = server.statistics().backplane_connected
             where = (
-                " on this server, and to the others"
-                if server.statistics().backplane_connected is not None
-                else ""
+                ""
+                if connected is None
+                else " here, and to the other servers"
+                if connected
+                else " here only: the backplane is down"
             )
             noun = "client" if count == 1 else "clients"
             console.write(f"[server] {line}  (to {count} {noun}{where})")

@@ -22,13 +22,12 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from ._console import Console
+from ._console import Console, log_to
 from .exceptions import MessageTooLong
 from .message import Message, render_text, sanitize
 from .multicast import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_TTL, MulticastChannel
@@ -178,34 +177,6 @@ def _where(channel: MulticastChannel, args: argparse.Namespace, *, ttl: bool = T
     return f"{where}, signed" if _key(args) is not None else where
 
 
-class _ConsoleLogHandler(logging.Handler):
-    """Shows log records through the console, so they never land in the typed line."""
-
-    def __init__(self, console: Console) -> None:
-        super().__init__(logging.WARNING)
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.console.write(f"! {sanitize(record.getMessage())}")
-        except Exception:  # logging must never break the chat
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def _log_to(console: Console) -> Iterator[None]:
-    """Route the channel's warnings (wrong key, clock skew) through ``console``."""
-    channel_logger = logging.getLogger("chatcast.multicast")
-    handler = _ConsoleLogHandler(console)
-    channel_logger.addHandler(handler)
-    propagate, channel_logger.propagate = channel_logger.propagate, False
-    try:
-        yield
-    finally:
-        channel_logger.propagate = propagate
-        channel_logger.removeHandler(handler)
-
-
 def _render(message: Message, plain: bool) -> str:
     return sanitize(message.text, keep_newlines=True) if plain else render_text(message)
 
@@ -256,7 +227,9 @@ async def run_send(args: argparse.Namespace) -> int:
     """Send TEXT, or each non-empty line of stdin; return 1 if a line was too long."""
     async with _channel(args) as channel:
         if args.text:
-            text = " ".join(args.text)
+            # Bytes in argv that are not UTF-8 arrive as lone surrogates: make them U+FFFD,
+            # as for lines read from stdin.
+            text = " ".join(args.text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if not text.strip():
                 print("chatcast: nothing to send: the text is empty", file=sys.stderr)
                 return 1
@@ -278,7 +251,7 @@ async def run_send(args: argparse.Namespace) -> int:
 async def run_chat(args: argparse.Namespace) -> int:
     """Chat until Ctrl-D, end of input or SIGTERM; return 0, or 1 after a network error."""
     async with _channel(args) as channel, Console(prompt="> ") as console:
-        with _log_to(console):
+        with log_to(console, "chatcast.multicast"):
             return await _chat(args, channel, console)
 
 

@@ -7,7 +7,9 @@ once per wire form, exactly as a local batch is.
 
 Who is where on the other servers is kept as a local replica (``remote``: name to room),
 updated by the join, leave and nick envelopes and refreshed from the backplane every few
-seconds, so ``/who``, private-message routing and the taken-name check stay synchronous.
+seconds, so ``/who``, private-message routing and the taken-name check stay synchronous. A
+refresh that no longer finds a name (its server died, or its leave was lost while Redis was
+away) tells the name's room here that it left.
 Only *claiming* a name asks the backplane (Redis decides who gets it); while that answer is on
 its way the connection's reading is paused and any frames already read wait their turn.
 """
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import backplane as bp
 from ._protocol import name_key
+from .exceptions import InvalidFrame
 from .message import ANNOUNCEMENT, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
 
 if TYPE_CHECKING:
@@ -43,6 +47,11 @@ class Cluster:
         self.origin = backplane.server_id
         #: Names on other servers, and their rooms (a replica; see the module docstring).
         self.remote: dict[str, str] = {}
+        # When an envelope last told us about each remote name (loop time): a refresh whose
+        # snapshot is older than that must not drop the name.
+        self._heard: dict[str, float] = {}
+        # Names being claimed on the backplane now, by name_key, with who claims them.
+        self._claiming: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         backplane.attach(self._deliver, self._state_changed)
@@ -95,10 +104,16 @@ class Cluster:
         )
 
     def private(self, message: Message) -> bool:
-        """Send a private message to a name on another server; False if nobody has it."""
+        """Send a private message to a name on another server; False if nobody has it.
+
+        Raises:
+            InvalidFrame: The name is on another server, but the backplane is down.
+        """
         to = self._remote_name(message.to or "")
         if to is None:
             return False
+        if not self.backplane.statistics().connected:
+            raise InvalidFrame(f"{to} is on another server, which cannot be reached now")
         self.backplane.publish(
             bp.Envelope(
                 self.origin,
@@ -137,9 +152,11 @@ class Cluster:
         Reading from ``conn`` is paused meanwhile; frames already decoded are kept in
         ``conn.deferred`` by the server and handled, in order, after ``then``.
         """
-        if self._remote_name(name) is not None:
-            then(False)
+        key = name_key(name)
+        if self._remote_name(name) is not None or self._claiming.get(key, conn) is not conn:
+            then(False)  # held elsewhere, or claimed right now by another of our clients
             return
+        self._claiming[key] = conn
         conn.deferred = []
         if conn.transport is not None:
             conn.transport.pause_reading()
@@ -150,6 +167,11 @@ class Cluster:
             except Exception as exc:  # the backplane decides locally when Redis is away
                 log.warning("name claim for %r failed: %s", name, exc)
                 claimed = False
+            finally:
+                del self._claiming[key]
+            holder = self.server._names.get(key)
+            if holder is not None and holder is not conn:
+                claimed = False  # one of our own clients has it (Redis says "ours" for both)
             deferred, conn.deferred = conn.deferred or [], None
             if conn.closing:
                 if claimed:
@@ -196,6 +218,7 @@ class Cluster:
         # A notice: keep the replica of who is where, then tell the room here.
         sender = envelope.sender or ""
         room = envelope.room or ""
+        self._heard[sender] = asyncio.get_running_loop().time()
         if kind == bp.JOIN:
             self.remote[sender] = room
             message = Message("", sender=sender, kind=JOIN, room=room, timestamp=envelope.ts)
@@ -206,6 +229,7 @@ class Cluster:
         else:
             self.remote.pop(sender, None)
             self.remote[text] = room
+            self._heard[text] = self._heard[sender]
             message = Message(text, sender=sender, kind=NICK, room=room, timestamp=envelope.ts)
         server._notify_room(room, message, None, remote=True)
 
@@ -218,18 +242,47 @@ class Cluster:
             self._spawn(self._refresh())
 
     async def _refresh(self) -> None:
-        """Replace the replica with what the backplane says now (drops servers that died)."""
+        """Replace the replica with what the backplane says now.
+
+        A name the backplane no longer has (its server died, or its leave was lost while
+        Redis was away) has left: its room here is told. A name an envelope told us about
+        after the snapshot was taken is kept.
+        """
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         try:
             presence = await self.backplane.presence()
-        except Exception as exc:
+        except Exception as exc:  # down: keep what we knew until it is back
             log.debug("presence refresh failed: %s", exc)
             return
         local = self.server._names
-        self.remote = {n: room for n, room in presence.items() if name_key(n) not in local}
+        fresh = {
+            name: room
+            for name, (server, room) in presence.items()
+            if server != self.origin and name_key(name) not in local
+        }
+        gone = []
+        for name, room in self.remote.items():
+            if name in fresh:
+                continue
+            if self._heard.get(name, 0.0) > asked:
+                fresh[name] = room  # news newer than the snapshot
+            else:
+                gone.append((name, room))
+        self.remote = fresh
+        self._heard = {n: t for n, t in self._heard.items() if n in fresh}
+        now = round(time.time(), 3)
+        for name, room in gone:
+            self.server._notify_room(
+                room,
+                Message("connection lost", sender=name, kind=LEAVE, room=room, timestamp=now),
+                None,
+                remote=True,
+            )
 
     async def _refresh_forever(self) -> None:
         while not self._closing:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(self.backplane.heartbeat)
             await self._refresh()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import codecs
+import contextlib
 import io
+import logging
 import os
 import select
 import signal
@@ -40,7 +42,7 @@ from .message import sanitize
 if sys.platform != "win32":
     import termios
 
-__all__ = ["Console"]
+__all__ = ["Console", "log_to"]
 
 #: Bytes asked for per read.
 _CHUNK: Final = 64 * 1024
@@ -814,3 +816,45 @@ def _write_all(fd: int, data: bytes) -> None:
             select.select([], [fd], [])
             continue
         view = view[written:]
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Shows log records through the console, so they never land in the typed line."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.write(f"! {sanitize(record.getMessage())}")
+        except Exception:  # logging must never break the chat
+            self.handleError(record)
+
+
+class log_to(
+    contextlib.AbstractContextManager["log_to"], contextlib.AbstractAsyncContextManager["log_to"]
+):
+    """Show the records of logger ``name`` (at its effective level) through ``console``
+    instead of on stderr, for the length of a ``with`` or ``async with`` block. Log from
+    the loop's thread."""
+
+    def __init__(self, console: Console, name: str = "chatcast") -> None:
+        self._logger = logging.getLogger(name)
+        self._handler = _ConsoleLogHandler(console)
+        self._propagate = True
+
+    def __enter__(self) -> log_to:
+        self._logger.addHandler(self._handler)
+        self._propagate, self._logger.propagate = self._logger.propagate, False
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._logger.propagate = self._propagate
+        self._logger.removeHandler(self._handler)
+
+    async def __aenter__(self) -> log_to:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()

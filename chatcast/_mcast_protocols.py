@@ -18,7 +18,7 @@ from typing import Any, Final
 from . import _datagram
 from ._datagram import Drop
 from .exceptions import InvalidFrame
-from .message import Message, decode_message, parse_frame
+from .message import MESSAGE, Message, decode_message, parse_frame
 
 __all__ = ["INSTANCE_FIELD", "Receiver", "Sender", "SignedReceiver", "source"]
 
@@ -156,7 +156,7 @@ class Receiver(asyncio.DatagramProtocol):
             self.own += 1
             return None
         try:
-            message = decode_message(obj)
+            message = _decode_chat(obj)
         except InvalidFrame as exc:
             self.invalid += 1
             logger.debug("skipped an invalid JSON datagram from %s: %s", addr, exc)
@@ -253,7 +253,7 @@ class SignedReceiver(Receiver):
             obj["ts"] = signed.time_ms / 1000
             if name is None:
                 obj["from"] = source(addr)
-            message = decode_message(obj)
+            message = _decode_chat(obj)
         except (UnicodeDecodeError, InvalidFrame) as exc:
             self.invalid += 1
             logger.debug("skipped a signed datagram with an invalid body from %s: %s", addr, exc)
@@ -316,3 +316,20 @@ class Sender(asyncio.DatagramProtocol):
 def source(addr: Any) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _decode_chat(obj: dict[str, Any]) -> Message:
+    """A chat message from a datagram's JSON object.
+
+    A multicast group has no server: a datagram that claims to be a server's notice (an
+    announcement, an error, "closing", a join...) would be shown as one. Only ``message``
+    is accepted.
+
+    Raises:
+        InvalidFrame: Not a valid message (see :func:`~chatcast.message.decode_message`), or
+            of another kind.
+    """
+    message = decode_message(obj)
+    if message.kind != MESSAGE:
+        raise InvalidFrame(f"{message.kind!r} is not a multicast message type")
+    return message

@@ -329,13 +329,14 @@ class Session(Relay):
         conn.room = ""
         if conn.announced:
             conn.announced = False
+            message = Message(reason, sender=conn.name, kind=LEAVE, room=room, timestamp=_now())
             if self._closing:
-                return  # everyone is being told the server is closing: no n^2 leave notices
-            self._notify_room(
-                room,
-                Message(reason, sender=conn.name, kind=LEAVE, room=room, timestamp=_now()),
-                conn,
-            )
+                # Everyone here is being told the server is closing: no n^2 leave notices.
+                # The rooms on other servers still hear who left.
+                if self._cluster is not None:
+                    self._cluster.notice(message)
+                return
+            self._notify_room(room, message, conn)
 
     def _join(self, conn: Connection, room: str) -> None:
         if room == conn.room:

@@ -444,8 +444,12 @@ def _join(sock: socket.socket, group: Group, interface: Interface) -> None:
             request = group.packed + struct.pack("=I", interface.index)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, request)
     except OSError as exc:
+        hint = ""
+        if interface.address is None and not interface.index:
+            # No multicast route (ENODEV): the usual case on a host without a default route.
+            hint = " (name one with interface=..., e.g. 127.0.0.1 for this machine only)"
         raise OSError(
-            exc.errno, f"cannot join {group} on {interface}: {exc.strerror or exc}"
+            exc.errno, f"cannot join {group} on {interface}: {exc.strerror or exc}{hint}"
         ) from exc
 
 

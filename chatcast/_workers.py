@@ -2,10 +2,16 @@
 
 The parent binds nothing itself: each worker is ``chatcast server --reuse-port --worker`` on
 the same port (``SO_REUSEPORT``: the kernel spreads new connections across them) with the
-same ``--backplane``, which makes their rooms one. The parent forwards the lines typed on its
+same backplane, which makes their rooms one. The parent forwards the lines typed on its
 terminal to the first worker as announcements (the backplane carries them to every client),
-and on Ctrl-C or SIGTERM stops every worker gracefully. If a worker dies, the parent stops
-the others and exits 1: restarting is the job of the service manager above it.
+shows what the first worker sees of the chat (joins, leaves, and messages unless ``--quiet``)
+and every worker's log, and on Ctrl-C, SIGTERM or ``/quit`` stops every worker gracefully.
+If a worker dies, the parent stops the others and exits 1: restarting is the job of the
+service manager above it. If the parent dies, even by SIGKILL, its pipes to the workers
+close and the workers stop: none is left serving on its own.
+
+The backplane URL and the token reach the workers in their environment, never on a command
+line (``ps`` shows command lines to every user).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -35,7 +42,7 @@ _FORWARDED = (
     ("notice_limit", "--notice-limit"),
     ("tls_cert", "--tls-cert"),
     ("tls_key", "--tls-key"),
-    ("backplane", "--backplane"),
+    ("backplane_prefix", "--backplane-prefix"),
 )
 
 
@@ -47,8 +54,11 @@ def _pick_port(host: str) -> int:
         return port
 
 
-async def run_workers(args: argparse.Namespace) -> int:
-    """Start ``args.workers`` workers and supervise them; return the exit status."""
+async def run_workers(args: argparse.Namespace, where: str | None) -> int:
+    """Start ``args.workers`` workers and supervise them; return the exit status.
+
+    ``where`` is the backplane's URL without its password, for the banner.
+    """
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if not args.backplane:
@@ -57,21 +67,24 @@ async def run_workers(args: argparse.Namespace) -> int:
         raise ValueError("--workers needs SO_REUSEPORT, which this system does not have")
     port = args.port or _pick_port(args.host)
     argv = [sys.executable, "-m", "chatcast", "server", "--port", str(port), "--reuse-port"]
-    argv += ["--worker", "--quiet"]
+    argv += ["--worker"]
     for attribute, flag in _FORWARDED:
         value = getattr(args, attribute)
         if value is not None:
             argv += [flag, str(value)]
-    # The token stays in the environment (CHATCAST_TOKEN), never on a command line.
-    env = None
+    if args.quiet:
+        argv.append("--quiet")
+    # Secrets stay in the environment, never on a command line.
+    env = {**os.environ, "CHATCAST_BACKPLANE": args.backplane}
     if args.token:
-        import os
-
-        env = {**os.environ, "CHATCAST_TOKEN": args.token}
+        env["CHATCAST_TOKEN"] = args.token
     workers = [
         await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE if n == 0 else asyncio.subprocess.DEVNULL,
+            *(["--worker-events"] if n == 0 else []),
+            # A pipe to every worker: announcements to the first, and its end (our exit,
+            # however it comes) tells each worker to stop.
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,  # shown through the console: no garbled prompt
             env=env,
         )
@@ -86,9 +99,9 @@ async def run_workers(args: argparse.Namespace) -> int:
     async with Console(prompt="announce> ") as console:
         console.write(
             f"chatcast server on {args.host} port {port}: {args.workers} workers, "
-            f"backplane {args.backplane} (type a line to announce it; Ctrl-C to stop)"
+            f"backplane {where} (type a line to announce it; Ctrl-C to stop)"
         )
-        typing = asyncio.create_task(_forward(console, workers[0]))
+        typing = asyncio.create_task(_forward(console, workers[0], stop))
         outputs = [asyncio.create_task(_show(console, worker)) for worker in workers]
         exits = [asyncio.create_task(worker.wait()) for worker in workers]
         stopper = asyncio.create_task(stop.wait())
@@ -123,12 +136,18 @@ async def _show(console: Console, worker: asyncio.subprocess.Process) -> None:
         console.write(line.decode(errors="replace").rstrip("\n"))
 
 
-async def _forward(console: Console, worker: asyncio.subprocess.Process) -> None:
-    """Lines typed on the parent's terminal become announcements (sent by the first worker)."""
+async def _forward(
+    console: Console, worker: asyncio.subprocess.Process, stop: asyncio.Event
+) -> None:
+    """Lines typed on the parent's terminal become announcements (sent by the first worker);
+    ``/quit`` stops them all, as it stops a single server."""
     assert worker.stdin is not None
     while True:
         line = await console.read_line()
         if line is None:
+            return
+        if line.strip() in ("/quit", "/exit"):
+            stop.set()
             return
         if line.strip():
             worker.stdin.write(line.encode() + b"\n")

@@ -25,14 +25,16 @@ import contextlib
 import json
 import logging
 import random
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ._protocol import name_key
+from .exceptions import BackplaneError
 
-__all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane"]
+__all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane", "redact"]
 
 log = logging.getLogger("chatcast.backplane")
 
@@ -119,8 +121,12 @@ class BackplaneStatistics:
         published: Envelopes published.
         received: Envelopes received from other servers.
         failures: Envelopes that could not cross (engine down, queue full): lost for the
-            other servers (at most once).
-        reconnects: Times the connection was re-established after a loss.
+            other servers (at most once). An envelope whose publication was not confirmed
+            (the engine stopped answering) counts too, though it may have crossed after all.
+        lost_messages: The chat messages in those envelopes (a batch holds several; a
+            notice, announcement or private message counts one).
+        reconnects: Times the connection was re-established after a loss (or after the
+            engine was unreachable at start).
     """
 
     connected: bool
@@ -128,6 +134,7 @@ class BackplaneStatistics:
     received: int
     failures: int
     reconnects: int
+    lost_messages: int = 0
 
 
 #: What the server gives a backplane to call: deliver an envelope from another server, and
@@ -144,6 +151,9 @@ class Backplane:
     backplane's own task. :meth:`claim`, :meth:`names` and :meth:`lookup` are coroutines the
     server awaits outside the hot path.
     """
+
+    #: Seconds between liveness refreshes; the server re-reads :meth:`presence` as often.
+    heartbeat: float = 5.0
 
     def __init__(self) -> None:
         #: This server's id on the backplane (random, unique).
@@ -180,8 +190,12 @@ class Backplane:
         """Give ``name`` (ours) back."""
         raise NotImplementedError
 
-    async def presence(self) -> dict[str, str]:
-        """Every name held by a live server (this one included), with its room."""
+    async def presence(self) -> dict[str, tuple[str, str]]:
+        """Every name held by a live server (this one included): its server id and room.
+
+        Raises:
+            Exception: The engine cannot be asked now (the caller keeps what it knew).
+        """
         raise NotImplementedError
 
     def statistics(self) -> BackplaneStatistics:
@@ -208,7 +222,12 @@ class RedisBackplane(Backplane):
         queue_size: Envelopes held while the publisher catches up; beyond it they are
             dropped and counted as failures.
         heartbeat: Seconds between this server's liveness refreshes; a server not heard from
-            for three heartbeats is dead and its names are free again.
+            for three heartbeats is dead and its names are free again. Redis not answering
+            for two heartbeats counts as Redis down.
+
+    Servers form one chat when they share the Redis server, the database number of the URL
+    and ``prefix``; any of the three apart makes separate chats (Redis pub/sub itself ignores
+    the database number: the channel names carry it).
 
     Raises:
         ImportError: redis-py is not installed (``pip install chatcast[redis]``).
@@ -236,9 +255,12 @@ class RedisBackplane(Backplane):
         self.url = url
         self.prefix = prefix
         self.heartbeat = heartbeat
-        self._channel = f"{prefix}:events"
+        # Pub/sub channels are global to a Redis server, keys are per database: name the
+        # database in the channel, or chats on /0 and /1 would hear each other.
+        self._channel = f"{prefix}:events:db{_database(url)}"
         self._names_key = f"{prefix}:names"
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(queue_size)
+        # (operation, payload, chat messages it carries)
+        self._queue: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue(queue_size)
         self._local: dict[str, str] = {}  # our names -> room, for resync
         self._redis: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -247,7 +269,16 @@ class RedisBackplane(Backplane):
         self._published = 0
         self._received = 0
         self._failures = 0
+        self._lost_messages = 0
         self._reconnects = 0
+        self._last_answer = 0.0  # loop time Redis last answered the heartbeat
+        self._fatal: BaseException | None = None  # a refusal no retry will cure
+        self._started = False  # start() has returned: refusals are retried like outages
+
+    @property
+    def where(self) -> str:
+        """The URL without its password, for logs and banners."""
+        return redact(self.url)
 
     def _server_key(self, server_id: str) -> str:
         return f"{self.prefix}:server:{server_id}"
@@ -260,7 +291,12 @@ class RedisBackplane(Backplane):
     async def start(self) -> None:
         """Connect to Redis and start the publisher, subscriber and heartbeat tasks.
 
-        Starts even when Redis is down (local rooms work; the backplane keeps retrying).
+        Starts even when Redis is unreachable (local rooms work; the backplane keeps
+        retrying, and reports "down" then "up" through the server's events).
+
+        Raises:
+            BackplaneError: Redis answered but refused us: a wrong password, a database
+                number it does not have. Retrying would not help.
         """
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -288,9 +324,20 @@ class RedisBackplane(Backplane):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3):
                 await ready.wait()
+        self._started = True
+        if self._fatal is not None:
+            fatal = self._fatal
+            await self.close()
+            raise BackplaneError(f"Redis at {self.where} refused us: {fatal}") from fatal
 
     async def close(self) -> None:
-        """Stop the tasks, give back this server's names, and disconnect."""
+        """Publish what is queued (for up to 2 s), stop the tasks, give back this server's
+        names, and disconnect."""
+        if self._connected and not self._closing:
+            # The leave notices of a closing server's clients are in the queue: let them go.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._queue.join()
         self._closing = True
         # redis-py can turn a cancellation inside its reconnect path into a ConnectionError;
         # the loops also stop on _closing, and the wait is bounded either way.
@@ -317,7 +364,8 @@ class RedisBackplane(Backplane):
     # -- queued work --------------------------------------------------------------------
 
     def publish(self, envelope: Envelope) -> None:
-        self._enqueue("publish", envelope.encode())
+        messages = len(envelope.texts) if envelope.kind == BATCH else 1
+        self._enqueue("publish", envelope.encode(), messages)
 
     def moved(self, name: str, room: str) -> None:
         self._local[name] = room
@@ -327,16 +375,21 @@ class RedisBackplane(Backplane):
         self._local.pop(name, None)
         self._enqueue("release", name_key(name))
 
-    def _enqueue(self, op: str, payload: Any) -> None:
+    def _enqueue(self, op: str, payload: Any, messages: int = 0) -> None:
         if self._closing:
             return
         if not self._connected and op == "publish":
-            self._failures += 1  # Redis is down: at most once, counted
+            self._lost(1, messages)  # Redis is down: at most once, counted
             return
         try:
-            self._queue.put_nowait((op, payload))
+            self._queue.put_nowait((op, payload, messages))
         except asyncio.QueueFull:
-            self._failures += 1
+            if op == "publish":
+                self._lost(1, messages)
+
+    def _lost(self, envelopes: int, messages: int) -> None:
+        self._failures += envelopes
+        self._lost_messages += messages
 
     async def _publisher(self) -> None:
         """Run queued operations in order, pipelining whatever has piled up."""
@@ -345,59 +398,70 @@ class RedisBackplane(Backplane):
             while not self._queue.empty() and len(batch) < 512:
                 batch.append(self._queue.get_nowait())
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for op, payload in batch:
-                        if op == "publish":
-                            pipe.publish(self._channel, payload)
-                        elif op == "hset":
-                            pipe.hset(self._names_key, payload[0], payload[1])
-                        else:  # release: compare-and-delete, rare enough for EVAL
-                            pipe.eval(_RELEASE_SCRIPT, 1, self._names_key, payload, self.server_id)
-                    await pipe.execute()
-                self._published += sum(1 for op, _ in batch if op == "publish")
+                async with asyncio.timeout(2 * self.heartbeat + 5):  # a hung Redis too
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for op, payload, _ in batch:
+                            if op == "publish":
+                                pipe.publish(self._channel, payload)
+                            elif op == "hset":
+                                pipe.hset(self._names_key, payload[0], payload[1])
+                            else:  # release: compare-and-delete, rare enough for EVAL
+                                pipe.eval(
+                                    _RELEASE_SCRIPT, 1, self._names_key, payload, self.server_id
+                                )
+                        await pipe.execute()
+                self._published += sum(1 for op, _, _ in batch if op == "publish")
             except Exception as exc:  # redis-py raises many types; all mean "did not cross"
-                lost = sum(1 for op, _ in batch if op == "publish")
-                self._failures += lost
+                lost = sum(1 for op, _, _ in batch if op == "publish")
+                self._lost(lost, sum(messages for _, _, messages in batch))
                 if lost:
-                    log.warning("backplane: %d envelopes lost: %s", lost, exc)
+                    log.warning("backplane: %d envelopes lost: %s", lost, exc or "timeout")
                 else:
                     log.info("backplane: name registry not updated (resynced later): %s", exc)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     # -- claims and lookups ---------------------------------------------------------------
 
     async def claim(self, name: str, room: str) -> bool:
+        """Take ``name`` cluster-wide (an atomic ``HSETNX``); False if another live server
+        holds it. The server checks its own clients itself. While Redis is down or does not
+        answer within a heartbeat, the claim is made locally only (unique on this server
+        until the next resync)."""
         value = self._entry(name, room)
         field = name_key(name)
         if not self._connected:
             self._local[name] = room  # degraded: unique on this server only until resync
             return True
         try:
-            if await self._redis.hsetnx(self._names_key, field, value):
-                self._local[name] = room
-                return True
-            owner = await self._redis.hget(self._names_key, field)
-            owner_id = owner.decode().split("|", 1)[0] if owner else ""
-            if owner_id == self.server_id or not await self._redis.exists(
-                self._server_key(owner_id)
-            ):
-                # Ours already, or left behind by a server that died: take it.
-                await self._redis.hset(self._names_key, field, value)
-                self._local[name] = room
-                return True
-            return False
+            async with asyncio.timeout(self.heartbeat):
+                if await self._redis.hsetnx(self._names_key, field, value):
+                    self._local[name] = room
+                    return True
+                owner = await self._redis.hget(self._names_key, field)
+                owner_id = owner.decode().split("|", 1)[0] if owner else ""
+                if owner_id == self.server_id or not await self._redis.exists(
+                    self._server_key(owner_id)
+                ):
+                    # Left over by this server (a name it gave up while Redis was away), or
+                    # by a server that died: take it.
+                    await self._redis.hset(self._names_key, field, value)
+                    self._local[name] = room
+                    return True
+                return False
         except Exception as exc:
-            log.warning("backplane: claim of %r made locally only: %s", name, exc)
+            log.warning("backplane: claim of %r made locally only: %s", name, exc or "timeout")
             self._local[name] = room
             return True
 
-    async def presence(self) -> dict[str, str]:
-        """Every name held by a live server, with its room (this server's own when down).
-
-        Raises:
-            Exception: Whatever redis-py raises when Redis cannot be asked.
-        """
+    async def presence(self) -> dict[str, tuple[str, str]]:
         if not self._connected:
-            return dict(self._local)
+            raise ConnectionError("backplane is down")
+        async with asyncio.timeout(self.heartbeat):
+            return await self._presence()
+
+    async def _presence(self) -> dict[str, tuple[str, str]]:
         raw = await self._redis.hgetall(self._names_key)
         # field -> [server, room, name]
         entries = {k.decode(): v.decode().split("|", 2) for k, v in raw.items()}
@@ -410,7 +474,7 @@ class RedisBackplane(Backplane):
                 results = await pipe.execute()
             alive.update(s for s, ok in zip(servers, results, strict=True) if ok)
         return {
-            (where[2] if len(where) > 2 else field): where[1] if len(where) > 1 else ""
+            (where[2] if len(where) > 2 else field): (where[0], where[1] if len(where) > 1 else "")
             for field, where in entries.items()
             if where[0] in alive
         }
@@ -422,58 +486,85 @@ class RedisBackplane(Backplane):
             received=self._received,
             failures=self._failures,
             reconnects=self._reconnects,
+            lost_messages=self._lost_messages,
         )
 
     # -- background tasks -----------------------------------------------------------------
 
     async def _beat(self) -> None:
-        """Keep this server's liveness key fresh."""
+        """Keep this server's liveness key fresh; note when Redis last answered."""
+        loop = asyncio.get_running_loop()
         while not self._closing:
             with contextlib.suppress(Exception):
-                await self._redis.set(
-                    self._server_key(self.server_id), b"1", ex=max(1, round(3 * self.heartbeat))
-                )
+                async with asyncio.timeout(self.heartbeat):
+                    await self._redis.set(
+                        self._server_key(self.server_id),
+                        b"1",
+                        ex=max(1, round(3 * self.heartbeat)),
+                    )
+                self._last_answer = loop.time()
             await asyncio.sleep(self.heartbeat)
 
     async def _subscriber(self, ready: asyncio.Event) -> None:
-        """Receive envelopes; on a lost connection retry with backoff, then resync."""
+        """Receive envelopes; on a lost connection retry with backoff, then resync.
+
+        Every "down" reported to the server is followed by an "up" once Redis is back,
+        whether the connection was lost or Redis was unreachable from the start.
+        """
+        from redis.exceptions import AuthenticationError, ResponseError
+
+        loop = asyncio.get_running_loop()
         delay = 0.1
-        first = True
-        warned = False
+        connected_once = False
+        down = False  # a "down" was reported and no "up" yet
         while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
-                await self._resync()
+                async with asyncio.timeout(2 * self.heartbeat + 5):  # a hung Redis too
+                    await pubsub.subscribe(self._channel)
+                    await self._resync()
+                self._last_answer = loop.time()
                 self._connected = True
                 delay = 0.1
-                if first:
-                    first = False
-                else:
+                if down:
+                    down = False
                     self._reconnects += 1
-                    log.warning("backplane: reconnected to %s and resynced", self.url)
+                    log.warning("backplane: connected to %s and resynced", self.where)
                     self._state_changed("up", "reconnected and resynced")
+                connected_once = True
                 ready.set()
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._receive(message["data"])
+                    elif loop.time() - self._last_answer > 2 * self.heartbeat:
+                        # A Redis that hangs (stopped, overloaded, a dead link without RST)
+                        # looks from here like a quiet chat; the heartbeat tells them apart.
+                        raise ConnectionError(f"no answer for {2 * self.heartbeat:g} s")
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1):
                         await pubsub.aclose()
                 raise
             except Exception as exc:
-                if first and not warned:
-                    warned = True
-                    log.warning(
-                        "backplane: cannot reach %s (%s); serving locally, retrying", self.url, exc
-                    )
-                elif self._connected:
-                    log.warning("backplane: lost %s (%s); retrying", self.url, exc)
-                if self._connected:
-                    self._state_changed("down", str(exc))
+                reason = str(exc) or type(exc).__name__
+                if isinstance(exc, AuthenticationError | ResponseError) and not self._started:
+                    self._fatal = exc  # a wrong password or database: start() reports it
+                    ready.set()
+                    return
+                if not down:
+                    down = True
+                    if connected_once:
+                        log.warning("backplane: lost %s (%s); retrying", self.where, reason)
+                    else:
+                        log.warning(
+                            "backplane: cannot reach %s (%s); serving locally, retrying",
+                            self.where,
+                            reason,
+                        )
+                    self._state_changed("down", reason)
                 self._connected = False
+                ready.set()  # start() does not wait for a Redis that is not there
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1):
                         await pubsub.aclose()
@@ -481,15 +572,22 @@ class RedisBackplane(Backplane):
                 delay = min(5.0, delay * 2)
 
     async def _resync(self) -> None:
-        """Re-register our names and liveness (Redis may have restarted empty)."""
+        """Re-register our names and liveness (Redis may have restarted empty), and give
+        back the names this server let go of while Redis could not hear it."""
         await self._redis.set(
             self._server_key(self.server_id), b"1", ex=max(1, round(3 * self.heartbeat))
         )
-        if self._local:
-            await self._redis.hset(
-                self._names_key,
-                mapping={name_key(n): self._entry(n, room) for n, room in self._local.items()},
-            )
+        ours = {name_key(n): self._entry(n, room) for n, room in self._local.items()}
+        mine = self.server_id + "|"
+        stale = [
+            field
+            for field, value in (await self._redis.hgetall(self._names_key)).items()
+            if value.decode().startswith(mine) and field.decode() not in ours
+        ]
+        if stale:
+            await self._redis.hdel(self._names_key, *stale)
+        if ours:
+            await self._redis.hset(self._names_key, mapping=ours)
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -501,3 +599,21 @@ class RedisBackplane(Backplane):
             return  # our own, already delivered locally
         self._received += 1
         self._deliver(envelope)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to log or print."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _database(url: str) -> int:
+    """The database number a Redis URL names (``/N`` or ``?db=N``; 0 by default)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query).get("db")
+    text = query[0] if query else parts.path.strip("/")
+    return int(text) if text.isdigit() else 0

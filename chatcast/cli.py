@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .exceptions import ChatcastError
 
 __all__ = ["main"]
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status: int = runner.run(args.run(args))
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ChatcastError) as exc:
         print(f"chatcast: {exc}", file=sys.stderr)
         return 1
     return status

@@ -11,7 +11,8 @@ where::
     ├── ProtocolError           the peer sent something that breaks the protocol
     │   ├── LineTooLong         a frame over the per-frame limit
     │   └── InvalidFrame        bad UTF-8, bad JSON, unknown type, wrong field types
-    └── AuthenticationError     a token was refused
+    ├── AuthenticationError     a token was refused
+    └── BackplaneError          the backplane's engine refused our settings (password, db)
 
 Argument errors (a bad port, a group that is not multicast) are plain :class:`ValueError` or
 :class:`TypeError`, raised at construction with the bad value and the allowed range.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "BackplaneError",
     "ChannelClosed",
     "ChatcastError",
     "ConnectionClosed",
@@ -93,3 +95,9 @@ class InvalidFrame(ProtocolError):
 
 class AuthenticationError(ChatcastError):
     """The server refused this client's credentials."""
+
+
+class BackplaneError(ChatcastError):
+    """The backplane's engine answered but refused us (a wrong password, a database it does
+    not have): retrying would not help. Raised when the server starts; an engine that is
+    merely unreachable is not an error (the server serves locally and keeps retrying)."""

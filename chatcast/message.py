@@ -168,7 +168,7 @@ def decode_message(frame: str | dict[str, Any]) -> Message:
     if timestamp is not None and (
         isinstance(timestamp, bool)
         or not isinstance(timestamp, int | float)
-        or not math.isfinite(timestamp)
+        or not _finite(timestamp)
     ):
         raise InvalidFrame('"ts" must be a finite number')
     seq = obj.get("seq")
@@ -183,6 +183,14 @@ def decode_message(frame: str | dict[str, Any]) -> Message:
         to=_optional_str(obj, "to"),
         seq=seq,
     )
+
+
+def _finite(number: int | float) -> bool:
+    # An int too large for a float (1e400 written out) makes isfinite() raise OverflowError.
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _optional_str(obj: dict[str, Any], key: str) -> str | None:

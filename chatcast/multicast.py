@@ -575,9 +575,12 @@ class MulticastChannel:
 
         Raises:
             ChannelClosed: The channel is closed.
+            RuntimeError: The channel was never opened.
         """
         if self._state == "closed":
             raise ChannelClosed("the multicast channel is closed")
+        if self._state == "new":
+            raise RuntimeError("open the channel first: async with MulticastChannel(...)")
         if not self._receiver.queue:
             return None
         self._delivered += 1

@@ -28,7 +28,7 @@ from ._framing import DEFAULT_MAX_LINE_BYTES
 from ._relay import EventStream, _now
 from ._session import Session
 from .backplane import Backplane
-from .exceptions import ChannelClosed, InvalidFrame
+from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
 from .message import (
     ANNOUNCEMENT,
     CLOSING,
@@ -70,6 +70,7 @@ class ServerStatistics:
         backplane_published: Envelopes sent to the other servers.
         backplane_received: Envelopes received from the other servers.
         backplane_failures: Envelopes that could not cross (lost for the other servers).
+        backplane_lost_messages: Chat messages in those envelopes.
         backplane_reconnects: Times the backplane reconnected after a loss.
     """
 
@@ -93,6 +94,7 @@ class ServerStatistics:
     backplane_received: int = 0
     backplane_failures: int = 0
     backplane_reconnects: int = 0
+    backplane_lost_messages: int = 0
 
 
 class BroadcastServer(Session):
@@ -404,6 +406,7 @@ class BroadcastServer(Session):
 
         Raises:
             KeyError: Nobody of that name is connected.
+            ConnectionClosed: The name is on another server and the backplane is down.
             ChannelClosed: The server is closed.
         """
         if self._closing:
@@ -412,8 +415,12 @@ class BroadcastServer(Session):
         conn = self._names.get(proto.name_key(name))
         if conn is not None and not conn.closing:
             self._deliver_private(conn, message)
-        elif self._cluster is None or not self._cluster.private(message):
-            raise KeyError(name)
+            return
+        try:
+            if self._cluster is None or not self._cluster.private(message):
+                raise KeyError(name)
+        except InvalidFrame as exc:
+            raise ConnectionClosed(str(exc)) from None
 
     def who(self, room: str | None = None) -> list[str]:
         """Names in ``room`` (or everyone connected, when ``None``), sorted.
@@ -462,6 +469,7 @@ class BroadcastServer(Session):
                 "backplane_received": figures.received,
                 "backplane_failures": figures.failures,
                 "backplane_reconnects": figures.reconnects,
+                "backplane_lost_messages": figures.lost_messages,
             }
         return ServerStatistics(
             clients=self._active,

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chatcast.client import BroadcastClient
-from chatcast.exceptions import ConnectionClosed
+from chatcast.exceptions import BackplaneError, ConnectionClosed
 from chatcast.message import ANNOUNCEMENT, JOIN, LEAVE, MESSAGE, NICK, PRIVATE
 from chatcast.server import BroadcastServer
-from tests.conftest import receive_kind
+from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
 
 redis = pytest.importorskip(
@@ -44,13 +48,23 @@ def _free_port() -> int:
 class RedisProcess:
     """A redis-server of our own on 127.0.0.1, with no persistence; can be killed and restarted."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.port = _free_port()
+        self.options = options  # more redis-server options, e.g. ("--requirepass", "x")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): Redis hangs, connections stay open, data stays."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
@@ -62,6 +76,7 @@ class RedisProcess:
                 "--save", "",
                 "--appendonly", "no",
                 "--protected-mode", "no",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -73,7 +88,7 @@ class RedisProcess:
                 socket.create_connection(("127.0.0.1", self.port)) as s,
             ):
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")
@@ -82,6 +97,7 @@ class RedisProcess:
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # in case it was paused
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
@@ -114,6 +130,7 @@ async def cluster(redis_server: RedisProcess) -> AsyncIterator[Callable[..., Any
         return server
 
     start.clients = clients  # type: ignore[attr-defined]
+    start.prefix = prefix  # type: ignore[attr-defined]
     yield start
     for client in clients:
         await client.close()
@@ -243,6 +260,9 @@ async def test_redis_outage(cluster: Any, redis_server: RedisProcess) -> None:
     await wait_until(lambda: not one.statistics().backplane_connected, 10)
     await alice.send("during")
     assert (await receive_kind(carol, MESSAGE)).text == "during"  # local delivery never stops
+    await alice.send("psst", to="bob")  # on the other server: not silently lost
+    error = await receive_kind(alice, "error")
+    assert error.text == "bob is on another server, which cannot be reached now"
     await wait_until(lambda: one.statistics().backplane_failures >= 1)
     redis_server.start()
     async with asyncio.timeout(timeout(20)):
@@ -255,6 +275,7 @@ async def test_redis_outage(cluster: Any, redis_server: RedisProcess) -> None:
     got = await receive_kind(bob, MESSAGE, seconds=10)
     assert got.text == "after"  # "during" was lost across servers (at most once), and counted
     assert one.statistics().backplane_reconnects >= 1
+    assert one.statistics().backplane_lost_messages >= 1
     await wait_until(lambda: two.who() == ["alice", "bob", "carol"], 10)  # names resynced
 
 
@@ -296,16 +317,214 @@ async def test_workers_share_one_port(redis_server: RedisProcess) -> None:
         holders = {v.split(b"|")[0] for v in (await r.hgetall("chatcast:names")).values()}
         await r.aclose()
         assert len(holders) == 2
+        process.stdin.write(b"/quit\n")  # typed on the parent's terminal: all stop, cleanly
+        await process.stdin.drain()
+        async with asyncio.timeout(timeout(15)):
+            await process.wait()
     finally:
         for client in clients:
             await client.close()
         if process.returncode is None:
-            process.terminate()
-        try:
-            async with asyncio.timeout(timeout(15)):
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            process.kill()
+            await process.wait()
     assert process.returncode == 0
+
+
+async def test_one_name_for_two_clients_of_one_server(cluster: Any) -> None:
+    """Two hellos for one name on one server at the same instant: one gets it."""
+    one = await cluster()
+    peers = [await TextPeer.connect(one.port) for _ in range(2)]
+    try:
+        for peer in peers:
+            await peer.line()  # the welcome line
+        for peer in peers:
+            peer.send('{"type":"hello","name":"zed"}\n')
+        replies = [json.loads(await peer.until(lambda line: line[0] == "{")) for peer in peers]
+        assert sorted(reply["type"] for reply in replies) == ["error", "welcome"]
+        assert one.who() == ["zed"]
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
+async def test_a_closing_server_tells_the_others_who_left(cluster: Any) -> None:
+    """A server shutting down tells the rooms on the other servers that its clients left."""
+    one = await cluster()
+    two = await cluster()
+    await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: "alice" in two.who())
+    await one.aclose()
+    left = await receive_kind(bob, LEAVE)
+    assert (left.sender, left.text) == ("alice", "server shutting down")
+    assert two.who() == ["bob"]
+
+
+_LONE_SERVER = """
+import asyncio, sys
+from chatcast import BroadcastServer
+from chatcast.backplane import RedisBackplane
+
+async def main():
+    backplane = RedisBackplane(sys.argv[1], prefix=sys.argv[2], heartbeat=0.5)
+    async with BroadcastServer("127.0.0.1", 0, backplane=backplane, join_grace=0.05) as server:
+        print(server.port, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_crashed_server_s_clients_leave(cluster: Any, redis_server: RedisProcess) -> None:
+    """A server killed with SIGKILL says nothing; the others notice it is gone (its liveness
+    key expires), tell their rooms its clients left, and free its names."""
+    two = await cluster()
+    bob = await _client(cluster, two, "bob")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LONE_SERVER, redis_server.url, cluster.prefix,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(timeout(20)):
+            port = int(await process.stdout.readline())
+        await _client(cluster, BroadcastServer("127.0.0.1", port), "alice")
+        await wait_until(lambda: "alice" in two.who())
+    finally:
+        process.kill()
+        await process.wait()
+    left = await receive_kind(bob, LEAVE, seconds=20)
+    assert (left.sender, left.text) == ("alice", "connection lost")
+    again = await _client(cluster, two, "alice")  # the dead server's name is free
+    assert again.name == "alice"
+
+
+async def test_hung_redis_and_a_name_given_up_meanwhile(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """Redis hangs (SIGSTOP): noticed by the heartbeat; a name given up meanwhile is free
+    again once Redis is back (the stale entry is removed on resync), and its room is told."""
+    one = await cluster()
+    two = await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: "alice" in two.who())
+    redis_server.pause()
+    try:
+        await wait_until(lambda: one.statistics().backplane_connected is False, 10)
+        await alice.close()  # its leave cannot cross, its name cannot be released
+        await wait_until(lambda: "alice" not in one.who())
+    finally:
+        redis_server.resume()
+    await wait_until(lambda: one.statistics().backplane_connected is True, 30)
+    left = await receive_kind(bob, LEAVE, seconds=20)  # learnt from the refresh
+    assert left.sender == "alice"
+    again = await _client(cluster, two, "alice")
+    assert again.name == "alice"
+    assert one.statistics().backplane_reconnects >= 1
+
+
+async def test_redis_down_at_start(redis_server: RedisProcess) -> None:
+    """A server starts without Redis (serving locally) and reports "down", then "up"."""
+    redis_server.kill()
+    backplane = RedisBackplane(redis_server.url, prefix=f"t-{uuid.uuid4().hex[:8]}", heartbeat=0.5)
+    server = BroadcastServer("127.0.0.1", 0, backplane=backplane)
+    events = server.events()
+    try:
+        async with asyncio.timeout(timeout(10)):
+            await server.start()
+            first = await anext(events)
+        assert (first.sender, first.text.split(":")[0]) == ("backplane", "backplane down")
+        assert server.statistics().backplane_connected is False
+        redis_server.start()
+        async with asyncio.timeout(timeout(20)):
+            second = await anext(events)
+        assert (second.sender, second.text) == ("backplane", "backplane reconnected and resynced")
+        assert server.statistics().backplane_reconnects == 1
+    finally:
+        await events.aclose()
+        await server.aclose()
+
+
+async def test_a_wrong_password_is_an_error_at_start() -> None:
+    """Redis refusing our password fails start() with BackplaneError (no endless retries),
+    and the password never shows in the message."""
+    protected = RedisProcess("--requirepass", "sesame")
+    protected.start()
+    try:
+        url = f"redis://:open-sesame@127.0.0.1:{protected.port}/0"
+        server = BroadcastServer("127.0.0.1", 0, backplane=RedisBackplane(url))
+        with pytest.raises(BackplaneError, match=r"redis://:\*\*\*@127\.0\.0\.1") as info:
+            async with asyncio.timeout(timeout(10)):
+                await server.start()
+        assert "open-sesame" not in str(info.value)
+        assert not server.is_serving
+    finally:
+        protected.kill()
+
+
+async def test_databases_are_separate_chats(redis_server: RedisProcess) -> None:
+    """One Redis, one prefix, databases 0 and 1: two chats (pub/sub ignores the database,
+    so the channel names carry it)."""
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    base = redis_server.url.rsplit("/", 1)[0]
+    servers = [
+        BroadcastServer("127.0.0.1", 0, backplane=RedisBackplane(f"{base}/{db}", prefix=prefix))
+        for db in (0, 1)
+    ]
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        for server in servers:
+            await server.start()
+        channels = {c.decode() for c in await r.pubsub_channels(f"{prefix}:*")}
+        assert channels == {f"{prefix}:events:db0", f"{prefix}:events:db1"}
+    finally:
+        await r.aclose()
+        for server in servers:
+            await server.aclose()
+
+
+async def test_workers_keep_secrets_off_command_lines_and_die_with_the_parent() -> None:
+    """`--workers`: the backplane URL (with its password) reaches the workers through the
+    environment, not argv; killing the parent (SIGKILL) stops the workers too."""
+    protected = RedisProcess("--requirepass", "sesame")
+    protected.start()
+    port = _free_port()
+    url = f"redis://:sesame@127.0.0.1:{protected.port}/0"
+    env = {**os.environ, "CHATCAST_BACKPLANE": url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatcast", "server", "--port", str(port), "--workers", "2",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        pids: list[int] = []
+        lines: list[str] = []
+        async with asyncio.timeout(timeout(20)):
+            while len(pids) < 2:
+                line = (await process.stdout.readline()).decode()
+                assert line, f"the server exited early: {lines}"
+                lines.append(line)
+                if "worker ready pid" in line:
+                    pids.append(int(line.split("pid ")[1].split()[0]))
+        assert "redis://:***@" in lines[0]
+        assert not [line for line in lines if "sesame" in line]
+        for pid in pids:
+            cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
+            assert b"sesame" not in cmdline
+        process.kill()  # the parent dies without a word
+        await process.wait()
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        await wait_until(refused, 15)  # no orphan worker serves the port
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        protected.kill()

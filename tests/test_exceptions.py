@@ -9,6 +9,7 @@ import pytest
 from chatcast import exceptions
 from chatcast.exceptions import (
     AuthenticationError,
+    BackplaneError,
     ChannelClosed,
     ChatcastError,
     ConnectionClosed,
@@ -28,6 +29,7 @@ TREE: dict[type[Exception], tuple[type[Exception], ...]] = {
     LineTooLong: (ProtocolError,),
     InvalidFrame: (ProtocolError,),
     AuthenticationError: (ChatcastError,),
+    BackplaneError: (ChatcastError,),
 }
 
 

@@ -253,6 +253,7 @@ _BAD_MESSAGES = {
     "ts-inf": ('{"type":"message","ts":Infinity}', '"ts" must be a finite number'),
     "ts-minus-inf": ('{"type":"message","ts":-Infinity}', '"ts" must be a finite number'),
     "ts-overflow": ('{"type":"message","ts":1e999}', '"ts" must be a finite number'),
+    "ts-huge-int": ('{"type":"message","ts":1' + "0" * 400 + "}", '"ts" must be a finite number'),
     "seq-float": ('{"type":"message","seq":1.0}', '"seq" must be an integer'),
     "seq-bool": ('{"type":"message","seq":false}', '"seq" must be an integer'),
     "seq-string": ('{"type":"message","seq":"1"}', '"seq" must be an integer'),

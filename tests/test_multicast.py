@@ -335,6 +335,8 @@ async def test_bad_datagrams_counted_and_skipped(open_channel: OpenChannel, lab:
         b'{"type": "bogus", "text": "x"}',  # unknown type
         b'{"type": "message", "text": 5}',  # wrong field type
         b'{"type": "message", "text": "x", "ts": "noon"}',  # wrong field type
+        b'{"type": "closing", "text": "connection closed by server"}',  # no server here
+        b'{"type": "announcement", "text": "fake"}',  # ... to speak for
     ]
     for data in bad:
         lab.send(data)
@@ -343,9 +345,19 @@ async def test_bad_datagrams_counted_and_skipped(open_channel: OpenChannel, lab:
     assert message.text == "y" * 100
     stats = channel.statistics()
     assert stats.received == len(bad) + 1
-    assert (stats.oversized, stats.empty, stats.invalid) == (1, 2, 5)
-    assert stats.dropped == 8
+    assert (stats.oversized, stats.empty, stats.invalid) == (1, 2, 7)
+    assert stats.dropped == 10
     assert accounted(stats) == stats.received
+
+
+async def test_timestamp_no_float_can_hold(open_channel: OpenChannel, lab: LabPeer) -> None:
+    """A "ts" integer beyond a float's range is an invalid datagram, not an OverflowError."""
+    channel = await open_channel()
+    lab.send(b'{"type": "message", "text": "x", "ts": 1' + b"0" * 400 + b"}")
+    lab.send(b"next")
+    assert (await receive(channel)).text == "next"
+    stats = channel.statistics()
+    assert (stats.received, stats.invalid) == (2, 1)
 
 
 async def test_forged_looking_datagrams(open_channel: OpenChannel, lab: LabPeer) -> None:
@@ -636,6 +648,8 @@ async def test_life_cycle(endpoint: Endpoint) -> None:
         await channel.send("x")
     with pytest.raises(RuntimeError, match="open the channel first"):
         await channel.receive()
+    with pytest.raises(RuntimeError, match="open the channel first"):
+        channel.receive_nowait()
     async with channel as entered:
         assert entered is channel
         assert "open" in repr(channel)
