@@ -23,7 +23,7 @@ from .message import ERROR, Message, dump_frame, render_text
 if TYPE_CHECKING:
     from .server import BroadcastServer
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "encode"]
 
 log = logging.getLogger("chatcast.server")
 
@@ -181,9 +181,7 @@ class Connection(asyncio.Protocol):
 
     def encode(self, message: Message) -> bytes:
         """Encode ``message`` in this connection's wire form."""
-        if self.json:
-            return dump_frame(message.to_wire())
-        return (render_text(message) + "\n").encode()
+        return encode(message, self.json)
 
     def send(self, message: Message) -> None:
         """Queue ``message`` for this client; never waits."""
@@ -202,6 +200,13 @@ class Connection(asyncio.Protocol):
         frame = decoder.flush(hold_incomplete=True)  # also ends a discard
         if frame is not None:
             server._handle_frames(self, [frame])
+
+
+def encode(message: Message, json_mode: bool) -> bytes:
+    """``message`` in a connection's wire form: a JSON frame, or a readable text line."""
+    if json_mode:
+        return dump_frame(message.to_wire())
+    return (render_text(message) + "\n").encode()
 
 
 def _set_keepalive(sock: socket.socket) -> None:

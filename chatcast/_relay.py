@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from . import _protocol as proto
-from ._connection import Connection
+from ._connection import Connection, encode
 from .exceptions import ProtocolError
 from .message import (
     JOIN,
@@ -101,6 +101,10 @@ class Relay:
     _rooms: dict[str, set[Connection]]
     _names: dict[str, Connection]
     _subscribers: list[tuple[asyncio.Queue[Message | None], list[int]]]
+    # Join and leave notices waiting for the end of this loop iteration, by room: each with
+    # the connection it is about (which does not get it).
+    _notices: dict[str, list[tuple[Message, Connection | None]]]
+    _notices_due: bool
     _guest_counter: int
     _messages_in: int
     _messages_out: int
@@ -117,6 +121,8 @@ class Relay:
 
     def _announce_locally(self, message: Message) -> int:
         targets: Iterable[Connection]
+        if self._notices:
+            self._flush_notices()  # what happened before the announcement arrives first
         if message.room is None:
             targets = [c for c in self._connections if c.room]
         else:
@@ -127,6 +133,8 @@ class Relay:
         return count
 
     def _deliver_private(self, target: Connection, message: Message) -> None:
+        if self._notices:
+            self._flush_room_notices(target.room)
         data = target.encode(message)
         target.write(data)
         self._messages_out += 1
@@ -140,11 +148,59 @@ class Relay:
             self._cluster.notice(message)
         members = self._rooms.get(room)
         limit = self.notice_limit
+        kind = message.kind
         # The room's size counting the one who joins or leaves, so both notices agree.
-        size = len(members) + (message.kind == LEAVE) if members else 0
-        if members and (limit is None or size <= limit or message.kind not in (JOIN, LEAVE)):
+        size = len(members) + (kind == LEAVE) if members else 0
+        if members and (kind == JOIN or kind == LEAVE):
+            if limit is None or size <= limit:
+                # Joins and leaves come in storms (a class connecting at once, a network
+                # failure): those of one loop iteration reach each member in one write,
+                # not one write per notice per member.
+                self._notices.setdefault(room, []).append((message, exclude))
+                if not self._notices_due:
+                    self._notices_due = True
+                    self._loop.call_soon(self._flush_notices)
+        elif members:
+            if self._notices:
+                self._flush_room_notices(room)
             self._send_many((c for c in members if c is not exclude), message)
         self._publish(message)
+
+    def _flush_notices(self) -> None:
+        """Deliver every join and leave notice waiting since this loop iteration began."""
+        self._notices_due = False
+        for room in list(self._notices):
+            self._flush_room_notices(room)
+
+    def _flush_room_notices(self, room: str) -> None:
+        """Deliver ``room``'s waiting notices to its members now, one write per member.
+
+        A member gets those of the notices that are not about itself, in order; one that
+        joined during this iteration also gets the notices of those who joined just before
+        it, one that left does not get the rest.
+        """
+        pending = self._notices.pop(room, None)
+        members = self._rooms.get(room)
+        if not pending or not members:
+            return
+        abouts = {about for _, about in pending}
+        # Per wire form (JSON or not), built when a member needs it: each notice encoded,
+        # and all of them joined.
+        forms: dict[bool, tuple[list[tuple[bytes, Connection | None]], bytes]] = {}
+        for member in members:
+            if member.closing:
+                continue
+            form = forms.get(member.json)
+            if form is None:
+                encoded = [(encode(message, member.json), about) for message, about in pending]
+                form = forms[member.json] = (encoded, b"".join(data for data, _ in encoded))
+            if member in abouts:  # not told about itself
+                data = b"".join(d for d, about in form[0] if about is not member)
+            else:
+                data = form[1]
+            if data:
+                member.write(data)
+                self._bytes_out += len(data)
 
     def _send_many(self, targets: Iterable[Connection], message: Message) -> int:
         """Deliver one non-chat message to many, encoding it at most once per wire form."""
@@ -276,6 +332,8 @@ class Relay:
         The hot path: both wire forms are built once for the whole batch (lazily, only if
         a recipient needs that form) and handed to each transport in one write.
         """
+        if self._notices:
+            self._flush_room_notices(room)  # who joined or left before these messages
         text_data = json_data = b""
         text_members = json_members = 0
         for member in self._rooms.get(room, ()):

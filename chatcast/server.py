@@ -251,6 +251,8 @@ class BroadcastServer(Session):
         self._names: dict[str, Connection] = {}  # by name_key(): one "alice" or "Alice"
         self._guest_counter = 0
         self._subscribers: list[tuple[asyncio.Queue[Message | None], list[int]]] = []
+        self._notices = {}
+        self._notices_due = False
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._closed: asyncio.Event | None = None
@@ -343,6 +345,8 @@ class BroadcastServer(Session):
         self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._notices:
+            self._flush_notices()  # joins and leaves before the shutdown notice
         notice = Message(reason, kind=CLOSING)
         for conn in list(self._connections):
             self._disconnect(conn, notice, leave_reason=reason)
