@@ -15,7 +15,7 @@ from typing import Any
 from ._console import Console, log_to
 from .client import BroadcastClient
 from .exceptions import ChatcastError, ConnectionClosed
-from .message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text
+from .message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text, sanitize
 from .server import DEFAULT_WELCOME, BroadcastServer
 
 __all__ = ["add_parser"]
@@ -136,6 +136,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     client.add_argument("--tls", action="store_true", help="connect with TLS")
     client.add_argument("--ca", default=None, help="trust this CA file (PEM) for --tls")
     client.add_argument(
+        "--tls-name",
+        default=None,
+        metavar="NAME",
+        help="the name the server's certificate must carry, when it is not --host "
+        "(e.g. --host 10.0.0.5 --tls-name chat.lab)",
+    )
+    client.add_argument(
         "--reconnect", action="store_true", help="reconnect when the connection drops"
     )
     client.set_defaults(run=run_client)
@@ -143,6 +150,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 async def run_server(args: argparse.Namespace) -> int:
     """Run the hub until Ctrl-C, SIGTERM or ``/quit`` typed on the server's terminal."""
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    if token is not None and not token:
+        # An empty token would mean "no authentication": say so rather than run open.
+        origin = "--token" if args.token is not None else f"${TOKEN_ENV}"
+        raise ValueError(f"{origin} is empty; leave it out to run without a token")
+    args.token = token
+    if args.burst is not None and args.rate is None:
+        raise ValueError("--burst needs --rate")
     args.backplane = args.backplane or os.environ.get(BACKPLANE_ENV) or None
     backplane = None
     where = None  # the backplane's URL without its password
@@ -171,7 +186,7 @@ async def run_server(args: argparse.Namespace) -> int:
         default_room=args.room,
         max_clients=args.max_clients,
         max_per_address=args.max_per_address,
-        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        token=token,
         rate=args.rate,
         burst=args.burst,
         idle_timeout=args.idle_timeout,
@@ -188,10 +203,15 @@ async def run_server(args: argparse.Namespace) -> int:
         return await _run_worker(server, stop, args.worker_events and not args.quiet)
     async with Console(prompt="announce> ") as console, log_to(console), server:
         scheme = "TLS " if context else ""
-        joined = f", backplane {where}" if backplane is not None else ""
+        extras = [
+            *(["token required"] if token else []),
+            *([f"flood control {args.rate:g}/s"] if args.rate else []),
+            *([f"backplane {where}"] if backplane is not None else []),
+        ]
         console.write(
-            f"chatcast server on {scheme}{args.host} port {server.port}{joined} "
-            "(type a line to announce it; Ctrl-C to stop)"
+            f"chatcast server on {scheme}{args.host} port {server.port}"
+            + "".join(f", {extra}" for extra in extras)
+            + " (type a line to announce it; Ctrl-C to stop)"
         )
         tasks = [
             asyncio.create_task(_operator(console, server, stop)),
@@ -268,8 +288,8 @@ async def run_client(args: argparse.Namespace) -> int:
     context: ssl.SSLContext | bool | None = None
     if args.tls:
         context = ssl.create_default_context(cafile=args.ca)
-    elif args.ca:
-        raise ValueError("--ca needs --tls")
+    elif args.ca or args.tls_name:
+        raise ValueError("--ca and --tls-name need --tls")
     client = BroadcastClient(
         args.host,
         args.port,
@@ -277,15 +297,16 @@ async def run_client(args: argparse.Namespace) -> int:
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         ssl=context,
+        server_hostname=args.tls_name,
         reconnect=args.reconnect,
     )
     try:
         await client.connect()
-    except ConnectionClosed as exc:
-        print(f"chatcast: refused: {exc.reason}", file=sys.stderr)
+    except ConnectionClosed as exc:  # the reason is the server's words: shown, not obeyed
+        print(f"chatcast: refused: {sanitize(exc.reason)}", file=sys.stderr)
         return 1
     except ChatcastError as exc:
-        print(f"chatcast: {exc}", file=sys.stderr)
+        print(f"chatcast: {sanitize(str(exc))}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -37,6 +37,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "address",
+        "admitted_at",
         "announced",
         "authenticated",
         "backlog",
@@ -45,13 +46,16 @@ class Connection(asyncio.Protocol):
         "decoder",
         "deferred",
         "dropped",
+        "early",
         "first_frame",
         "flush_handle",
+        "handshaking",
         "json",
         "last_rx",
         "name",
         "name_json",
         "pinged_at",
+        "refusing",
         "room",
         "server",
         "strikes",
@@ -77,6 +81,11 @@ class Connection(asyncio.Protocol):
         self.authenticated = False
         self.first_frame = True
         self.closing = False
+        self.handshaking = False  # TLS: the handshake has not completed yet
+        # TLS: data that arrived between the handshake's end and the server's taking over
+        # the new transport (the peer may speak first); replayed in order then.
+        self.early: list[bytes] = []
+        self.admitted_at = 0.0  # when it was greeted: the authentication clock starts here
         self.last_rx = 0.0
         self.pinged_at: float | None = None
         self.flush_handle: asyncio.TimerHandle | None = None
@@ -86,6 +95,7 @@ class Connection(asyncio.Protocol):
         self.tokens = 0.0
         self.tokens_at = 0.0
         self.strikes = 0.0
+        self.refusing = False  # flood control: the last frame was refused
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -104,15 +114,25 @@ class Connection(asyncio.Protocol):
         self.server._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.handshaking:
+            self.early.append(data)
+            return
         server = self.server
         server._bytes_in += len(data)
         if self.closing:
             return  # lingering close: what the peer still sends is discarded
-        self.last_rx = server._loop.time()
-        self.pinged_at = None
+        if not self.json:
+            # Text mode: any byte is a sign of life (nc cannot answer pings), and the time
+            # of the last one tells when a line without LF is complete.
+            self.last_rx = server._loop.time()
         if not server._receive_text(self, data):
             frames = self.decoder.feed(data)
             if frames:
+                if self.json:
+                    # JSON mode: only whole frames count, or a client trickling a frame that
+                    # never ends (one byte a second) would never be pinged or dropped.
+                    self.last_rx = server._loop.time()
+                    self.pinged_at = None
                 server._handle_frames(self, frames)
         decoder = self.decoder
         if (

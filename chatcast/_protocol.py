@@ -45,9 +45,14 @@ MAX_NAME_LENGTH: Final = 32
 _NAME = re.compile(r"[^\W][\w.\-]*")
 # Reserved: the server's own voice and the default-name pattern's prefix is allowed.
 _RESERVED: Final = frozenset({"server", "system", "chatcast"})
-# C0 controls other than tab and LF, DEL and C1 controls are refused in chat text.
+# C0 controls other than tab and LF, DEL and C1 controls are refused in chat text; so are
+# the invisible characters that reorder or break what a reader sees: bidirectional overrides,
+# embeddings and isolates (U+202A-U+202E, U+2066-U+2069: "Trojan Source", CVE-2021-42574),
+# the line and paragraph separators (U+2028, U+2029) and the BOM (U+FEFF).
 # Lone surrogates (U+D800..U+DFFF) cannot be encoded as UTF-8 at all.
-_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_TEXT = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +170,27 @@ def _script(char: str) -> str:
     return _SCRIPT_GROUPS.get(word, word)
 
 
+#: The longest leave reason shown to a room; a longer one is cut.
+MAX_REASON_LENGTH: Final = 200
+
+
+def _reason(text: str) -> str:
+    """A leave reason the room may see: chat-text rules, one line, at most
+    :data:`MAX_REASON_LENGTH` characters. One that breaks the rules is dropped ("")."""
+    text = text.strip()
+    if not text or "\n" in text or _BAD_TEXT.search(text) is not None:
+        return ""
+    return text[:MAX_REASON_LENGTH]
+
+
 def check_text(text: str) -> str:
     """Return ``text`` if it may be relayed as chat text.
 
     Raises:
         InvalidFrame: Empty, or holding control characters other than tab and newline
-            (NUL, ESC, a lone CR, DEL, C1 controls): they could drive a reader's terminal.
+            (NUL, ESC, a lone CR, DEL, C1 controls): they could drive a reader's terminal;
+            or invisible characters that reorder or break the displayed text (bidi
+            overrides and isolates, U+2028/U+2029, U+FEFF).
     """
     if not text:
         raise InvalidFrame("empty message")
@@ -179,6 +199,8 @@ def check_text(text: str) -> str:
         char = ord(bad.group())
         if 0xD800 <= char <= 0xDFFF:
             raise InvalidFrame(f"lone surrogate U+{char:04X} is not valid text")
+        if char > 0x9F:
+            raise InvalidFrame(f"invisible formatting character U+{char:04X} is not allowed")
         raise InvalidFrame(f"control character U+{char:04X} is not allowed")
     return text
 
@@ -227,7 +249,7 @@ def parse_text(line: str) -> Command:
     if command == "rooms":
         return Rooms()
     if command == "quit":
-        return Quit(rest)
+        return Quit(_reason(rest))
     if command == "auth":
         return Auth(rest)
     return Help()
@@ -256,12 +278,10 @@ def parse_json(frame: str | dict[str, Any]) -> Command:
     if kind == "pong":
         return Pong()
     if kind == "quit":
-        return Quit(_field(obj, "reason") or "")
+        return Quit(_reason(_field(obj, "reason") or ""))
     if kind == "hello":
         return Hello(_field(obj, "name"), _field(obj, "room"), _field(obj, "token"))
-    if kind == "auth":
-        return Auth(_field(obj, "token", required=True))
-    raise InvalidFrame(f"unknown frame type {kind!r}")
+    raise InvalidFrame(f"unknown frame type {kind!r}")  # "auth" too: the hello has the token
 
 
 def _field(obj: dict[str, Any], key: str, *, required: bool = False) -> Any:

@@ -23,6 +23,7 @@ from .message import (
     JOIN,
     LEAVE,
     MESSAGE,
+    NICK,
     Message,
     dump_frame,
 )
@@ -40,7 +41,11 @@ _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 _BAD_TEXT: Final = proto._BAD_TEXT
 _PLAIN_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n"
 _HIGH_BYTES: Final = bytes(range(0x80, 0x100))
-_C1_UTF8: Final = re.compile(rb"\xc2[\x80-\x9f]")
+# The non-ASCII characters check_text refuses, as UTF-8: C1 controls (C2 80-9F), U+2028-U+202E
+# (E2 80 A8-AE), U+2066-U+2069 (E2 81 A6-A9), U+FEFF (EF BB BF).
+_BAD_UTF8: Final = re.compile(
+    rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81[\xa6-\xa9]|\xef\xbb\xbf"
+)
 
 
 class EventStream:
@@ -160,7 +165,7 @@ class Relay:
                 if not self._notices_due:
                     self._notices_due = True
                     self._loop.call_soon(self._flush_notices)
-        elif members:
+        elif members and (kind != NICK or limit is None or size <= limit):
             if self._notices:
                 self._flush_room_notices(room)
             self._send_many((c for c in members if c is not exclude), message)
@@ -278,10 +283,10 @@ class Relay:
         raw = data[start:end]
         # What check_text refuses, found in C: deleting every printable ASCII byte, tab and
         # LF leaves nothing in a clean ASCII read; an ASCII byte left is a control character.
-        # Non-ASCII reads also need the C1 controls (U+0080-U+009F, UTF-8 C2 80-C2 9F);
-        # surrogates and other invalid UTF-8 fail to decode.
+        # Non-ASCII reads also need the C1 controls and the invisible formatting characters
+        # (_BAD_UTF8); surrogates and other invalid UTF-8 fail to decode.
         rest = raw.translate(None, _PLAIN_ASCII)
-        if rest and (rest.translate(None, _HIGH_BYTES) or _C1_UTF8.search(raw) is not None):
+        if rest and (rest.translate(None, _HIGH_BYTES) or _BAD_UTF8.search(raw) is not None):
             return None
         try:
             text = raw.decode()

@@ -7,9 +7,8 @@ commands themselves are parsed sans-I/O in :mod:`chatcast._protocol`; here they 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from . import _protocol as proto
 from ._connection import Connection
@@ -24,9 +23,13 @@ from .message import (
     PRIVATE,
     Message,
     dump_frame,
+    parse_frame,
 )
 
 __all__ = ["Session"]
+
+# Frames flood control lets through: heartbeats, and leaving.
+_UNMETERED: Final = (proto.Ping, proto.Pong, proto.Quit)
 
 log = logging.getLogger("chatcast.server")
 
@@ -118,10 +121,10 @@ class Session(Relay):
 
     def _maybe_hello(self, conn: Connection, frame: str) -> bool:
         try:
-            obj = json.loads(frame)
-        except (ValueError, RecursionError):
+            obj = parse_frame(frame)  # refuses lone surrogates, which str.encode() cannot take
+        except InvalidFrame:
             return False
-        if not isinstance(obj, dict) or obj.get("type") != "hello":
+        if obj["type"] != "hello":
             return False
         try:
             command = proto.parse_json(obj)
@@ -139,7 +142,10 @@ class Session(Relay):
             conn.flush_handle.cancel()
             conn.flush_handle = None
         if self._token is not None and not conn.authenticated:
-            if hello.token is None or not hmac.compare_digest(hello.token.encode(), self._token):
+            if hello.token is None:
+                self._auth_failed(conn, "authentication required")
+                return
+            if not hmac.compare_digest(hello.token.encode(), self._token):
                 self._auth_failed(conn, "authentication failed")
                 return
             conn.authenticated = True
@@ -224,8 +230,10 @@ class Session(Relay):
         conn.strikes = max(0.0, conn.strikes - elapsed * rate)
         if conn.tokens >= 1.0:
             conn.tokens -= 1.0
+            conn.refusing = False
             return True
-        first = conn.strikes < 1.0
+        first = not conn.refusing
+        conn.refusing = True
         conn.strikes += 1.0
         self._rate_limited += 1
         if first and not self._flooding(conn):
@@ -244,12 +252,15 @@ class Session(Relay):
         )
 
     def _command(self, conn: Connection, command: proto.Command) -> None:
+        if type(command) not in _UNMETERED and not self._admit(conn):
+            # Every command takes a token, not only chat: /nick and /join make notices for a
+            # whole room, and a flood of them is a flood.
+            if self._flooding(conn):
+                self._drop_flooder(conn)
+            return
         try:
             if type(command) is proto.Say:
-                if self._admit(conn):
-                    self._private(conn, command.text, command.to)
-                elif self._flooding(conn):
-                    self._drop_flooder(conn)
+                self._private(conn, command.text, command.to)
             elif type(command) is proto.Join:
                 self._join(conn, proto.check_name(command.room, "room"))
             elif type(command) is proto.Nick:
@@ -368,11 +379,11 @@ class Session(Relay):
         self._set_name(conn, name)
         message = Message(name, sender=old, kind=NICK, room=conn.room, timestamp=_now())
         if conn.announced:
-            self._notify_room(conn.room, message, None)  # its author included
-        else:
-            # The room has not heard of the old name yet (a text guest's first command): it
-            # will see the join under the new one. Only the author is told.
-            conn.send(message)
+            self._notify_room(conn.room, message, conn)
+        # The author is always told (a big room gets no notices); the room is not when it
+        # has not heard of the old name yet (a text guest's first command): it will see
+        # the join under the new one.
+        conn.send(message)
 
     def _private(self, conn: Connection, text: str, to: str | None) -> None:
         assert to is not None

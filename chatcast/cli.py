@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .exceptions import ChatcastError
+from .message import sanitize
 
 __all__ = ["main"]
 
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, ChatcastError) as exc:
-        print(f"chatcast: {exc}", file=sys.stderr)
+        # The text may hold what a peer said (a server's refusal): shown, not obeyed.
+        print(f"chatcast: {sanitize(str(exc))}", file=sys.stderr)
         return 1
     return status

@@ -44,7 +44,11 @@ __all__ = ["BroadcastClient", "ClientStatistics"]
 
 log = logging.getLogger("chatcast.client")
 
-_AUTH_REASONS: Final = ("authentication failed", "authentication timeout")
+_AUTH_REASONS: Final = (
+    "authentication failed",
+    "authentication required",
+    "authentication timeout",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +383,26 @@ class BroadcastClient:
     # -- the connection ---------------------------------------------------------------------
 
     async def _open(self) -> None:
-        """Connect and complete the hello, or raise."""
+        """Connect and complete the hello, or raise (with a reason a user can act on)."""
+        where = f"{self.host}:{self.port}"
+        try:
+            await self._connect_and_hello()
+        except TimeoutError:
+            hint = "TLS handshake or welcome" if self.ssl else "welcome"
+            raise TimeoutError(
+                f"no {hint} from {where} within {self.connect_timeout:g} s "
+                "(is it a chatcast server, and does it speak TLS on that port only if you do?)"
+            ) from None
+        except ssl_module.SSLCertVerificationError:
+            raise  # its own message says what is wrong with the certificate
+        except ssl_module.SSLError as exc:
+            raise ssl_module.SSLError(
+                exc.errno,
+                f"TLS with {where} failed: {exc.reason or exc} (does the server speak TLS "
+                "on this port?)",
+            ) from exc
+
+    async def _connect_and_hello(self) -> None:
         async with asyncio.timeout(self.connect_timeout):
             reader, writer = await asyncio.open_connection(
                 self.host,
@@ -412,6 +435,9 @@ class BroadcastClient:
         while True:
             data = await reader.read(65536)
             if not data:
+                if text_reason is None and self.welcome is None and not self.ssl:
+                    # Not a word: a TLS port drops a plain hello like this.
+                    text_reason = "server closed the connection at once (does it expect TLS?)"
                 raise ConnectionClosed(text_reason or "server closed the connection")
             frames = self._decoder.feed(data)
             for index, frame in enumerate(frames):

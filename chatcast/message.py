@@ -232,6 +232,10 @@ def _caret_table() -> dict[int, str]:
     table[0x7F] = "^?"
     table.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
     del table[0x09]  # a tab is harmless
+    # Invisible characters that reorder or break the line (bidi overrides and isolates, line
+    # and paragraph separators, BOM): shown by their code point.
+    for c in (*range(0x2028, 0x202F), *range(0x2066, 0x206A), 0xFEFF):
+        table[c] = f"<U+{c:04X}>"
     return table
 
 
@@ -243,7 +247,9 @@ def sanitize(text: str, *, keep_newlines: bool = False) -> str:
     """Return ``text`` with C0/C1 control characters and DEL in visible caret notation.
 
     ESC becomes ``^[``, NUL ``^@``, CR ``^M``; tab is kept. With ``keep_newlines`` LF is kept
-    too. Safe to print to a terminal.
+    too. Invisible characters that would reorder or break the line (bidi overrides and
+    isolates, U+2028, U+2029, U+FEFF) become ``<U+202E>`` and the like. Safe to print to a
+    terminal.
     """
     return text.translate(_CONTROLS_KEEP_NEWLINE if keep_newlines else _CONTROLS)
 

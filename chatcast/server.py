@@ -129,13 +129,19 @@ class BroadcastServer(Session):
         rate: Messages per second each client may send (token bucket), or ``None`` (the
             default) for no flood control.
         burst: Bucket size for ``rate``; defaults to ``max(1, 2 * rate)``.
-        ssl: An :class:`ssl.SSLContext` to serve TLS.
-        ssl_handshake_timeout: Seconds a TLS handshake may take.
+        ssl: An :class:`ssl.SSLContext` to serve TLS. A TLS connection counts against
+            ``max_clients`` and ``max_per_address`` from the moment it is accepted, before
+            its handshake.
+        ssl_handshake_timeout: Seconds a TLS handshake may take, counted from the accept.
+        max_handshakes: TLS handshakes in progress at once (each holds about 300 KiB in
+            asyncio's TLS layer); connections beyond it wait their turn within their
+            ``ssl_handshake_timeout``.
         close_timeout: Seconds :meth:`close` lets pending output flush before aborting.
         reuse_port: Set ``SO_REUSEPORT`` so several processes can share the port.
-        notice_limit: Rooms with more members than this get no join and leave notices (as
-            Twitch does past 1000): announcing every arrival to everyone costs n^2 writes
-            when many connect at once. ``None`` for notices in rooms of any size.
+        notice_limit: Rooms with more members than this get no join, leave and nick notices
+            (as Twitch does past 1000): announcing every arrival to everyone costs n^2
+            writes when many connect at once. The one renamed is still told. ``None`` for
+            notices in rooms of any size.
         backplane: Join other servers through this backplane (e.g.
             :class:`~chatcast.backplane.RedisBackplane`) so that all act as one chat.
 
@@ -167,6 +173,7 @@ class BroadcastServer(Session):
         burst: float | None = None,
         ssl: ssl_module.SSLContext | None = None,
         ssl_handshake_timeout: float = 10.0,
+        max_handshakes: int = 64,
         close_timeout: float = 5.0,
         reuse_port: bool = False,
         backplane: Backplane | None = None,
@@ -184,6 +191,7 @@ class BroadcastServer(Session):
             ("max_clients", max_clients),
             ("max_per_address", max_per_address),
             ("notice_limit", notice_limit),
+            ("max_handshakes", max_handshakes),
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{label} must be >= 1 or None, got {value}")
@@ -236,6 +244,7 @@ class BroadcastServer(Session):
         self.burst = burst if burst is not None else max(1.0, 2.0 * rate) if rate else 1.0
         self.ssl = ssl
         self.ssl_handshake_timeout = ssl_handshake_timeout
+        self.max_handshakes = max_handshakes
         self.close_timeout = close_timeout
         self.reuse_port = reuse_port
         self._token = token.encode() if token is not None else None
@@ -251,6 +260,10 @@ class BroadcastServer(Session):
         self._names: dict[str, Connection] = {}  # by name_key(): one "alice" or "Alice"
         self._guest_counter = 0
         self._subscribers: list[tuple[asyncio.Queue[Message | None], list[int]]] = []
+        # TLS: connections waiting for a handshake slot, handshakes running, their tasks.
+        self._tls_waiting: collections.deque[Connection] = collections.deque()
+        self._handshakes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._notices = {}
         self._notices_due = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -299,12 +312,15 @@ class BroadcastServer(Session):
         self._all_gone.set()
         if self._cluster is not None:
             await self._cluster.start()  # before listening: the first client sees the others
+        # TLS is started on each accepted connection by the server itself (start_tls), not
+        # by create_server(ssl=...): that way a connection is counted against the limits as
+        # soon as it is accepted, and only max_handshakes handshakes run at once. Otherwise
+        # each silent TCP connection to a TLS port would hold asyncio's TLS buffers (about
+        # 300 KiB) for the whole handshake timeout, uncounted.
         self._server = await self._loop.create_server(
             lambda: Connection(self),
             self.host,
             self._port,
-            ssl=self.ssl,
-            ssl_handshake_timeout=self.ssl_handshake_timeout if self.ssl else None,
             reuse_port=self.reuse_port or None,
             backlog=1024,
         )
@@ -368,6 +384,8 @@ class BroadcastServer(Session):
         if self._sweeper is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self._tasks:  # handshakes end with their connections
+            await asyncio.wait(list(self._tasks), timeout=self.close_timeout)
         await self._server.wait_closed()
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
@@ -502,21 +520,32 @@ class BroadcastServer(Session):
         self._connections_total += 1
         self._all_gone.clear()  # type: ignore[union-attr]
         now = self._loop.time()
-        conn.last_rx = now
+        conn.last_rx = conn.admitted_at = now
         conn.tokens = self.burst
         conn.tokens_at = now
         ip = conn.address.rpartition(":")[0]
         self._per_address[ip] += 1
         self._active += 1
+        refusal = None
         if self._closing:
-            self._refuse(conn, "server shutting down")
-            return
-        if self.max_clients is not None and self._active > self.max_clients:
-            self._refuse(conn, f"server full ({self.max_clients} clients)")
-            return
-        if self.max_per_address is not None and self._per_address[ip] > self.max_per_address:
-            self._refuse(conn, f"too many connections from {ip}")
-            return
+            refusal = "server shutting down"
+        elif self.max_clients is not None and self._active > self.max_clients:
+            refusal = f"server full ({self.max_clients} clients)"
+        elif self.max_per_address is not None and self._per_address[ip] > self.max_per_address:
+            refusal = f"too many connections from {ip}"
+        if refusal is not None:
+            self._refuse(conn, refusal)
+        elif self.ssl is not None:
+            conn.handshaking = True
+            self._tls_waiting.append(conn)
+            self._start_handshakes()
+        else:
+            self._greet(conn)
+
+    def _greet(self, conn: Connection) -> None:
+        """Send the welcome line to a connection that may stay (after TLS, if any)."""
+        assert conn.transport is not None
+        conn.last_rx = conn.admitted_at = self._loop.time()
         if self.slow_consumer == "disconnect":
             conn.transport.set_write_buffer_limits(high=self.max_buffer_bytes)
         conn.write(self._welcome_line)
@@ -529,8 +558,64 @@ class BroadcastServer(Session):
         self._rejected += 1
         log.info("refused %s: %s", conn.address, reason)
         assert conn.transport is not None
+        if self.ssl is not None:
+            # No TLS session yet, so nothing readable can be said without a handshake, which
+            # is what a flood of refused connections must not cost: just close.
+            self._release(conn)
+            conn.write = _discard
+            conn.transport.close()
+            return
         conn.transport.write(f"! {reason}\n".encode())
         self._close_gently(conn)
+
+    # -- TLS --------------------------------------------------------------------------------
+
+    def _start_handshakes(self) -> None:
+        """Start the waiting TLS handshakes that fit under ``max_handshakes``."""
+        now = self._loop.time()
+        while self._tls_waiting and self._handshakes < self.max_handshakes:
+            conn = self._tls_waiting.popleft()
+            if conn.closing or conn.transport is None or conn.transport.is_closing():
+                continue
+            left = conn.admitted_at + self.ssl_handshake_timeout - now
+            if left <= 0:
+                log.info("TLS handshake with %s timed out waiting for a slot", conn.address)
+                self._release(conn)
+                conn.transport.abort()
+                continue
+            self._handshakes += 1
+            task = self._loop.create_task(self._handshake(conn, left))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, conn: Connection, seconds: float) -> None:
+        assert self.ssl is not None
+        raw = conn.transport
+        assert raw is not None
+        try:
+            transport = await self._loop.start_tls(
+                raw, conn, self.ssl, server_side=True, ssl_handshake_timeout=seconds
+            )
+        except (OSError, ssl_module.SSLError, TimeoutError, ConnectionError, EOFError) as exc:
+            # Garbage instead of a ClientHello, plain text, a timeout, a reset. The TLS layer
+            # had taken the connection over, so its end never reaches conn: end it here.
+            log.info("TLS handshake with %s failed: %s", conn.address, exc or "timeout")
+            self._connection_lost(conn, exc)
+            return
+        finally:
+            self._handshakes -= 1
+            self._start_handshakes()
+        conn.handshaking = False
+        if transport is None or conn.closing:  # the server closed meanwhile
+            if transport is not None:
+                transport.abort()
+            return
+        conn.transport = transport
+        conn.write = transport.write
+        self._greet(conn)
+        early, conn.early = conn.early, []
+        for data in early:  # what the peer said before we took over the TLS transport
+            conn.data_received(data)
 
     def _release(self, conn: Connection) -> None:
         """Stop counting ``conn`` against the limits: it is closing (or gone). Once only."""
@@ -581,6 +666,10 @@ class BroadcastServer(Session):
         """Tell ``conn`` why (if ``notice``), leave its room, and close it. Idempotent."""
         if conn.closing or conn.transport is None:
             return
+        if conn.handshaking:  # nothing can be said before TLS is up
+            self._release(conn)
+            conn.transport.abort()
+            return
         transport = conn.transport
         if notice is not None:
             # Written even when the writer is swapped out: it is the last thing it gets.
@@ -630,11 +719,13 @@ class BroadcastServer(Session):
             await asyncio.sleep(interval)
             now = self._loop.time()
             for conn in list(self._connections):
-                if conn.closing:
+                if conn.closing or conn.handshaking:  # a handshake has its own timeout
                     continue
                 idle = now - conn.last_rx
                 if not conn.authenticated:
-                    if idle > self.auth_timeout:
+                    # From the welcome, not from the last byte: a connection that keeps
+                    # sending something without ever authenticating still times out.
+                    if now - conn.admitted_at > self.auth_timeout:
                         self._auth_failed(conn, "authentication timeout")
                 elif conn.json:
                     if conn.pinged_at is not None:

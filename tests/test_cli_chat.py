@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -183,3 +184,55 @@ def test_client_with_piped_input(server_process: tuple[subprocess.Popen[str], in
         assert peer.until(lambda line: line.startswith("pipe:")) == "pipe: two"
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["--token", ""], {}, "--token is empty; leave it out to run without a token"),
+        ([], {"CHATCAST_TOKEN": ""}, "$CHATCAST_TOKEN is empty"),
+        (["--burst", "5"], {}, "--burst needs --rate"),
+    ],
+    ids=["empty-token", "empty-token-variable", "burst-without-rate"],
+)
+def test_server_refuses_settings_that_mean_less_than_they_say(
+    argv: list[str], env: dict[str, str], said: str
+) -> None:
+    """An empty token would silently mean "no authentication": an error instead."""
+    result = subprocess.run(
+        [sys.executable, "-m", "chatcast", "server", "--port", "0", *argv],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout(20),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert said in result.stderr
+
+
+def test_client_shows_a_refusal_without_obeying_it() -> None:
+    """A server's refusal reason is printed in caret notation: it cannot drive the terminal."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def refuse() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"! \x1b[31mred\x1b]0;pwned\x07\n")
+
+        thread = threading.Thread(target=refuse)
+        thread.start()
+        result = subprocess.run(
+            [sys.executable, "-m", "chatcast", "client", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout(20),
+            check=False,
+        )
+        thread.join()
+    assert result.returncode == 1
+    assert "\x1b" not in result.stderr
+    assert "chatcast: refused: ^[[31mred^[]0;pwned^G" in result.stderr

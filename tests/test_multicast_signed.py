@@ -335,7 +335,7 @@ async def test_malformed(open_channel: OpenChannel, lab: LabPeer) -> None:
     whole = forger.datagram("x")
     forger.send(whole + b"\n")  # a terminal's line ending after the tag
     forger.send(MARKER + b"0" * (OVERHEAD - len(MARKER)))
-    forger.send(whole[:20] + whole[20:30].upper() + whole[30:])
+    forger.send(whole[:20] + b"ABCDEF0123" + whole[30:])  # sender id: uppercase hex
     forger.send(forger.datagram("valid"))
     assert (await receive(channel)).text == "valid"
     assert drops(channel.statistics()) == {"malformed": 3}

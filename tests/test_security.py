@@ -14,7 +14,7 @@ import trustme
 
 from chatcast.client import BroadcastClient
 from chatcast.exceptions import AuthenticationError, ConnectionClosed
-from chatcast.message import ERROR, MESSAGE
+from chatcast.message import ERROR, MESSAGE, Message, render_text
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import wait_until
 
@@ -85,7 +85,7 @@ async def test_plain_client_on_tls_port_fails_fast(
     server = await start_server(ssl=server_context)
     client = BroadcastClient("127.0.0.1", server.port, connect_timeout=10)
     started = time.monotonic()
-    with pytest.raises(ConnectionClosed, match="server closed the connection"):
+    with pytest.raises(ConnectionClosed, match=r"does it expect TLS\?"):
         await client.connect()
     assert time.monotonic() - started < 5
     assert server.is_serving
@@ -97,9 +97,50 @@ async def test_tls_client_on_plain_port_fails_fast(
     """A TLS client on a plain port fails with an SSL error at once."""
     client = BroadcastClient("127.0.0.1", server.port, ssl=client_context, connect_timeout=10)
     started = time.monotonic()
-    with pytest.raises(ssl.SSLError):
+    with pytest.raises(ssl.SSLError, match="does the server speak TLS on this port"):
         await client.connect()
     assert time.monotonic() - started < 5
+
+
+async def test_a_silent_server_is_a_clear_timeout() -> None:
+    """A port that accepts and never speaks: TimeoutError saying what did not come."""
+    accepted: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        client = BroadcastClient("127.0.0.1", port, connect_timeout=0.3)
+        with pytest.raises(TimeoutError, match=f"no welcome from 127.0.0.1:{port} within 0.3 s"):
+            await client.connect()
+    finally:
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+async def test_tls_connections_count_from_the_accept(
+    start_server: Factory, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    """Silent connections to a TLS port count against the limits before any handshake, and
+    no more than max_handshakes handshakes run at once; when they time out, all is free."""
+    server = await start_server(
+        ssl=server_context, max_per_address=12, max_handshakes=4, ssl_handshake_timeout=0.5
+    )
+    silent = [await TextPeer.connect(server.port) for _ in range(15)]
+    try:
+        await wait_until(lambda: server.statistics().rejected == 3)
+        assert server.statistics().clients == 12
+        assert server._handshakes == 4  # the other 8 wait, holding no TLS buffers
+        for peer in silent[12:]:
+            assert await peer.eof() == b""  # refused at once, without a word
+        await wait_until(lambda: server.statistics().clients == 0, 10)
+        assert server.statistics().auth_failures == 0
+    finally:
+        for peer in silent:
+            await peer.close()
+    client = BroadcastClient("127.0.0.1", server.port, ssl=client_context)
+    await client.connect()
+    await client.close()
 
 
 async def test_garbage_instead_of_client_hello(
@@ -126,8 +167,8 @@ async def test_json_token(start_server: Factory) -> None:
     await good.connect()
     with pytest.raises(AuthenticationError, match="authentication failed"):
         await BroadcastClient("127.0.0.1", server.port, token="wrong").connect()
-    with pytest.raises(AuthenticationError, match="authentication failed"):
-        await BroadcastClient("127.0.0.1", server.port).connect()
+    with pytest.raises(AuthenticationError, match="authentication required"):
+        await BroadcastClient("127.0.0.1", server.port).connect()  # no token: says so
     assert server.statistics().auth_failures == 2
     assert server.who() == ["good"]
     await good.close()
@@ -172,6 +213,41 @@ async def test_text_wrong_token_and_timeout(start_server: Factory) -> None:
     await late.close()
 
 
+async def test_sending_something_does_not_stop_the_authentication_clock(
+    start_server: Factory,
+) -> None:
+    """An unauthenticated connection that keeps talking still times out (from the welcome)."""
+    server = await start_server(token="s3cret", auth_timeout=0.5)
+    chatty = await TextPeer.connect(server.port)
+    await chatty.line()
+
+    async def trickle() -> None:
+        while True:
+            chatty.send(b"\n")  # an empty line: a sign of life, never an /auth
+            await asyncio.sleep(0.1)  # pacing the attacker, not waiting for the server
+
+    task = asyncio.create_task(trickle())
+    try:
+        lines = (await chatty.eof(seconds=5)).decode().splitlines()
+    finally:
+        task.cancel()
+        await chatty.close()
+    assert lines[-1] == "! authentication timeout"
+    assert server.statistics().auth_failures == 1
+
+
+async def test_a_lone_surrogate_token_is_refused_not_a_crash(start_server: Factory) -> None:
+    """A hello whose token is "\\ud800" (not text) gets an error line, no traceback."""
+    server = await start_server(token="s3cret")
+    peer = await TextPeer.connect(server.port)
+    await peer.line()
+    peer.send('{"type":"hello","name":"sur","token":"\\ud800"}\n')
+    line = await peer.until(lambda line: line.startswith("!"))
+    assert line == "! authentication required: send /auth TOKEN first"
+    assert server.is_serving
+    await peer.close()
+
+
 # -- flood control --------------------------------------------------------------------------
 
 
@@ -185,19 +261,69 @@ async def test_rate_limit_drops_excess_and_others_unaffected(start_server: Facto
     await alice.connect()
     await bob.connect()
     try:
-        flooder.send("".join(f"flood {n}\n" for n in range(15)))
+        flooder.send("".join(f"flood {n}\n" for n in range(15)) + "/who\n")
         assert (await flooder.until(lambda line: line.startswith("!"))) == (
             "! rate limit (5/s) exceeded: message dropped"
         )
+        flooder.send("//after\n")  # still limited: a later frame of the same run
+        await wait_until(lambda: server.statistics().rate_limited == 12)
         await alice.send("normal")
         texts = []
         while "normal" not in texts:
             texts.append((await receive_kind(bob, MESSAGE)).text)
         assert texts == [f"flood {n}" for n in range(5)] + ["normal"]
-        assert server.statistics().rate_limited == 10
+        flooder.send("/quit\n")  # free: ends the run, and the connection
+        said = (await flooder.eof()).decode().splitlines()
+        assert [line for line in said if line.startswith("!")] == []  # one error per run
     finally:
         await flooder.close()
         await alice.close()
+        await bob.close()
+
+
+async def test_commands_take_tokens_too(start_server: Factory) -> None:
+    """/nick and /join are rate limited like chat: a storm of them is a storm of notices."""
+    server = await start_server(rate=2, burst=2)
+    watcher = BroadcastClient("127.0.0.1", server.port, name="watcher")
+    await watcher.connect()
+    flooder = await TextPeer.connect(server.port)
+    await flooder.line()
+    try:
+        flooder.send("".join(f"/nick n{n}\n" for n in range(10)))
+        assert (await flooder.until(lambda line: line.startswith("!"))) == (
+            "! rate limit (2/s) exceeded: message dropped"
+        )
+        await wait_until(lambda: server.statistics().rate_limited == 8)
+        assert sorted(server.who()) == ["n1", "watcher"]
+    finally:
+        await flooder.close()
+        await watcher.close()
+
+
+async def test_bidi_controls_are_refused_and_shown_escaped(start_server: Factory) -> None:
+    """U+202E (right-to-left override) and kin are refused in chat and in leave reasons."""
+    server = await start_server()
+    alice = BroadcastClient("127.0.0.1", server.port, name="alice")
+    bob = BroadcastClient("127.0.0.1", server.port, name="bob")
+    await alice.connect()
+    await bob.connect()
+    peer = await TextPeer.connect(server.port)
+    await peer.line()
+    try:
+        peer.send("cost: 100\u202e0001\n")  # the fast path's byte check
+        assert await peer.until(lambda line: line.startswith("!")) == (
+            "! invisible formatting character U+202E is not allowed"
+        )
+        await alice.send("fine")
+        assert (await receive_kind(bob, MESSAGE)).text == "fine"
+        with pytest.raises(ValueError, match=r"U\+2066"):
+            await alice.send("x\u2066y")
+        await alice.close("\x1b[2Jgone\u202e")  # a reason that breaks the rules: dropped
+        left = await receive_kind(bob, "leave")
+        assert (left.sender, left.text) == ("alice", "quit")
+        assert render_text(Message("a\u202eb", sender="x")) == "x: a<U+202E>b"
+    finally:
+        await peer.close()
         await bob.close()
 
 

@@ -573,6 +573,28 @@ async def test_heartbeat_drops_silent_json_client(start_server: Factory) -> None
     await raw.close()
 
 
+async def test_heartbeat_is_not_fooled_by_a_frame_that_never_ends(start_server: Factory) -> None:
+    """A JSON client trickling bytes of a frame it never finishes (a slowloris) is pinged
+    and dropped like a silent one: only whole frames count as answers."""
+    server = await start_server(heartbeat_interval=0.2, heartbeat_timeout=0.2)
+    raw = await TextPeer.connect(server.port)
+    await raw.line()
+    raw.send('{"type":"hello","name":"slow"}\n{"type":')
+
+    async def trickle() -> None:
+        while True:
+            raw.send(b" ")
+            await asyncio.sleep(0.05)  # pacing the attacker, not waiting for the server
+
+    task = asyncio.create_task(trickle())
+    try:
+        lines = (await raw.eof()).decode().splitlines()
+    finally:
+        task.cancel()
+        await raw.close()
+    assert json.loads(lines[-1])["text"] == "heartbeat timeout"
+
+
 async def test_idle_timeout_for_text_clients(start_server: Factory) -> None:
     """A silent text client is dropped after idle_timeout, told why."""
     server = await start_server(idle_timeout=0.3)
