@@ -103,6 +103,10 @@ class Connection(asyncio.Protocol):
         # Not an isinstance() check: uvloop's TCP transport is not a subclass of
         # asyncio.Transport, though it implements it (chatcast[speed]).
         transport = cast(asyncio.Transport, transport)
+        if self.server._tls_per_connection:
+            # Not a byte of the ClientHello may reach us: it is for the TLS layer that
+            # start_tls() puts in front of us (and that resumes reading).
+            transport.pause_reading()
         self.transport = transport
         self.write = transport.write
         peer = transport.get_extra_info("peername")

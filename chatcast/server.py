@@ -131,7 +131,7 @@ class BroadcastServer(Session):
         burst: Bucket size for ``rate``; defaults to ``max(1, 2 * rate)``.
         ssl: An :class:`ssl.SSLContext` to serve TLS. A TLS connection counts against
             ``max_clients`` and ``max_per_address`` from the moment it is accepted, before
-            its handshake.
+            its handshake (on uvloop: once its handshake is done).
         ssl_handshake_timeout: Seconds a TLS handshake may take, counted from the accept.
         max_handshakes: TLS handshakes in progress at once (each holds about 300 KiB in
             asyncio's TLS layer); connections beyond it wait their turn within their
@@ -264,6 +264,7 @@ class BroadcastServer(Session):
         self._tls_waiting: collections.deque[Connection] = collections.deque()
         self._handshakes = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tls_per_connection = False  # set by start(): TLS started by us, per connection
         self._notices = {}
         self._notices_due = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -316,11 +317,19 @@ class BroadcastServer(Session):
         # by create_server(ssl=...): that way a connection is counted against the limits as
         # soon as it is accepted, and only max_handshakes handshakes run at once. Otherwise
         # each silent TCP connection to a TLS port would hold asyncio's TLS buffers (about
-        # 300 KiB) for the whole handshake timeout, uncounted.
+        # 300 KiB) for the whole handshake timeout, uncounted. uvloop starts reading right
+        # after connection_made, whatever the protocol asks, so the ClientHello would reach
+        # us instead of the TLS layer: there, TLS stays in create_server (counted after it).
+        self._tls_per_connection = self.ssl is not None and isinstance(
+            self._loop, asyncio.BaseEventLoop
+        )
+        in_accept = self.ssl is not None and not self._tls_per_connection
         self._server = await self._loop.create_server(
             lambda: Connection(self),
             self.host,
             self._port,
+            ssl=self.ssl if in_accept else None,
+            ssl_handshake_timeout=self.ssl_handshake_timeout if in_accept else None,
             reuse_port=self.reuse_port or None,
             backlog=1024,
         )
@@ -535,7 +544,7 @@ class BroadcastServer(Session):
             refusal = f"too many connections from {ip}"
         if refusal is not None:
             self._refuse(conn, refusal)
-        elif self.ssl is not None:
+        elif self._tls_per_connection:
             conn.handshaking = True
             self._tls_waiting.append(conn)
             self._start_handshakes()
@@ -558,7 +567,7 @@ class BroadcastServer(Session):
         self._rejected += 1
         log.info("refused %s: %s", conn.address, reason)
         assert conn.transport is not None
-        if self.ssl is not None:
+        if self._tls_per_connection:
             # No TLS session yet, so nothing readable can be said without a handshake, which
             # is what a flood of refused connections must not cost: just close.
             self._release(conn)

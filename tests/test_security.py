@@ -15,8 +15,9 @@ import trustme
 from chatcast.client import BroadcastClient
 from chatcast.exceptions import AuthenticationError, ConnectionClosed
 from chatcast.message import ERROR, MESSAGE, Message, render_text
+from chatcast.server import BroadcastServer
 from tests.conftest import TextPeer, receive_kind
-from tests.helpers import wait_until
+from tests.helpers import timeout, wait_until
 
 Factory = Callable[..., Any]
 
@@ -66,6 +67,23 @@ async def test_tls_chat(
         await peer.close()
         await alice.close()
         await bob.close()
+
+
+def test_tls_on_uvloop(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    """On uvloop (chatcast[speed]) TLS works too: there the TLS layer stays in the accept
+    (uvloop reads before a protocol could hand the connection over)."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+
+    async def chat() -> None:
+        async with BroadcastServer("127.0.0.1", 0, ssl=server_context, join_grace=0.05) as hub:
+            alice = BroadcastClient("127.0.0.1", hub.port, name="alice", ssl=client_context)
+            bob = BroadcastClient("127.0.0.1", hub.port, name="bob", ssl=client_context)
+            async with asyncio.timeout(timeout(10)), alice, bob:
+                await alice.send("over uvloop")
+                assert (await receive_kind(bob, MESSAGE)).text == "over uvloop"
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(chat())
 
 
 async def test_client_verifies_certificates_by_default(
