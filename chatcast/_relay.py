@@ -37,6 +37,10 @@ __all__ = ["EventStream", "Relay"]
 log = logging.getLogger("chatcast.server")
 
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
+#: Seconds join and leave notices wait to be sent together (a storm of joins then costs each
+#: member one write per this interval, not one per join). Not per loop iteration: uvloop runs
+#: ready callbacks after nearly every read, so an iteration holds about one join there.
+NOTICE_DELAY: Final = 0.005
 # What check_text refuses, for one line; and the same for a whole read, byte-wise.
 _BAD_TEXT: Final = proto._BAD_TEXT
 _PLAIN_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n"
@@ -106,7 +110,7 @@ class Relay:
     _rooms: dict[str, set[Connection]]
     _names: dict[str, Connection]
     _subscribers: list[tuple[asyncio.Queue[Message | None], list[int]]]
-    # Join and leave notices waiting for the end of this loop iteration, by room: each with
+    # Join and leave notices waiting to be sent together (NOTICE_DELAY), by room: each with
     # the connection it is about (which does not get it).
     _notices: dict[str, list[tuple[Message, Connection | None]]]
     _notices_due: bool
@@ -159,12 +163,12 @@ class Relay:
         if members and (kind == JOIN or kind == LEAVE):
             if limit is None or size <= limit:
                 # Joins and leaves come in storms (a class connecting at once, a network
-                # failure): those of one loop iteration reach each member in one write,
+                # failure): those of a few milliseconds reach each member in one write,
                 # not one write per notice per member.
                 self._notices.setdefault(room, []).append((message, exclude))
                 if not self._notices_due:
                     self._notices_due = True
-                    self._loop.call_soon(self._flush_notices)
+                    self._loop.call_later(NOTICE_DELAY, self._flush_notices)
         elif members and (kind != NICK or limit is None or size <= limit):
             if self._notices:
                 self._flush_room_notices(room)
@@ -172,7 +176,7 @@ class Relay:
         self._publish(message)
 
     def _flush_notices(self) -> None:
-        """Deliver every join and leave notice waiting since this loop iteration began."""
+        """Deliver every waiting join and leave notice."""
         self._notices_due = False
         for room in list(self._notices):
             self._flush_room_notices(room)

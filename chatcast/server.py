@@ -265,7 +265,7 @@ class BroadcastServer(Session):
         self._handshakes = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._tls_per_connection = False  # set by start(): TLS started by us, per connection
-        self._notices = {}
+        self._notices = {}  # join and leave notices waiting (NOTICE_DELAY), by room
         self._notices_due = False
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
