@@ -219,12 +219,17 @@ async def run_server(args: argparse.Namespace) -> int:
         ]
         await stop.wait()
         console.write("shutting down...")
-        server.close()
-        await server.wait_closed()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _shut_down(server, tasks)
     return 0
+
+
+async def _shut_down(server: BroadcastServer, tasks: list[asyncio.Task[None]]) -> None:
+    """Close ``server`` gracefully, then end the tasks that showed and fed it."""
+    server.close()
+    await server.wait_closed()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _run_worker(server: BroadcastServer, stop: asyncio.Event, events: bool) -> int:
@@ -237,11 +242,7 @@ async def _run_worker(server: BroadcastServer, stop: asyncio.Event, events: bool
         if events:
             tasks.append(asyncio.create_task(_show_events(console, server, False)))
         await stop.wait()
-        server.close()
-        await server.wait_closed()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _shut_down(server, tasks)
     return 0
 
 

@@ -185,8 +185,8 @@ class Relay:
         """Deliver ``room``'s waiting notices to its members now, one write per member.
 
         A member gets those of the notices that are not about itself, in order; one that
-        joined during this iteration also gets the notices of those who joined just before
-        it, one that left does not get the rest.
+        joined while they waited also gets the notices of those who joined just before it,
+        one that left does not get the rest.
         """
         pending = self._notices.pop(room, None)
         members = self._rooms.get(room)

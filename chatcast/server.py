@@ -605,7 +605,7 @@ class BroadcastServer(Session):
             transport = await self._loop.start_tls(
                 raw, conn, self.ssl, server_side=True, ssl_handshake_timeout=seconds
             )
-        except (OSError, ssl_module.SSLError, TimeoutError, ConnectionError, EOFError) as exc:
+        except (OSError, EOFError) as exc:  # SSLError, TimeoutError, ConnectionError too
             # Garbage instead of a ClientHello, plain text, a timeout, a reset. The TLS layer
             # had taken the connection over, so its end never reaches conn: end it here.
             log.info("TLS handshake with %s failed: %s", conn.address, exc or "timeout")
