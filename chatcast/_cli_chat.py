@@ -158,6 +158,8 @@ async def run_server(args: argparse.Namespace) -> int:
     args.token = token
     if args.burst is not None and args.rate is None:
         raise ValueError("--burst needs --rate")
+    if args.rate is not None and not args.rate > 0:
+        raise ValueError(f"--rate must be more than 0 messages per second, got {args.rate:g}")
     args.backplane = args.backplane or os.environ.get(BACKPLANE_ENV) or None
     backplane = None
     where = None  # the backplane's URL without its password

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,6 +86,30 @@ def test_tls_on_uvloop(server_context: ssl.SSLContext, client_context: ssl.SSLCo
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(chat())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_the_documented_certificate_recipe(start_server: Factory, tmp_path: Path) -> None:
+    """docs/security.md's openssl recipe makes a CA and certificate that a strict verifier
+    (Python 3.13's default, VERIFY_X509_STRICT) accepts."""
+    doc = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    recipe = doc.split("### Making a certificate for a LAN", 1)[1].split("```sh\n", 1)[1]
+    recipe = recipe.split("```", 1)[0].replace("10.0.0.5", "127.0.0.1")
+    done = await asyncio.create_subprocess_shell(
+        recipe, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, errors = await done.communicate()
+    assert done.returncode == 0, errors.decode()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    server = await start_server(ssl=server_context)
+    strict = ssl.create_default_context(cafile=tmp_path / "ca.pem")
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT
+    client = BroadcastClient(
+        "127.0.0.1", server.port, name="student", ssl=strict, server_hostname="chat.lab"
+    )
+    await client.connect()
+    await client.close()
 
 
 async def test_client_verifies_certificates_by_default(
