@@ -221,6 +221,12 @@ def test_client_shows_a_refusal_without_obeying_it() -> None:
             conn, _ = listener.accept()
             with conn:
                 conn.sendall(b"! \x1b[31mred\x1b]0;pwned\x07\n")
+                # Close as chatcast's server does (lingering): FIN, then read what the client
+                # still sends, or its unread hello would turn our close into a reset.
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(timeout(10))
+                while conn.recv(4096):
+                    pass
 
         thread = threading.Thread(target=refuse)
         thread.start()
