@@ -153,8 +153,13 @@ class Cluster:
         ``conn.deferred`` by the server and handled, in order, after ``then``.
         """
         key = name_key(name)
-        if self._remote_name(name) is not None or self._claiming.get(key, conn) is not conn:
-            then(False)  # held elsewhere, or claimed right now by another of our clients
+        # Held elsewhere (Redis compares case-insensitively itself; the replica is scanned
+        # only when Redis cannot say), or claimed right now by another of our clients.
+        held = name in self.remote or (
+            not self.backplane.statistics().connected and self._remote_name(name) is not None
+        )
+        if held or self._claiming.get(key, conn) is not conn:
+            then(False)
             return
         self._claiming[key] = conn
         conn.deferred = []

@@ -190,6 +190,8 @@ async def test_names_are_unique_across_servers(cluster: Any) -> None:
     alice = await _client(cluster, one, "alice")
     with pytest.raises(ConnectionClosed, match="name 'alice' is taken"):
         await _client(cluster, two, "alice")
+    with pytest.raises(ConnectionClosed, match="name 'ALICE' is taken"):
+        await _client(cluster, two, "ALICE")  # one name whatever the case, cluster-wide
     await alice.close()
     await wait_until(lambda: "alice" not in one.who())
 
