@@ -44,6 +44,19 @@ def server_process() -> Iterator[tuple[subprocess.Popen[str], int]]:
                 stream.close()
 
 
+def _chatcast(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``chatcast ARGV...`` with no input to its end; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatcast", *argv],
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout(20),
+        check=False,
+    )
+
+
 class LinePeer:
     """A blocking text-mode peer (like nc) for tests that cannot run an event loop."""
 
@@ -137,14 +150,7 @@ def test_client_refused_exits_with_reason(
     try:
         assert holder.stdout is not None
         holder.stdout.readline()  # connected: the welcome is printed
-        result = subprocess.run(
-            [sys.executable, "-m", "chatcast", "client", "--port", str(port), "--name", "dup"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout(20),
-            check=False,
-        )
+        result = _chatcast("client", "--port", str(port), "--name", "dup")
         assert result.returncode == 1
         assert "name 'dup' is taken" in result.stderr
     finally:
@@ -199,15 +205,7 @@ def test_server_refuses_settings_that_mean_less_than_they_say(
     argv: list[str], env: dict[str, str], said: str
 ) -> None:
     """An empty token would silently mean "no authentication": an error instead."""
-    result = subprocess.run(
-        [sys.executable, "-m", "chatcast", "server", "--port", "0", *argv],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout(20),
-        check=False,
-    )
+    result = _chatcast("server", "--port", "0", *argv, env=env)
     assert result.returncode == 1
     assert said in result.stderr
 
@@ -230,14 +228,7 @@ def test_client_shows_a_refusal_without_obeying_it() -> None:
 
         thread = threading.Thread(target=refuse)
         thread.start()
-        result = subprocess.run(
-            [sys.executable, "-m", "chatcast", "client", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout(20),
-            check=False,
-        )
+        result = _chatcast("client", "--port", str(port))
         thread.join()
     assert result.returncode == 1
     assert "\x1b" not in result.stderr
