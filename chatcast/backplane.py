@@ -222,8 +222,11 @@ class RedisBackplane(Backplane):
         queue_size: Envelopes held while the publisher catches up; beyond it they are
             dropped and counted as failures.
         heartbeat: Seconds between this server's liveness refreshes; a server not heard from
-            for three heartbeats is dead and its names are free again. Redis not answering
-            for two heartbeats counts as Redis down.
+            for three heartbeats is dead and its names are free again. Redis counts as down
+            when nothing at all has come from it (an envelope, any command's reply, the
+            answer to a ``PING`` sent on the subscription after one quiet heartbeat) for two
+            heartbeats of the event loop's own punctual time: a loop running late is busy, and
+            a busy server is not a dead Redis.
 
     Servers form one chat when they share the Redis server, the database number of the URL
     and ``prefix``; any of the three apart makes separate chats (Redis pub/sub itself ignores
@@ -271,7 +274,7 @@ class RedisBackplane(Backplane):
         self._failures = 0
         self._lost_messages = 0
         self._reconnects = 0
-        self._last_answer = 0.0  # loop time Redis last answered the heartbeat
+        self._last_heard = 0.0  # loop time anything last came from Redis
         self._fatal: BaseException | None = None  # a refusal no retry will cure
         self._started = False  # start() has returned: refusals are retried like outages
 
@@ -410,6 +413,7 @@ class RedisBackplane(Backplane):
                                     _RELEASE_SCRIPT, 1, self._names_key, payload, self.server_id
                                 )
                         await pipe.execute()
+                self._heard()
                 self._published += sum(1 for op, _, _ in batch if op == "publish")
             except Exception as exc:  # redis-py raises many types; all mean "did not cross"
                 lost = sum(1 for op, _, _ in batch if op == "publish")
@@ -491,9 +495,12 @@ class RedisBackplane(Backplane):
 
     # -- background tasks -----------------------------------------------------------------
 
+    def _heard(self) -> None:
+        """Note that Redis answered: any reply or message proves it alive."""
+        self._last_heard = asyncio.get_running_loop().time()
+
     async def _beat(self) -> None:
-        """Keep this server's liveness key fresh; note when Redis last answered."""
-        loop = asyncio.get_running_loop()
+        """Keep this server's liveness key fresh (other servers read it)."""
         while not self._closing:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.heartbeat):
@@ -502,7 +509,7 @@ class RedisBackplane(Backplane):
                         b"1",
                         ex=max(1, round(3 * self.heartbeat)),
                     )
-                self._last_answer = loop.time()
+                self._heard()
             await asyncio.sleep(self.heartbeat)
 
     async def _subscriber(self, ready: asyncio.Event) -> None:
@@ -513,7 +520,6 @@ class RedisBackplane(Backplane):
         """
         from redis.exceptions import AuthenticationError, ResponseError
 
-        loop = asyncio.get_running_loop()
         delay = 0.1
         connected_once = False
         down = False  # a "down" was reported and no "up" yet
@@ -523,7 +529,7 @@ class RedisBackplane(Backplane):
                 async with asyncio.timeout(2 * self.heartbeat + 5):  # a hung Redis too
                     await pubsub.subscribe(self._channel)
                     await self._resync()
-                self._last_answer = loop.time()
+                self._heard()
                 self._connected = True
                 delay = 0.1
                 if down:
@@ -533,14 +539,7 @@ class RedisBackplane(Backplane):
                     self._state_changed("up", "reconnected and resynced")
                 connected_once = True
                 ready.set()
-                while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._receive(message["data"])
-                    elif loop.time() - self._last_answer > 2 * self.heartbeat:
-                        # A Redis that hangs (stopped, overloaded, a dead link without RST)
-                        # looks from here like a quiet chat; the heartbeat tells them apart.
-                        raise ConnectionError(f"no answer for {2 * self.heartbeat:g} s")
+                await self._listen(pubsub)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1):
@@ -570,6 +569,42 @@ class RedisBackplane(Backplane):
                         await pubsub.aclose()
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(5.0, delay * 2)
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Deliver envelopes until Redis is closed, lost or silent.
+
+        Silence is measured in punctual loop time: each poll adds at most the time it was
+        asked to wait, so a loop that comes back late (busy fanning out, or starved of CPU)
+        does not count its own lateness against Redis. After one heartbeat of silence a
+        ``PING`` goes out on this connection; its answer, any envelope, or any reply on
+        another connection ends the silence. Two heartbeats of it mean Redis is down.
+
+        Raises:
+            ConnectionError: Redis said nothing for two heartbeats (a stopped or overloaded
+                Redis, a dead link without RST).
+        """
+        loop = asyncio.get_running_loop()
+        poll = min(1.0, self.heartbeat / 4)
+        silent = 0.0
+        pinged = False
+        while not self._closing:
+            started = loop.time()
+            message = await pubsub.get_message(timeout=poll)
+            now = loop.time()
+            if message is not None:  # an envelope, a pong: Redis is there
+                self._last_heard = now
+                if message.get("type") == "message":
+                    self._receive(message["data"])
+            if now - self._last_heard <= poll:
+                silent = 0.0
+                pinged = False
+                continue
+            silent += min(now - started, poll)
+            if silent > 2 * self.heartbeat:
+                raise ConnectionError(f"no answer for {2 * self.heartbeat:g} s")
+            if silent >= self.heartbeat and not pinged:
+                pinged = True
+                await pubsub.ping()
 
     async def _resync(self) -> None:
         """Re-register our names and liveness (Redis may have restarted empty), and give

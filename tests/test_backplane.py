@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -245,6 +246,27 @@ async def test_four_servers_hundred_clients(cluster: Any) -> None:
             assert numbers == list(range(count))  # exactly once, in order
     published = sum(s.statistics().backplane_published for s in servers)
     assert published < 100 * count  # batches cross once per server, not once per client
+    # Busy servers did not take their own lateness for a dead Redis (issue #12).
+    assert [s.statistics().backplane_reconnects for s in servers] == [0, 0, 0, 0]
+    assert all(s.statistics().backplane_connected for s in servers)
+
+
+async def test_a_blocked_loop_is_not_a_dead_redis(cluster: Any) -> None:
+    """A loop that cannot run for four heartbeats (CPU starved, a long callback) comes back
+    to a Redis that answered all along: no "down", nothing lost across servers."""
+    one = await cluster()
+    two = await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: len(one.who()) == 2 and len(two.who()) == 2)
+    time.sleep(4 * 0.5)  # noqa: ASYNC251 - the load itself: the loop blocked, not a wait
+    await alice.send("after the stall")
+    got = await receive_kind(bob, MESSAGE, seconds=10)
+    assert got.text == "after the stall"
+    await bob.send("and back")
+    assert (await receive_kind(alice, MESSAGE, seconds=10)).text == "and back"
+    assert one.statistics().backplane_reconnects == 0
+    assert one.statistics().backplane_connected
 
 
 async def test_redis_outage(cluster: Any, redis_server: RedisProcess) -> None:
