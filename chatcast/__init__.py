@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
+from ._core.framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
 from .client import BroadcastClient, ClientStatistics
 from .exceptions import (
     AuthenticationError,

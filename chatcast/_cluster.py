@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import backplane as bp
-from ._protocol import name_key
+from ._core.commands import name_key
 from .exceptions import InvalidFrame
 from .message import ANNOUNCEMENT, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
 

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from ._framing import LineDecoder
+from ._core.framing import LineDecoder
 from .exceptions import ProtocolError
 from .message import ERROR, Message, dump_frame, render_text
 

@@ -15,8 +15,8 @@ import socket
 import time
 from typing import Any, Final
 
-from . import _datagram
-from ._datagram import Drop
+from ._core import datagram as _datagram
+from ._core.datagram import Drop
 from .exceptions import InvalidFrame
 from .message import MESSAGE, Message, decode_message, parse_frame
 

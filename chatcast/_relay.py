@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
-from . import _protocol as proto
 from ._connection import Connection, encode
+from ._core import commands as proto
 from .exceptions import ProtocolError
 from .message import (
     JOIN,

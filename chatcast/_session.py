@@ -10,8 +10,8 @@ import hmac
 import logging
 from typing import TYPE_CHECKING, Final
 
-from . import _protocol as proto
 from ._connection import Connection
+from ._core import commands as proto
 from ._relay import Relay, _encode_str, _now
 from .exceptions import InvalidFrame, ProtocolError
 from .message import (

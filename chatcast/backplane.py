@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._protocol import name_key
+from ._core.commands import name_key
 from .exceptions import BackplaneError
 
 __all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane", "redact"]

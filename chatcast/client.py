@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import _protocol as proto
-from ._framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
+from ._core import commands as proto
+from ._core.framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
 from .exceptions import (
     AuthenticationError,
     ChannelClosed,

@@ -42,9 +42,10 @@ import socket
 import time
 from typing import Any, Final, Literal
 
-from . import _datagram, _sockets
 from . import _mcast_protocols as _protocols
-from ._datagram import Drop
+from . import _sockets
+from ._core import datagram as _datagram
+from ._core.datagram import Drop
 from .exceptions import ChannelClosed, MessageTooLong
 from .message import Message, dump_frame
 

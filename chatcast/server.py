@@ -21,10 +21,10 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from . import _protocol as proto
 from ._cluster import Cluster
 from ._connection import Connection, _discard
-from ._framing import DEFAULT_MAX_LINE_BYTES
+from ._core import commands as proto
+from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from ._relay import EventStream, _now
 from ._session import Session
 from .backplane import Backplane

@@ -19,9 +19,9 @@ from typing import Protocol
 
 import pytest
 
-from chatcast._cli_multicast import KEY_ENV
-from chatcast._datagram import Signer
+from chatcast._core.datagram import Signer
 from chatcast.cli import main
+from chatcast.cli.multicast import KEY_ENV
 from chatcast.multicast import MulticastChannel
 from tests.helpers import timeout
 

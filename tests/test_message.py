@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatcast._framing import LineDecoder
+from chatcast._core.framing import LineDecoder
 from chatcast.exceptions import InvalidFrame
 from chatcast.message import (
     ANNOUNCEMENT,

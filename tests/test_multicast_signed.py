@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from chatcast._datagram import HEADER_BYTES, MARKER, OVERHEAD, Signer
+from chatcast._core.datagram import HEADER_BYTES, MARKER, OVERHEAD, Signer
 from chatcast.exceptions import MessageTooLong
 from chatcast.multicast import (
     DEFAULT_MAX_DATAGRAM_BYTES,

@@ -1,4 +1,4 @@
-"""Tier 1: what clients ask of the server, parsed sans I/O (chatcast._protocol), and the
+"""Tier 1: what clients ask of the server, parsed sans I/O (chatcast._core.commands), and the
 server's bulk text path agreeing with it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatcast import _protocol as proto
+from chatcast._core import commands as proto
 from chatcast.exceptions import InvalidFrame
 from chatcast.server import BroadcastServer
 

@@ -1,8 +1,8 @@
 """The ``chatcast`` command line: ``python -m chatcast COMMAND ...``.
 
 Each command group lives in its own module and registers its parser here:
-``multicast`` (:mod:`chatcast._cli_multicast`), ``server`` and ``client``
-(:mod:`chatcast._cli_chat`), ``demo`` (:mod:`chatcast._demo`).
+``multicast`` (:mod:`chatcast.cli.multicast`), ``server`` and ``client``
+(:mod:`chatcast.cli.chat`), ``demo`` (:mod:`chatcast.cli.demo`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .exceptions import ChatcastError
-from .message import sanitize
+from .. import __version__
+from ..exceptions import ChatcastError
+from ..message import sanitize
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    from . import _cli_chat, _cli_multicast, _demo
+    from . import chat, demo, multicast
 
     parser = argparse.ArgumentParser(
         prog="chatcast",
@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on uvloop (needs: pip install 'chatcast[speed]')",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _demo.add_parser(commands)
-    _cli_multicast.add_parser(commands)
-    _cli_chat.add_parser(commands)
+    demo.add_parser(commands)
+    multicast.add_parser(commands)
+    chat.add_parser(commands)
     return parser
 
 

@@ -13,8 +13,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .exceptions import InvalidFrame
-from .message import parse_frame
+from ..exceptions import InvalidFrame
+from .wire import parse_frame
 
 __all__ = [
     "MAX_NAME_LENGTH",

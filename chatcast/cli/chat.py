@@ -12,11 +12,11 @@ import ssl
 import sys
 from typing import Any
 
-from ._console import Console, log_to
-from .client import BroadcastClient
-from .exceptions import ChatcastError, ConnectionClosed
-from .message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text, sanitize
-from .server import DEFAULT_WELCOME, BroadcastServer
+from ..client import BroadcastClient
+from ..exceptions import ChatcastError, ConnectionClosed
+from ..message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text, sanitize
+from ..server import DEFAULT_WELCOME, BroadcastServer
+from .console import Console, log_to
 
 __all__ = ["add_parser"]
 
@@ -165,14 +165,14 @@ async def run_server(args: argparse.Namespace) -> int:
     where = None  # the backplane's URL without its password
     if args.backplane:
         try:
-            from .backplane import RedisBackplane, redact
+            from ..backplane import RedisBackplane, redact
 
             backplane = RedisBackplane(args.backplane, prefix=args.backplane_prefix)
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         where = redact(args.backplane)
     if args.workers != 1:
-        from ._workers import run_workers
+        from .workers import run_workers
 
         return await run_workers(args, where)
     context = None

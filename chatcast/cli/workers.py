@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 
-from ._console import Console
+from .console import Console
 
 __all__ = ["run_workers"]
 

@@ -19,7 +19,7 @@ not cost the good frames decoded from the same read.
 
 from __future__ import annotations
 
-from .exceptions import InvalidFrame, LineTooLong, ProtocolError
+from ..exceptions import InvalidFrame, LineTooLong, ProtocolError
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "LineDecoder"]
 

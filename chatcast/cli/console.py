@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any, Final
 
-from .message import sanitize
+from ..message import sanitize
 
 if sys.platform != "win32":
     import termios

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Callable
 from typing import Final
 
-from .client import BroadcastClient
-from .message import ANNOUNCEMENT, JOIN, MESSAGE, render_text
-from .multicast import MulticastChannel
-from .server import BroadcastServer
+from ..client import BroadcastClient
+from ..message import ANNOUNCEMENT, JOIN, MESSAGE, render_text
+from ..multicast import MulticastChannel
+from ..server import BroadcastServer
 
 __all__ = ["add_parser", "run_demo"]
 

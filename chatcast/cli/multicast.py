@@ -27,10 +27,10 @@ import signal
 import sys
 from collections.abc import Callable
 
-from ._console import Console, log_to
-from .exceptions import MessageTooLong
-from .message import Message, render_text, sanitize
-from .multicast import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_TTL, MulticastChannel
+from ..exceptions import MessageTooLong
+from ..message import Message, render_text, sanitize
+from ..multicast import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_TTL, MulticastChannel
+from .console import Console, log_to
 
 __all__ = ["KEY_ENV", "add_parser", "run_chat", "run_receive", "run_send"]
 
