@@ -2,9 +2,9 @@
 
 The TCP workloads on a 2-core machine are bound by the load generator (it needs as much CPU
 to read a delivery as the relay needs to write it), so they cannot tell two relays apart once
-both are fast. This one feeds reads straight into ``data_received`` of a chatcast server's
-connection and of the ceiling hub's, with every recipient a transport whose ``write`` only
-counts bytes: what remains is the Python work per read and per recipient, the part the relay
+both are fast. This one feeds reads straight into chatcast's sans-I/O hub (``Hub.receive``)
+and into the ceiling hub's ``data_received``, with every recipient a transport whose ``write``
+only counts bytes: what remains is the Python work per read and per recipient, the part the relay
 controls. Prints ``RESULT <json>``: microseconds of CPU per read, per message and per delivery.
 """
 
@@ -67,37 +67,51 @@ def _reads(lines_per_read: int, reads: int) -> list[bytes]:
     return [line * lines_per_read] * reads
 
 
-async def _chatcast(subscribers: int, lines_per_read: int, reads: int, json_subs: bool) -> float:
-    from chatcast import BroadcastServer
-    from chatcast._connection import Connection
+class _Timer:
+    def cancel(self) -> None:
+        pass
 
-    server = BroadcastServer("127.0.0.1", 0, max_clients=None, keepalive=False)
-    await server.start()
-    try:
-        conns = []
-        for i in range(subscribers + 1):
-            conn = Connection(server)
-            transport = _CountingTransport(i)
-            transport.protocol = conn
-            conn.connection_made(transport)
-            conns.append(conn)
-        for conn in conns[1:]:
-            if json_subs:
-                conn.data_received(b'{"type":"hello"}\n')
-            else:
-                conn.data_received(b"hello\n")  # first frame: announced, out of first_frame
-        sender = conns[0]
-        sender.data_received(b"warm up\n")
-        data = _reads(lines_per_read, reads)
-        started = time.process_time()
-        for chunk in data:
-            sender.data_received(chunk)
-        elapsed = time.process_time() - started
-        stats = server.statistics()
-        assert stats.messages_in >= reads * lines_per_read
-    finally:
-        server.close()
-        await server.wait_closed()
+
+class _Clock:
+    """Monotonic time; timers are kept, never fired (the measured reads need none)."""
+
+    def __init__(self) -> None:
+        self.timers: list[Any] = []
+
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> Any:
+        self.timers.append((delay, callback, args))
+        return _Timer()
+
+
+def _chatcast(subscribers: int, lines_per_read: int, reads: int, json_subs: bool) -> float:
+    """chatcast's sans-I/O hub, driven directly: no event loop, no listening socket."""
+    from chatcast._core.config import ServerConfig
+    from chatcast._core.hub import Hub, Peer
+
+    hub = Hub(ServerConfig(port=0, max_clients=None, keepalive=False), _Clock())
+    peers = []
+    for i in range(subscribers + 1):
+        peer = Peer(hub.config.max_line_bytes)
+        peer.attach(_CountingTransport(i), f"127.0.0.1:{40000 + i}")
+        hub.add(peer)
+        hub.greet(peer)
+        peers.append(peer)
+    for peer in peers[1:]:
+        if json_subs:
+            hub.receive(peer, b'{"type":"hello"}\n')
+        else:
+            hub.receive(peer, b"hello\n")  # first frame: announced, out of first_frame
+    sender = peers[0]
+    hub.receive(sender, b"warm up\n")
+    data = _reads(lines_per_read, reads)
+    started = time.process_time()
+    for chunk in data:
+        hub.receive(sender, chunk)
+    elapsed = time.process_time() - started
+    assert hub.messages_in >= reads * lines_per_read
     return elapsed
 
 
@@ -121,9 +135,7 @@ def measure(subscribers: int, lines_per_read: int, messages: int) -> list[dict[s
         ("ceiling", min(_ceiling(subscribers, lines_per_read, reads) for _ in range(3))),
     ]
     for json_subs in (False, True):
-        best = min(
-            asyncio.run(_chatcast(subscribers, lines_per_read, reads, json_subs)) for _ in range(3)
-        )
+        best = min(_chatcast(subscribers, lines_per_read, reads, json_subs) for _ in range(3))
         cases.append(("chatcast (JSON subs)" if json_subs else "chatcast", best))
     for name, seconds in cases:
         n = reads * lines_per_read

@@ -20,16 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import backplane as bp
+from ._core import envelope as bp
 from ._core.commands import name_key
+from ._core.hub import Hub
+from .backplane import Backplane
 from .exceptions import InvalidFrame
 from .message import ANNOUNCEMENT, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
-
-if TYPE_CHECKING:
-    from ._connection import Connection
-    from .server import BroadcastServer
 
 __all__ = ["Cluster"]
 
@@ -39,11 +37,16 @@ _NOTICES = {JOIN: bp.JOIN, LEAVE: bp.LEAVE, NICK: bp.NICK}
 
 
 class Cluster:
-    """A server's view of the other servers on its backplane."""
+    """A server's view of the other servers on its backplane (the hub's
+    :class:`~chatcast._core.ports.ClusterLink`).
 
-    def __init__(self, server: BroadcastServer, backplane: bp.Backplane) -> None:
-        self.server = server
+    Made before the hub it links (the hub is given it); :meth:`serve` then names the hub that
+    envelopes from the other servers are delivered to.
+    """
+
+    def __init__(self, backplane: Backplane) -> None:
         self.backplane = backplane
+        self._hub: Hub | None = None
         self.origin = backplane.server_id
         #: Names on other servers, and their rooms (a replica; see the module docstring).
         self.remote: dict[str, str] = {}
@@ -51,10 +54,19 @@ class Cluster:
         # snapshot is older than that must not drop the name.
         self._heard: dict[str, float] = {}
         # Names being claimed on the backplane now, by name_key, with who claims them.
-        self._claiming: dict[str, Connection] = {}
+        self._claiming: dict[str, object] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         backplane.attach(self._deliver, self._state_changed)
+
+    def serve(self, hub: Hub) -> None:
+        """Deliver what the other servers send to ``hub``'s members."""
+        self._hub = hub
+
+    @property
+    def hub(self) -> Hub:
+        assert self._hub is not None, "Cluster.serve() was not called"
+        return self._hub
 
     async def start(self) -> None:
         await self.backplane.start()
@@ -146,11 +158,11 @@ class Cluster:
 
     # -- asynchronous name claims -----------------------------------------------------------
 
-    def claim(self, conn: Connection, name: str, room: str, then: Callable[[bool], None]) -> None:
-        """Claim ``name`` cluster-wide, then call ``then(claimed)``.
+    def claim(self, claimant: object, name: str, room: str, then: Callable[[bool], None]) -> None:
+        """Claim ``name`` cluster-wide for ``claimant``, then call ``then(claimed)``.
 
-        Reading from ``conn`` is paused meanwhile; frames already decoded are kept in
-        ``conn.deferred`` by the server and handled, in order, after ``then``.
+        ``then`` runs at once when the name is known to be held (elsewhere, or being
+        claimed right now by another of our clients); otherwise once Redis has answered.
         """
         key = name_key(name)
         # Held elsewhere (Redis compares case-insensitively itself; the replica is scanned
@@ -158,13 +170,10 @@ class Cluster:
         held = name in self.remote or (
             not self.backplane.statistics().connected and self._remote_name(name) is not None
         )
-        if held or self._claiming.get(key, conn) is not conn:
+        if held or self._claiming.get(key, claimant) is not claimant:
             then(False)
             return
-        self._claiming[key] = conn
-        conn.deferred = []
-        if conn.transport is not None:
-            conn.transport.pause_reading()
+        self._claiming[key] = claimant
 
         async def run() -> None:
             try:
@@ -174,36 +183,24 @@ class Cluster:
                 claimed = False
             finally:
                 del self._claiming[key]
-            holder = self.server._names.get(key)
-            if holder is not None and holder is not conn:
-                claimed = False  # one of our own clients has it (Redis says "ours" for both)
-            deferred, conn.deferred = conn.deferred or [], None
-            if conn.closing:
-                if claimed:
-                    self.backplane.release(name)
-                return
-            if conn.transport is not None:
-                conn.transport.resume_reading()
             then(claimed)
-            if deferred and not conn.closing:
-                self.server._handle_frames(conn, deferred)
 
         self._spawn(run())
 
     # -- incoming ---------------------------------------------------------------------------
 
     def _deliver(self, envelope: bp.Envelope) -> None:
-        server = self.server
+        hub = self.hub
         kind = envelope.kind
         if kind == bp.BATCH:
             if envelope.room is not None and envelope.sender is not None:
-                server._relay_remote(
+                hub.relay_remote(
                     envelope.sender, envelope.room, list(envelope.texts), envelope.ts or 0.0
                 )
             return
         text = envelope.texts[0] if envelope.texts else ""
         if kind == bp.PRIVATE:
-            target = server._names.get(name_key(envelope.to or ""))
+            target = hub.peer_named(envelope.to or "")
             if target is not None and not target.closing:
                 message = Message(
                     text,
@@ -212,13 +209,13 @@ class Cluster:
                     to=envelope.to,
                     timestamp=envelope.ts,
                 )
-                server._deliver_private(target, message)
+                hub.deliver_private(target, message)
             return
         if kind == bp.ANNOUNCEMENT:
             message = Message(
                 text, sender="server", kind=ANNOUNCEMENT, room=envelope.room, timestamp=envelope.ts
             )
-            server._announce_locally(message)
+            hub.announce(message)
             return
         # A notice: keep the replica of who is where, then tell the room here.
         sender = envelope.sender or ""
@@ -236,13 +233,13 @@ class Cluster:
             self.remote[text] = room
             self._heard[text] = self._heard[sender]
             message = Message(text, sender=sender, kind=NICK, room=room, timestamp=envelope.ts)
-        server._notify_room(room, message, None, remote=True)
+        hub.notify_room(room, message, None, remote=True)
 
     def _state_changed(self, state: str, detail: str) -> None:
         text = (
             "backplane reconnected and resynced" if state == "up" else f"backplane down: {detail}"
         )
-        self.server._publish(Message(text, sender="backplane", kind=INFO))
+        self.hub.publish(Message(text, sender="backplane", kind=INFO))
         if state == "up":
             self._spawn(self._refresh())
 
@@ -260,11 +257,11 @@ class Cluster:
         except Exception as exc:  # down: keep what we knew until it is back
             log.debug("presence refresh failed: %s", exc)
             return
-        local = self.server._names
+        hub = self.hub
         fresh = {
             name: room
             for name, (server, room) in presence.items()
-            if server != self.origin and name_key(name) not in local
+            if server != self.origin and hub.peer_named(name) is None
         }
         gone = []
         for name, room in self.remote.items():
@@ -278,7 +275,7 @@ class Cluster:
         self._heard = {n: t for n, t in self._heard.items() if n in fresh}
         now = round(time.time(), 3)
         for name, room in gone:
-            self.server._notify_room(
+            hub.notify_room(
                 room,
                 Message("connection lost", sender=name, kind=LEAVE, room=room, timestamp=now),
                 None,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import urllib.parse
@@ -32,84 +31,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._core.commands import name_key
+from ._core.envelope import BATCH, Envelope
 from .exceptions import BackplaneError
 
 __all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane", "redact"]
 
 log = logging.getLogger("chatcast.backplane")
-
-#: Envelope kinds.
-BATCH: Final = "batch"  # room messages: texts from one sender in one room
-PRIVATE: Final = "private"
-ANNOUNCEMENT: Final = "announcement"
-JOIN: Final = "join"
-LEAVE: Final = "leave"
-NICK: Final = "nick"
-_KINDS: Final = frozenset({BATCH, PRIVATE, ANNOUNCEMENT, JOIN, LEAVE, NICK})
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One event crossing the backplane, from the server ``origin``.
-
-    Attributes:
-        origin: The id of the server it comes from.
-        kind: ``"batch"`` (room messages), ``"private"``, ``"announcement"``, ``"join"``,
-            ``"leave"`` or ``"nick"``.
-        room: The room, where there is one.
-        sender: The sender's name (the old name, for ``"nick"``).
-        texts: The texts (one per message for a batch; the new name for ``"nick"``; the
-            reason for ``"leave"``).
-        to: The recipient of a private message.
-        ts: The server's timestamp.
-    """
-
-    origin: str
-    kind: str
-    room: str | None = None
-    sender: str | None = None
-    texts: tuple[str, ...] = ()
-    to: str | None = None
-    ts: float | None = None
-
-    def encode(self) -> bytes:
-        """The wire form: one compact JSON object."""
-        obj: dict[str, Any] = {"o": self.origin, "k": self.kind, "t": list(self.texts)}
-        for key, value in (("r", self.room), ("s", self.sender), ("to", self.to), ("ts", self.ts)):
-            if value is not None:
-                obj[key] = value
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, data: bytes | str) -> Envelope:
-        """Parse the wire form.
-
-        Raises:
-            ValueError: Not an envelope (bad JSON, unknown kind, wrong field types).
-        """
-        obj = json.loads(data)
-        if not isinstance(obj, dict) or obj.get("k") not in _KINDS:
-            raise ValueError("not a chatcast envelope")
-        texts = obj.get("t", [])
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise ValueError("envelope texts must be strings")
-        fields = {key: obj.get(key) for key in ("o", "r", "s", "to")}
-        if not isinstance(fields["o"], str) or not all(
-            value is None or isinstance(value, str) for value in fields.values()
-        ):
-            raise ValueError("envelope fields must be strings")
-        ts = obj.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-            raise ValueError("envelope ts must be a number")
-        return cls(
-            origin=fields["o"],
-            kind=obj["k"],
-            room=fields["r"],
-            sender=fields["s"],
-            texts=tuple(texts),
-            to=fields["to"],
-            ts=None if ts is None else float(ts),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,31 +18,24 @@ import collections
 import contextlib
 import logging
 import ssl as ssl_module
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Literal, cast
 
 from ._cluster import Cluster
-from ._connection import Connection, _discard
-from ._core import commands as proto
+from ._connection import Acceptor, Connection
+from ._core.config import DEFAULT_WELCOME, ServerConfig
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
-from ._relay import EventStream, _now
-from ._session import Session
+from ._core.hub import Hub, Peer
+from ._events import EventStream
 from .backplane import Backplane
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
-from .message import (
-    ANNOUNCEMENT,
-    CLOSING,
-    ERROR,
-    PRIVATE,
-    Message,
-)
+from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 
 __all__ = ["DEFAULT_WELCOME", "BroadcastServer", "EventStream", "ServerStatistics"]
 
 log = logging.getLogger("chatcast.server")
-
-#: The lab's greeting, sent as the first line of every connection.
-DEFAULT_WELCOME: Final = "Selamat datang di Server..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +90,7 @@ class ServerStatistics:
     backplane_lost_messages: int = 0
 
 
-class BroadcastServer(Session):
+class BroadcastServer:
     """A chat hub that relays messages between TCP clients in rooms.
 
     Args:
@@ -179,112 +172,77 @@ class BroadcastServer(Session):
         backplane: Backplane | None = None,
         notice_limit: int | None = 100,
     ) -> None:
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {port}")
-        if "\n" in welcome or "\r" in welcome:
-            raise ValueError("welcome must be one line")
-        try:
-            proto.check_name(default_room, "default_room")
-        except InvalidFrame as exc:
-            raise ValueError(str(exc)) from None
-        for label, value in (
-            ("max_clients", max_clients),
-            ("max_per_address", max_per_address),
-            ("notice_limit", notice_limit),
-            ("max_handshakes", max_handshakes),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{label} must be >= 1 or None, got {value}")
-        if max_line_bytes < 64:
-            raise ValueError(f"max_line_bytes must be >= 64, got {max_line_bytes}")
-        if max_buffer_bytes < max_line_bytes:
-            raise ValueError(
-                f"max_buffer_bytes ({max_buffer_bytes}) must be >= max_line_bytes "
-                f"({max_line_bytes})"
-            )
-        if slow_consumer not in ("disconnect", "drop-oldest"):
-            raise ValueError(
-                f"slow_consumer must be 'disconnect' or 'drop-oldest', got {slow_consumer!r}"
-            )
-        for label, seconds in (
-            ("line_timeout", line_timeout),
-            ("join_grace", join_grace),
-            ("heartbeat_interval", heartbeat_interval),
-            ("heartbeat_timeout", heartbeat_timeout),
-            ("auth_timeout", auth_timeout),
-            ("ssl_handshake_timeout", ssl_handshake_timeout),
-            ("close_timeout", close_timeout),
-            ("idle_timeout", idle_timeout if idle_timeout is not None else 1.0),
-        ):
-            if not seconds > 0:
-                raise ValueError(f"{label} must be > 0 seconds, got {seconds}")
-        if rate is not None and not rate > 0:
-            raise ValueError(f"rate must be > 0 messages/s or None, got {rate}")
-        if burst is not None and not burst >= 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        if token is not None and not token:
-            raise ValueError("token must not be empty (use None for no authentication)")
-        self.host = host
-        self.welcome = welcome
-        self.default_room = default_room
-        self.max_clients = max_clients
-        self.max_per_address = max_per_address
-        self.notice_limit = notice_limit
-        self.max_line_bytes = max_line_bytes
-        self.max_buffer_bytes = max_buffer_bytes
-        self.slow_consumer = slow_consumer
-        self.line_timeout = line_timeout
-        self.join_grace = join_grace
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.idle_timeout = idle_timeout
-        self.keepalive = keepalive
-        self.auth_timeout = auth_timeout
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, 2.0 * rate) if rate else 1.0
+        #: The settings, validated (:class:`~chatcast._core.config.ServerConfig`).
+        self.config = ServerConfig(
+            host=host,
+            port=port,
+            welcome=welcome,
+            default_room=default_room,
+            max_clients=max_clients,
+            max_per_address=max_per_address,
+            max_line_bytes=max_line_bytes,
+            max_buffer_bytes=max_buffer_bytes,
+            slow_consumer=slow_consumer,
+            line_timeout=line_timeout,
+            join_grace=join_grace,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            idle_timeout=idle_timeout,
+            keepalive=keepalive,
+            token=token,
+            auth_timeout=auth_timeout,
+            rate=rate,
+            burst=burst,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            max_handshakes=max_handshakes,
+            close_timeout=close_timeout,
+            reuse_port=reuse_port,
+            notice_limit=notice_limit,
+        )
         self.ssl = ssl
-        self.ssl_handshake_timeout = ssl_handshake_timeout
-        self.max_handshakes = max_handshakes
-        self.close_timeout = close_timeout
-        self.reuse_port = reuse_port
-        self._token = token.encode() if token is not None else None
         self._port = port
-        self._cluster = Cluster(self, backplane) if backplane is not None else None
-        self._welcome_line = (welcome + "\n").encode()
-        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._cluster = Cluster(backplane) if backplane is not None else None
+        self._hub = Hub(self.config, _RunningLoop(), cluster=self._cluster, release=self._release)
+        if self._cluster is not None:
+            self._cluster.serve(self._hub)
         self._server: asyncio.Server | None = None
-        self._connections: set[Connection] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self._active = 0  # connections counted against the limits (not closing)
-        self._rooms: dict[str, set[Connection]] = {}
-        self._names: dict[str, Connection] = {}  # by name_key(): one "alice" or "Alice"
-        self._guest_counter = 0
-        self._subscribers: list[tuple[asyncio.Queue[Message | None], list[int]]] = []
         # TLS: connections waiting for a handshake slot, handshakes running, their tasks.
         self._tls_waiting: collections.deque[Connection] = collections.deque()
         self._handshakes = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._tls_per_connection = False  # set by start(): TLS started by us, per connection
-        self._notices = {}  # join and leave notices waiting (NOTICE_DELAY), by room
-        self._notices_due = False
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
-        self._closed: asyncio.Event | None = None
-        self._all_gone: asyncio.Event | None = None
-        # Counters (ServerStatistics).
+        self._closed = asyncio.Event()
+        self._all_gone = asyncio.Event()
+        self._all_gone.set()
         self._connections_total = 0
-        self._messages_in = 0
-        self._messages_out = 0
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._slow_consumers = 0
-        self._dropped = 0
-        self._errors = 0
         self._rejected = 0
-        self._auth_failures = 0
-        self._rate_limited = 0
-        self._timeouts = 0
-        self._events_dropped = 0
+
+    # -- settings read back -----------------------------------------------------------------
+
+    @property
+    def host(self) -> str | None:
+        """The address it listens on (``None``: every address)."""
+        return self.config.host
+
+    @property
+    def welcome(self) -> str:
+        """The first line every connection receives."""
+        return self.config.welcome
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The largest frame a client may send."""
+        return self.config.max_line_bytes
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """Unsent output allowed per client before it is a slow consumer."""
+        return self.config.max_buffer_bytes
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -307,10 +265,7 @@ class BroadcastServer(Session):
         """
         if self._server is not None:
             raise RuntimeError("server already started")
-        self._loop = asyncio.get_running_loop()
-        self._closed = asyncio.Event()
-        self._all_gone = asyncio.Event()
-        self._all_gone.set()
+        loop = asyncio.get_running_loop()
         if self._cluster is not None:
             await self._cluster.start()  # before listening: the first client sees the others
         # TLS is started on each accepted connection by the server itself (start_tls), not
@@ -320,22 +275,27 @@ class BroadcastServer(Session):
         # 300 KiB) for the whole handshake timeout, uncounted. uvloop starts reading right
         # after connection_made, whatever the protocol asks, so the ClientHello would reach
         # us instead of the TLS layer: there, TLS stays in create_server (counted after it).
-        self._tls_per_connection = self.ssl is not None and isinstance(
-            self._loop, asyncio.BaseEventLoop
-        )
+        self._tls_per_connection = self.ssl is not None and isinstance(loop, asyncio.BaseEventLoop)
         in_accept = self.ssl is not None and not self._tls_per_connection
-        self._server = await self._loop.create_server(
-            lambda: Connection(self),
-            self.host,
+        acceptor = Acceptor(
+            self._hub,
+            self._connection_made,
+            self._connection_lost,
+            tls_pending=self._tls_per_connection,
+            keepalive=self.config.keepalive,
+        )
+        self._server = await loop.create_server(
+            lambda: Connection(acceptor),
+            self.config.host,
             self._port,
             ssl=self.ssl if in_accept else None,
-            ssl_handshake_timeout=self.ssl_handshake_timeout if in_accept else None,
-            reuse_port=self.reuse_port or None,
+            ssl_handshake_timeout=self.config.ssl_handshake_timeout if in_accept else None,
+            reuse_port=self.config.reuse_port or None,
             backlog=1024,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="chatcast-server-sweep")
-        log.info("listening on %s port %d", self.host or "*", self._port)
+        log.info("listening on %s port %d", self.config.host or "*", self._port)
 
     async def __aenter__(self) -> BroadcastServer:
         await self.start()
@@ -349,7 +309,6 @@ class BroadcastServer(Session):
         """Serve until :meth:`close` is called; cancelling it closes the server too."""
         if self._server is None:
             await self.start()
-        assert self._closed is not None
         try:
             await self._closed.wait()
         except asyncio.CancelledError:
@@ -370,31 +329,23 @@ class BroadcastServer(Session):
         self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._notices:
-            self._flush_notices()  # joins and leaves before the shutdown notice
-        notice = Message(reason, kind=CLOSING)
-        for conn in list(self._connections):
-            self._disconnect(conn, notice, leave_reason=reason)
-        for queue, _ in self._subscribers:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
-        assert self._closed is not None
+        self._hub.close(Message(reason, kind=CLOSING))
+        for stream in list(self._streams):
+            stream._end(closing=True)
         self._closed.set()
-        self._loop.call_later(self.close_timeout, self._abort_all)
+        asyncio.get_running_loop().call_later(self.config.close_timeout, self._abort_all)
 
     async def wait_closed(self) -> None:
         """Wait until the server is closed and every connection is gone."""
-        if self._server is None or self._closed is None:
+        if self._server is None:
             return
         await self._closed.wait()
-        assert self._all_gone is not None
         await self._all_gone.wait()
         if self._sweeper is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if self._tasks:  # handshakes end with their connections
-            await asyncio.wait(list(self._tasks), timeout=self.close_timeout)
+            await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
         await self._server.wait_closed()
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
@@ -406,9 +357,9 @@ class BroadcastServer(Session):
         await self.wait_closed()
 
     def _abort_all(self) -> None:
-        for conn in list(self._connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+        for peer in list(self._hub.peers):
+            if peer.transport is not None:
+                peer.transport.abort()
 
     # -- what an embedding program can do ---------------------------------------------------
 
@@ -425,10 +376,12 @@ class BroadcastServer(Session):
         """
         if self._closing:
             raise ChannelClosed("server is closed")
-        message = Message(text, sender="server", kind=ANNOUNCEMENT, room=room, timestamp=_now())
+        message = Message(
+            text, sender="server", kind=ANNOUNCEMENT, room=room, timestamp=self._hub.now()
+        )
         if self._cluster is not None:
             self._cluster.announcement(message)
-        return self._announce_locally(message)
+        return self._hub.announce(message)
 
     async def send(self, name: str, text: str) -> None:
         """Send ``text`` from the server privately to the client called ``name``.
@@ -442,10 +395,10 @@ class BroadcastServer(Session):
         """
         if self._closing:
             raise ChannelClosed("server is closed")
-        message = Message(text, sender="server", kind=PRIVATE, to=name, timestamp=_now())
-        conn = self._names.get(proto.name_key(name))
-        if conn is not None and not conn.closing:
-            self._deliver_private(conn, message)
+        message = Message(text, sender="server", kind=PRIVATE, to=name, timestamp=self._hub.now())
+        peer = self._hub.peer_named(name)
+        if peer is not None and not peer.closing:
+            self._hub.deliver_private(peer, message)
             return
         try:
             if self._cluster is None or not self._cluster.private(message):
@@ -459,23 +412,11 @@ class BroadcastServer(Session):
         With a backplane, the names on the other servers are included, as this server last
         heard of them (joins and leaves cross at once; a full refresh every few seconds).
         """
-        # Everyone who can read the room is listed, including a text-mode guest whose join
-        # notice is still waiting for its first line or the join grace.
-        if room is None:
-            names = {conn.name for conn in self._names.values() if not conn.closing}
-        else:
-            names = {c.name for c in self._rooms.get(room, ())}
-        if self._cluster is not None:
-            names.update(n for n, r in self._cluster.remote.items() if room is None or r == room)
-        return sorted(names)
+        return self._hub.who(room)
 
     def rooms(self) -> dict[str, int]:
         """Each room with members, and how many (on every server, with a backplane)."""
-        counts = {room: len(members) for room, members in self._rooms.items()}
-        if self._cluster is not None:
-            for room in self._cluster.remote.values():
-                counts[room] = counts.get(room, 0) + 1
-        return dict(sorted(counts.items()))
+        return self._hub.rooms()
 
     def events(self, *, maxsize: int = 1000) -> EventStream:
         """Subscribe to what happens in the server: messages, privates, joins, leaves...
@@ -487,11 +428,14 @@ class BroadcastServer(Session):
         server never waits for it. Iteration ends when the server closes, or at
         :meth:`EventStream.aclose`.
         """
-        return EventStream(self, maxsize)
+        stream = EventStream(self._hub, maxsize, ended=self._closing)
+        self._streams.add(stream)
+        return stream
 
     def statistics(self) -> ServerStatistics:
         """Return a snapshot of the counters."""
-        cluster: dict[str, object] = {}
+        hub = self._hub
+        cluster: dict[str, Any] = {}
         if self._cluster is not None:
             figures = self._cluster.backplane.statistics()
             cluster = {
@@ -504,96 +448,80 @@ class BroadcastServer(Session):
             }
         return ServerStatistics(
             clients=self._active,
-            rooms=len(self._rooms),
+            rooms=hub.room_count,
             connections=self._connections_total,
-            messages_in=self._messages_in,
-            messages_out=self._messages_out,
-            bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out,
-            slow_consumers=self._slow_consumers,
-            dropped=self._dropped,
-            errors=self._errors,
+            messages_in=hub.messages_in,
+            messages_out=hub.messages_out,
+            bytes_in=hub.bytes_in,
+            bytes_out=hub.bytes_out,
+            slow_consumers=hub.slow_consumers,
+            dropped=hub.dropped,
+            errors=hub.errors,
             rejected=self._rejected,
-            auth_failures=self._auth_failures,
-            rate_limited=self._rate_limited,
-            timeouts=self._timeouts,
-            events_dropped=self._events_dropped,
-            **cluster,  # type: ignore[arg-type]
+            auth_failures=hub.auth_failures,
+            rate_limited=hub.rate_limited,
+            timeouts=hub.timeouts,
+            events_dropped=hub.events_dropped,
+            **cluster,
         )
 
-    # -- connection events (called by Connection) -------------------------------------------
+    # -- connections: limits and TLS (called by Connection) ---------------------------------
 
     def _connection_made(self, conn: Connection) -> None:
-        assert conn.transport is not None
-        self._connections.add(conn)
+        self._hub.add(conn)
         self._connections_total += 1
-        self._all_gone.clear()  # type: ignore[union-attr]
-        now = self._loop.time()
-        conn.last_rx = conn.admitted_at = now
-        conn.tokens = self.burst
-        conn.tokens_at = now
+        self._all_gone.clear()
         ip = conn.address.rpartition(":")[0]
         self._per_address[ip] += 1
         self._active += 1
+        config = self.config
         refusal = None
         if self._closing:
             refusal = "server shutting down"
-        elif self.max_clients is not None and self._active > self.max_clients:
-            refusal = f"server full ({self.max_clients} clients)"
-        elif self.max_per_address is not None and self._per_address[ip] > self.max_per_address:
+        elif config.max_clients is not None and self._active > config.max_clients:
+            refusal = f"server full ({config.max_clients} clients)"
+        elif config.max_per_address is not None and self._per_address[ip] > config.max_per_address:
             refusal = f"too many connections from {ip}"
         if refusal is not None:
-            self._refuse(conn, refusal)
+            self._rejected += 1
+            # Over TLS there is no session yet, so nothing readable can be said without a
+            # handshake, which is what a flood of refused connections must not cost.
+            self._hub.refuse(conn, refusal, say=not self._tls_per_connection)
         elif self._tls_per_connection:
-            conn.handshaking = True
             self._tls_waiting.append(conn)
             self._start_handshakes()
         else:
-            self._greet(conn)
+            self._hub.greet(conn)
 
-    def _greet(self, conn: Connection) -> None:
-        """Send the welcome line to a connection that may stay (after TLS, if any)."""
-        assert conn.transport is not None
-        conn.last_rx = conn.admitted_at = self._loop.time()
-        if self.slow_consumer == "disconnect":
-            conn.transport.set_write_buffer_limits(high=self.max_buffer_bytes)
-        conn.write(self._welcome_line)
-        self._bytes_out += len(self._welcome_line)
-        if self._token is None:
-            self._enter_text_mode(conn)
-        log.debug("connection from %s", conn.address)
+    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
+        self._hub.lost(conn, exc)
+        if not self._hub.peers:
+            self._all_gone.set()
 
-    def _refuse(self, conn: Connection, reason: str) -> None:
-        self._rejected += 1
-        log.info("refused %s: %s", conn.address, reason)
-        assert conn.transport is not None
-        if self._tls_per_connection:
-            # No TLS session yet, so nothing readable can be said without a handshake, which
-            # is what a flood of refused connections must not cost: just close.
-            self._release(conn)
-            conn.write = _discard
-            conn.transport.close()
-            return
-        conn.transport.write(f"! {reason}\n".encode())
-        self._close_gently(conn)
-
-    # -- TLS --------------------------------------------------------------------------------
+    def _release(self, peer: Peer) -> None:
+        """The hub no longer counts ``peer`` (it is closing): neither do the limits."""
+        self._active -= 1
+        ip = peer.address.rpartition(":")[0]
+        self._per_address[ip] -= 1
+        if self._per_address[ip] <= 0:
+            del self._per_address[ip]
 
     def _start_handshakes(self) -> None:
         """Start the waiting TLS handshakes that fit under ``max_handshakes``."""
-        now = self._loop.time()
-        while self._tls_waiting and self._handshakes < self.max_handshakes:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._tls_waiting and self._handshakes < self.config.max_handshakes:
             conn = self._tls_waiting.popleft()
             if conn.closing or conn.transport is None or conn.transport.is_closing():
                 continue
-            left = conn.admitted_at + self.ssl_handshake_timeout - now
+            left = conn.admitted_at + self.config.ssl_handshake_timeout - now
             if left <= 0:
                 log.info("TLS handshake with %s timed out waiting for a slot", conn.address)
-                self._release(conn)
+                self._hub.release(conn)
                 conn.transport.abort()
                 continue
             self._handshakes += 1
-            task = self._loop.create_task(self._handshake(conn, left))
+            task = loop.create_task(self._handshake(conn, left))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -602,8 +530,12 @@ class BroadcastServer(Session):
         raw = conn.transport
         assert raw is not None
         try:
-            transport = await self._loop.start_tls(
-                raw, conn, self.ssl, server_side=True, ssl_handshake_timeout=seconds
+            transport = await asyncio.get_running_loop().start_tls(
+                cast(asyncio.Transport, raw),  # the transport Connection was made with
+                conn,
+                self.ssl,
+                server_side=True,
+                ssl_handshake_timeout=seconds,
             )
         except (OSError, EOFError) as exc:  # SSLError, TimeoutError, ConnectionError too
             # Garbage instead of a ClientHello, plain text, a timeout, a reset. The TLS layer
@@ -614,136 +546,33 @@ class BroadcastServer(Session):
         finally:
             self._handshakes -= 1
             self._start_handshakes()
-        conn.handshaking = False
         if transport is None or conn.closing:  # the server closed meanwhile
             if transport is not None:
                 transport.abort()
             return
-        conn.transport = transport
-        conn.write = transport.write
-        self._greet(conn)
-        early, conn.early = conn.early, []
-        for data in early:  # what the peer said before we took over the TLS transport
-            conn.data_received(data)
-
-    def _release(self, conn: Connection) -> None:
-        """Stop counting ``conn`` against the limits: it is closing (or gone). Once only."""
-        if conn.closing:
-            return
-        conn.closing = True
-        self._active -= 1
-        ip = conn.address.rpartition(":")[0]
-        self._per_address[ip] -= 1
-        if self._per_address[ip] <= 0:
-            del self._per_address[ip]
-
-    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
-        self._connections.discard(conn)
-        self._release(conn)
-        if conn.room:
-            reason = "connection lost" if exc is not None else "quit"
-            self._leave_room(conn, reason)
-        key = proto.name_key(conn.name)
-        if conn.name and self._names.get(key) is conn:
-            del self._names[key]
-            if self._cluster is not None:
-                self._cluster.release(conn.name)
-        log.debug("connection from %s closed (%s)", conn.address, exc or "clean")
-        if not self._connections and self._all_gone is not None:
-            self._all_gone.set()
-
-    def _paused(self, conn: Connection) -> None:
-        if conn.closing:
-            return
-        if self.slow_consumer == "drop-oldest":
-            if conn.backlog is None:
-                conn.backlog = collections.deque()
-                conn.backlog_bytes = 0
-                conn.write = conn.enqueue
-            return
-        # Disconnect mode: the transport holds max_buffer_bytes unsent. Stop writing to it
-        # now (we may be inside a fan-out loop) and drop it on the next loop iteration.
-        conn.write = _discard
-        self._slow_consumers += 1
-        self._loop.call_soon(
-            self._disconnect,
-            conn,
-            Message(f"slow consumer: more than {self.max_buffer_bytes} bytes unread", kind=ERROR),
-        )
-
-    def _disconnect(self, conn: Connection, notice: Message | None, leave_reason: str = "") -> None:
-        """Tell ``conn`` why (if ``notice``), leave its room, and close it. Idempotent."""
-        if conn.closing or conn.transport is None:
-            return
-        if conn.handshaking:  # nothing can be said before TLS is up
-            self._release(conn)
-            conn.transport.abort()
-            return
-        transport = conn.transport
-        if notice is not None:
-            # Written even when the writer is swapped out: it is the last thing it gets.
-            transport.write(conn.encode(notice))
-            if notice.kind == ERROR:
-                log.info(
-                    "dropping %s (%s): %s", conn.name or conn.address, conn.address, notice.text
-                )
-        if conn.room:
-            if not leave_reason and notice is not None:
-                leave_reason = notice.text
-            self._leave_room(conn, leave_reason)
-        self._close_gently(conn)
-
-    def _close_gently(self, conn: Connection) -> None:
-        """Close so that the peer reads everything we wrote, the reason included.
-
-        Closing a socket with unread input makes the kernel send RST, and an RST can make
-        the peer's kernel throw away data it has not read yet: our reason. So: send FIN after
-        the pending output (``write_eof``), discard what the peer still sends, and close when
-        it closes or after a short linger (Apache's "lingering close"). A peer that never
-        reads is aborted after ``close_timeout``, so its buffer is given back.
-        """
-        transport = conn.transport
-        assert transport is not None
-        self._release(conn)
-        conn.write = _discard
-        if transport.can_write_eof():
-            transport.write_eof()
-            self._loop.call_later(min(2.0, self.close_timeout), transport.close)
-        else:
-            transport.close()  # TLS: close_notify, then close
-        self._loop.call_later(self.close_timeout, transport.abort)
+        conn.handshake_done(transport)
+        self._hub.greet(conn)
+        conn.replay_early()  # what the peer said before we took over the TLS transport
 
     # -- timers -----------------------------------------------------------------------------
 
     async def _sweep(self) -> None:
-        """Once a second: heartbeats, idle and authentication timeouts."""
-        interval = min(
-            1.0,
-            self.heartbeat_interval / 2,
-            self.heartbeat_timeout / 2,
-            self.auth_timeout / 2,
-            (self.idle_timeout or 2.0) / 2,
-        )
+        """Heartbeats, idle and authentication timeouts, checked by the hub."""
+        interval = self.config.sweep_interval
         while True:
             await asyncio.sleep(interval)
-            now = self._loop.time()
-            for conn in list(self._connections):
-                if conn.closing or conn.handshaking:  # a handshake has its own timeout
-                    continue
-                idle = now - conn.last_rx
-                if not conn.authenticated:
-                    # From the welcome, not from the last byte: a connection that keeps
-                    # sending something without ever authenticating still times out.
-                    if now - conn.admitted_at > self.auth_timeout:
-                        self._auth_failed(conn, "authentication timeout")
-                elif conn.json:
-                    if conn.pinged_at is not None:
-                        if now - conn.pinged_at > self.heartbeat_timeout:
-                            self._timeouts += 1
-                            self._disconnect(conn, Message("heartbeat timeout", kind=ERROR))
-                    elif idle > self.heartbeat_interval:
-                        conn.pinged_at = now
-                        conn.write(b'{"type":"ping"}\n')
-                elif self.idle_timeout is not None and idle > self.idle_timeout:
-                    self._timeouts += 1
-                    self._disconnect(conn, Message("idle timeout", kind=ERROR))
+            self._hub.tick()
+
+
+class _RunningLoop:
+    """The hub's clock: the event loop that runs it (a server is made outside any loop)."""
+
+    __slots__ = ()
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any
+    ) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback, *args)

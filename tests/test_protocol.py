@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatcast._core import commands as proto
+from chatcast._core.framing import DEFAULT_MAX_LINE_BYTES
+from chatcast._core.textpath import plain_lines
 from chatcast.exceptions import InvalidFrame
-from chatcast.server import BroadcastServer
 
 
 @pytest.mark.parametrize(
@@ -148,7 +149,6 @@ _LINE = st.text(
 def test_bulk_text_path_agrees_with_the_checks(lines: list[str]) -> None:
     """The server's bulk check of a whole read (in C) accepts a read exactly when every line
     is plain chat by the per-line rules; otherwise it defers to them."""
-    server = BroadcastServer("127.0.0.1", 0)
     data = ("\n".join(lines) + "\n").encode()
 
     def plain(line: str) -> bool:
@@ -158,5 +158,5 @@ def test_bulk_text_path_agrees_with_the_checks(lines: list[str]) -> None:
             return False
         return line[0] != "/"
 
-    bulk = server._plain_lines(data, 0, len(data) - 1)
+    bulk = plain_lines(data, 0, len(data) - 1, DEFAULT_MAX_LINE_BYTES)
     assert bulk == (lines if all(plain(line) for line in lines) else None)

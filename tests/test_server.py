@@ -642,38 +642,6 @@ async def test_big_rooms_skip_join_and_leave_notices(start_server: Factory) -> N
         await bob.close()
 
 
-async def test_a_storm_of_joins_is_one_write_per_member(
-    server: BroadcastServer, connect: Factory, text_peer: Factory
-) -> None:
-    """Joins of one loop iteration reach each member in one write, in order, each member
-    told about the others but not about itself."""
-    watcher = await text_peer(nick="watcher")
-    watcher.send("/join den\n")
-    await watcher.until(lambda line: line == "* you are now in den")
-    clients = [await connect(f"j{n}") for n in range(20)]
-    conns = {c.name: c for c in server._connections if c.name in {"watcher", "j0"}}
-    writes: dict[str, list[bytes]] = {"watcher": [], "j0": []}
-    for name, conn in conns.items():
-        real = conn.write
-
-        def counted(data: bytes, real: Any = real, name: str = name) -> object:
-            writes[name].append(data)
-            return real(data)
-
-        conn.write = counted
-    joiners = [c for c in server._connections if c.name[0] == "j"]
-    for conn in sorted(joiners, key=lambda c: int(c.name[1:])):
-        server._join(conn, "den")  # as if all their /join frames came in one loop iteration
-    joined = [await watcher.until(lambda line: line.endswith("joined den")) for _ in range(20)]
-    assert joined == [f"* j{n} joined den" for n in range(20)]
-    assert len(writes["watcher"]) == 1
-    # j0 (JSON mode): its own join confirmed at once, then the 19 others in one write.
-    notices = [json.loads(line) for line in writes["j0"][-1].splitlines()]
-    assert [n["from"] for n in notices] == [f"j{n}" for n in range(1, 20)]
-    assert {(n["type"], n["room"]) for n in notices} == {(JOIN, "den")}
-    assert (await receive_kind(clients[0], JOIN)).sender == "j0"
-
-
 async def test_a_join_arrives_before_the_joiners_first_message(
     text_peer: Factory,
 ) -> None:

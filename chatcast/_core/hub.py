@@ -1,0 +1,1093 @@
+"""The chat hub, sans I/O: peers, rooms, names, notices, flood control, fan-out, commands.
+
+:class:`Hub` holds everything a chat server knows and decides, driven by plain method calls:
+a shell hands it each peer (:meth:`Hub.greet`), the bytes each peer sends
+(:meth:`Hub.receive`), the ends of connections (:meth:`Hub.lost`), back-pressure
+(:meth:`Hub.paused`, :meth:`Hub.resumed`) and the passing of time (:meth:`Hub.tick`). It answers
+by calling each peer's ``write`` with bytes, never awaiting, and by closing transports. Time and
+timers come from an injected :class:`~chatcast._core.ports.Clock`, so a test drives it with a
+fake clock and fake transports.
+
+The hot path stays one plain call per recipient: every batch of messages decoded from one read
+is encoded once per wire form (:func:`~chatcast._core.wire.text_batch`,
+:func:`~chatcast._core.wire.json_batch`) and handed to each member's ``write``. ``write`` is the
+transport's own while the peer keeps up; under back-pressure it is swapped for a bounded backlog
+(``drop-oldest``) or a discard (``disconnect``), so nobody else notices a slow peer.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from ..exceptions import InvalidFrame, ProtocolError
+from . import commands as proto
+from .config import ServerConfig
+from .framing import LineDecoder
+from .ports import Clock, ClusterLink, Timer, Transport
+from .textpath import plain_chat, plain_lines
+from .wire import (
+    ERROR,
+    INFO,
+    JOIN,
+    LEAVE,
+    MESSAGE,
+    NICK,
+    PING_FRAME,
+    PONG_FRAME,
+    PRIVATE,
+    Message,
+    dump_frame,
+    encode,
+    encode_str,
+    json_batch,
+    parse_frame,
+    text_batch,
+)
+
+__all__ = ["NOTICE_DELAY", "Hub", "Peer"]
+
+log = logging.getLogger("chatcast.server")
+
+#: Seconds join and leave notices wait to be sent together (a storm of joins then costs each
+#: member one write per this interval, not one per join). Not per loop iteration: uvloop runs
+#: ready callbacks after nearly every read, so an iteration holds about one join there.
+NOTICE_DELAY: Final = 0.005
+# Frames flood control lets through: heartbeats, and leaving.
+_UNMETERED: Final = (proto.Ping, proto.Pong, proto.Quit)
+
+
+def discard(data: bytes) -> None:
+    """Stand-in writer for a peer that is being dropped."""
+
+
+class Peer:
+    """One connection's state, as the hub sees it. Only the hub (and this class) write it.
+
+    A shell creates one per connection (the asyncio ``Connection`` is a subclass) and calls
+    :meth:`attach` when its transport is ready; everything else is the hub's.
+    """
+
+    __slots__ = (
+        "address",
+        "admitted_at",
+        "announced",
+        "authenticated",
+        "backlog",
+        "backlog_bytes",
+        "closing",
+        "decoder",
+        "deferred",
+        "dropped",
+        "first_frame",
+        "flush_timer",
+        "greeted",
+        "json",
+        "last_rx",
+        "name",
+        "name_json",
+        "pinged_at",
+        "refusing",
+        "room",
+        "strikes",
+        "tokens",
+        "tokens_at",
+        "transport",
+        "write",
+    )
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.decoder = LineDecoder(max_line_bytes)
+        # Frames waiting while an asynchronous step (a cluster-wide name claim) completes.
+        self.deferred: list[str | ProtocolError] | None = None
+        self.transport: Transport | None = None
+        self.write: Callable[[bytes], object] = discard
+        self.address = "?"
+        self.name = ""
+        self.name_json = '""'
+        self.room = ""
+        self.json = False
+        self.announced = False
+        self.authenticated = False
+        self.first_frame = True
+        self.closing = False
+        self.greeted = False  # the welcome was sent (after TLS, if any)
+        self.admitted_at = 0.0  # when it was greeted: the authentication clock starts here
+        self.last_rx = 0.0
+        self.pinged_at: float | None = None
+        self.flush_timer: Timer | None = None
+        self.backlog: collections.deque[bytes] | None = None
+        self.backlog_bytes = 0
+        self.dropped = 0
+        self.tokens = 0.0
+        self.tokens_at = 0.0
+        self.strikes = 0.0
+        self.refusing = False  # flood control: the last frame was refused
+
+    def attach(self, transport: Transport, address: str) -> None:
+        """Write to ``transport`` from now on (a new one after a TLS handshake, too)."""
+        self.transport = transport
+        self.write = transport.write
+        self.address = address
+
+    def detach(self) -> None:
+        """The connection is gone: nothing more is written, no timer fires for it."""
+        if self.flush_timer is not None:
+            self.flush_timer.cancel()
+            self.flush_timer = None
+        self.write = discard
+
+    def send(self, message: Message) -> None:
+        """Queue ``message`` for this peer in its wire form; never waits."""
+        self.write(encode(message, self.json))
+
+
+class Hub:
+    """The chat: who is connected, under which name, in which room, and what they say.
+
+    Args:
+        config: The validated settings.
+        clock: Monotonic time and timers (the event loop).
+        cluster: The other servers, or ``None`` for a lone server.
+        release: Called once per peer when it stops counting against the server's limits
+            (it is closing); the shell keeps those counts.
+        wall: Wall-clock seconds, for message timestamps.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        clock: Clock,
+        *,
+        cluster: ClusterLink | None = None,
+        release: Callable[[Peer], None] = lambda peer: None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.cluster = cluster
+        self._on_release = release
+        self._wall = wall
+        self._token = config.token.encode() if config.token is not None else None
+        self._welcome_line = (config.welcome + "\n").encode()
+        self._bucket = config.bucket
+        #: Every peer with an open connection.
+        self.peers: set[Peer] = set()
+        self._rooms: dict[str, set[Peer]] = {}
+        self._names: dict[str, Peer] = {}  # by name_key(): one "alice" or "Alice"
+        self._guest_counter = 0
+        self._sinks: list[Callable[[Message], bool]] = []
+        # Join and leave notices waiting to be sent together (NOTICE_DELAY), by room: each
+        # with the peer it is about (which does not get it).
+        self._notices: dict[str, list[tuple[Message, Peer | None]]] = {}
+        self._notices_due = False
+        self.closing = False
+        # Counters (ServerStatistics).
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.slow_consumers = 0
+        self.dropped = 0
+        self.errors = 0
+        self.auth_failures = 0
+        self.rate_limited = 0
+        self.timeouts = 0
+        self.events_dropped = 0
+
+    # -- what the server asks ---------------------------------------------------------------
+
+    def now(self) -> float:
+        """Wall-clock seconds to the millisecond: the timestamp of a message made now."""
+        return round(self._wall(), 3)
+
+    def peer_named(self, name: str) -> Peer | None:
+        """The local peer holding ``name`` (whatever its case), or None."""
+        return self._names.get(proto.name_key(name))
+
+    def who(self, room: str | None = None) -> list[str]:
+        """Names in ``room`` (or everyone), sorted; with a cluster, the other servers' too."""
+        # Everyone who can read the room is listed, including a text-mode guest whose join
+        # notice is still waiting for its first line or the join grace.
+        if room is None:
+            names = {peer.name for peer in self._names.values() if not peer.closing}
+        else:
+            names = {peer.name for peer in self._rooms.get(room, ())}
+        if self.cluster is not None:
+            names.update(n for n, r in self.cluster.remote.items() if room is None or r == room)
+        return sorted(names)
+
+    def rooms(self) -> dict[str, int]:
+        """Each room with members, and how many (on every server, with a cluster)."""
+        counts = {room: len(members) for room, members in self._rooms.items()}
+        if self.cluster is not None:
+            for room in self.cluster.remote.values():
+                counts[room] = counts.get(room, 0) + 1
+        return dict(sorted(counts.items()))
+
+    @property
+    def room_count(self) -> int:
+        """Rooms with at least one member here."""
+        return len(self._rooms)
+
+    def subscribe(self, sink: Callable[[Message], bool]) -> None:
+        """Call ``sink(event)`` for every event; it returns False when it dropped one."""
+        self._sinks.append(sink)
+
+    def unsubscribe(self, sink: Callable[[Message], bool]) -> None:
+        """Stop calling ``sink``; no error if it was not subscribed."""
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def publish(self, event: Message) -> None:
+        """Hand ``event`` to every subscriber; count those that dropped it."""
+        for sink in self._sinks:
+            if not sink(event):
+                self.events_dropped += 1
+
+    # -- connections ------------------------------------------------------------------------
+
+    def add(self, peer: Peer) -> None:
+        """Count ``peer`` as connected (from its accept, before any TLS handshake)."""
+        self.peers.add(peer)
+        now = self.clock.time()
+        peer.last_rx = peer.admitted_at = now
+        peer.tokens = self._bucket
+        peer.tokens_at = now
+
+    def greet(self, peer: Peer) -> None:
+        """Send the welcome line to a peer that may stay (after TLS, if any)."""
+        assert peer.transport is not None
+        peer.greeted = True
+        peer.last_rx = peer.admitted_at = self.clock.time()
+        if self.config.slow_consumer == "disconnect":
+            peer.transport.set_write_buffer_limits(high=self.config.max_buffer_bytes)
+        peer.write(self._welcome_line)
+        self.bytes_out += len(self._welcome_line)
+        if self._token is None:
+            self._enter_text_mode(peer)
+        log.debug("connection from %s", peer.address)
+
+    def refuse(self, peer: Peer, reason: str, *, say: bool = True) -> None:
+        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in)."""
+        log.info("refused %s: %s", peer.address, reason)
+        assert peer.transport is not None
+        if not say:
+            self.release(peer)
+            peer.write = discard
+            peer.transport.close()
+            return
+        peer.transport.write(f"! {reason}\n".encode())
+        self._close_gently(peer)
+
+    def release(self, peer: Peer) -> None:
+        """Mark ``peer`` closing and stop counting it against the limits. Once only."""
+        if peer.closing:
+            return
+        peer.closing = True
+        self._on_release(peer)
+
+    def lost(self, peer: Peer, exc: Exception | None) -> None:
+        """The connection of ``peer`` ended (``exc`` if it broke): it leaves, names go free."""
+        peer.detach()
+        self.peers.discard(peer)
+        self.release(peer)
+        if peer.room:
+            self._leave_room(peer, "connection lost" if exc is not None else "quit")
+        key = proto.name_key(peer.name)
+        if peer.name and self._names.get(key) is peer:
+            del self._names[key]
+            if self.cluster is not None:
+                self.cluster.release(peer.name)
+        log.debug("connection from %s closed (%s)", peer.address, exc or "clean")
+
+    def disconnect(self, peer: Peer, notice: Message | None, leave_reason: str = "") -> None:
+        """Tell ``peer`` why (if ``notice``), leave its room, and close it. Idempotent."""
+        if peer.closing or peer.transport is None:
+            return
+        if not peer.greeted:  # a TLS handshake in progress: nothing can be said yet
+            self.release(peer)
+            peer.transport.abort()
+            return
+        transport = peer.transport
+        if notice is not None:
+            # Written even when the writer is swapped out: it is the last thing it gets.
+            transport.write(encode(notice, peer.json))
+            if notice.kind == ERROR:
+                log.info(
+                    "dropping %s (%s): %s", peer.name or peer.address, peer.address, notice.text
+                )
+        if peer.room:
+            if not leave_reason and notice is not None:
+                leave_reason = notice.text
+            self._leave_room(peer, leave_reason)
+        self._close_gently(peer)
+
+    def close(self, notice: Message) -> None:
+        """Closing: joins and leaves still waiting go out, then everyone gets ``notice``."""
+        self.closing = True
+        if self._notices:
+            self._flush_notices()
+        for peer in list(self.peers):
+            self.disconnect(peer, notice, leave_reason=notice.text)
+
+    def _close_gently(self, peer: Peer) -> None:
+        """Close so that the peer reads everything we wrote, the reason included.
+
+        Closing a socket with unread input makes the kernel send RST, and an RST can make
+        the peer's kernel throw away data it has not read yet: our reason. So: send FIN after
+        the pending output (``write_eof``), discard what the peer still sends, and close when
+        it closes or after a short linger (Apache's "lingering close"). A peer that never
+        reads is aborted after ``close_timeout``, so its buffer is given back.
+        """
+        transport = peer.transport
+        assert transport is not None
+        self.release(peer)
+        peer.write = discard
+        close_timeout = self.config.close_timeout
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.clock.call_later(min(2.0, close_timeout), transport.close)
+        else:
+            transport.close()  # TLS: close_notify, then close
+        self.clock.call_later(close_timeout, transport.abort)
+
+    # -- back-pressure ----------------------------------------------------------------------
+
+    def paused(self, peer: Peer) -> None:
+        """The transport of ``peer`` holds ``max_buffer_bytes`` unsent: a slow consumer.
+
+        Called from inside ``transport.write()``, possibly in the middle of a fan-out loop:
+        it only swaps the peer's writer, and drops it (disconnect mode) on a later turn.
+        """
+        if peer.closing:
+            return
+        if self.config.slow_consumer == "drop-oldest":
+            if peer.backlog is None:
+                peer.backlog = collections.deque()
+                peer.backlog_bytes = 0
+                peer.write = lambda data: self._enqueue(peer, data)
+            return
+        peer.write = discard
+        self.slow_consumers += 1
+        limit = self.config.max_buffer_bytes
+        self.clock.call_later(
+            0,
+            self.disconnect,
+            peer,
+            Message(f"slow consumer: more than {limit} bytes unread", kind=ERROR),
+        )
+
+    def _enqueue(self, peer: Peer, data: bytes) -> None:
+        """Writer of a paused peer in drop-oldest mode: a backlog of bounded size."""
+        backlog = peer.backlog
+        assert backlog is not None
+        backlog.append(data)
+        peer.backlog_bytes += len(data)
+        limit = self.config.max_buffer_bytes
+        while peer.backlog_bytes > limit and len(backlog) > 1:
+            if not peer.dropped:
+                self.slow_consumers += 1  # once per episode of falling behind
+            old = backlog.popleft()
+            peer.backlog_bytes -= len(old)
+            lines = old.count(b"\n")
+            peer.dropped += lines
+            self.dropped += lines
+
+    def resumed(self, peer: Peer) -> None:
+        """The transport of ``peer`` drained: write its backlog (and what was dropped)."""
+        backlog = peer.backlog
+        transport = peer.transport
+        if backlog is None or transport is None or peer.closing:
+            return
+        peer.backlog = None
+        peer.backlog_bytes = 0
+        peer.write = transport.write
+        if peer.dropped:
+            notice = Message(
+                f"{peer.dropped} messages dropped: you were reading too slowly", kind=ERROR
+            )
+            peer.dropped = 0
+            transport.write(encode(notice, peer.json))
+        transport.write(b"".join(backlog))
+
+    # -- time -------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Heartbeats, idle and authentication timeouts; call every ``sweep_interval``."""
+        config = self.config
+        now = self.clock.time()
+        for peer in list(self.peers):
+            if peer.closing or not peer.greeted:  # a handshake has its own timeout
+                continue
+            idle = now - peer.last_rx
+            if not peer.authenticated:
+                # From the welcome, not from the last byte: a connection that keeps
+                # sending something without ever authenticating still times out.
+                if now - peer.admitted_at > config.auth_timeout:
+                    self._auth_failed(peer, "authentication timeout")
+            elif peer.json:
+                if peer.pinged_at is not None:
+                    if now - peer.pinged_at > config.heartbeat_timeout:
+                        self.timeouts += 1
+                        self.disconnect(peer, Message("heartbeat timeout", kind=ERROR))
+                elif idle > config.heartbeat_interval:
+                    peer.pinged_at = now
+                    peer.write(PING_FRAME)
+            elif config.idle_timeout is not None and idle > config.idle_timeout:
+                self.timeouts += 1
+                self.disconnect(peer, Message("idle timeout", kind=ERROR))
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive(self, peer: Peer, data: bytes) -> None:
+        """Handle the bytes ``peer`` sent: frames, commands, chat; never waits."""
+        self.bytes_in += len(data)
+        if peer.closing:
+            return  # lingering close: what the peer still sends is discarded
+        if not peer.json:
+            # Text mode: any byte is a sign of life (nc cannot answer pings), and the time
+            # of the last one tells when a line without LF is complete.
+            peer.last_rx = self.clock.time()
+        if not self._receive_text(peer, data):
+            frames = peer.decoder.feed(data)
+            if frames:
+                if peer.json:
+                    # JSON mode: only whole frames count, or a client trickling a frame that
+                    # never ends (one byte a second) would never be pinged or dropped.
+                    peer.last_rx = self.clock.time()
+                    peer.pinged_at = None
+                self.handle_frames(peer, frames)
+        decoder = peer.decoder
+        if (
+            not peer.json
+            and (decoder.pending or decoder.discarding)
+            and peer.flush_timer is None
+            and not peer.closing
+        ):
+            # Text mode: a partial line followed by a silence is a message (the lab's
+            # clients send() without a newline), and the silence also ends an over-long
+            # line being discarded, or a client that never sends LF would be mute for good.
+            peer.flush_timer = self.clock.call_later(
+                self.config.line_timeout, self._flush_partial, peer
+            )
+
+    def end_of_input(self, peer: Peer) -> None:
+        """``peer`` shut down its sending side: an unterminated last line still counts."""
+        frame = peer.decoder.flush()
+        if frame is not None and not peer.closing:
+            self.handle_frames(peer, [frame])
+
+    def _flush_partial(self, peer: Peer) -> None:
+        peer.flush_timer = None
+        decoder = peer.decoder
+        if peer.closing or peer.json or not (decoder.pending or decoder.discarding):
+            return
+        wait = peer.last_rx + self.config.line_timeout - self.clock.time()
+        if wait > 0.001:
+            peer.flush_timer = self.clock.call_later(wait, self._flush_partial, peer)
+            return
+        frame = decoder.flush(hold_incomplete=True)  # also ends a discard
+        if frame is not None:
+            self.handle_frames(peer, [frame])
+
+    def _receive_text(self, peer: Peer, data: bytes) -> bool:
+        """Relay a text-mode read that holds only chat lines in bulk; False if it may not.
+
+        It applies to an authenticated text-mode peer without flood control, and only when
+        every complete line of the read is plain chat (:func:`~.textpath.plain_lines`);
+        what is relayed, and the order, are the same as through :meth:`handle_frames`.
+        Anything else returns False having consumed nothing except, when it has to, the end
+        of a line the decoder was holding, which it then handles itself.
+        """
+        decoder = peer.decoder
+        if (
+            self.config.rate is not None
+            or peer.json
+            or peer.first_frame
+            or not peer.authenticated
+            or decoder.discarding
+            or peer.deferred is not None  # frames wait for an asynchronous step: keep order
+        ):
+            return False
+        end = data.rfind(b"\n")
+        if end < 0:
+            return False
+        held: str | None = None
+        start = 0
+        if decoder.pending:
+            # The read completes a line the decoder holds: let it finish that one line.
+            start = data.find(b"\n") + 1
+            head = decoder.feed(data[:start])
+            frame = head[0] if len(head) == 1 else None
+            if not isinstance(frame, str) or not plain_chat(frame):
+                self.handle_frames(peer, head + decoder.feed(data[start:]))
+                return True
+            held = frame
+        lines = plain_lines(data, start, end, self.config.max_line_bytes) if end >= start else []
+        if lines is None:
+            frames: list[str | ProtocolError] = [] if held is None else [held]
+            frames += decoder.feed(data[start:])
+            self.handle_frames(peer, frames)
+            return True
+        if held is not None:
+            lines.insert(0, held)
+        tail = decoder.feed(data[end + 1 :]) if end + 1 < len(data) else None
+        self._flush_batch(peer, lines)
+        if tail:
+            self.handle_frames(peer, tail)  # an over-long unfinished line: its error
+        return True
+
+    def handle_frames(self, peer: Peer, frames: list[str | ProtocolError]) -> None:
+        """Handle every frame decoded from one read, batching consecutive room messages."""
+        if peer.deferred is not None:  # an asynchronous step is pending: keep the order
+            peer.deferred.extend(frames)
+            return
+        batch: list[str] = []
+        for index, frame in enumerate(frames):
+            if peer.closing:
+                break
+            if type(frame) is not str:
+                self._flush_batch(peer, batch)
+                self._error(peer, str(frame))
+                continue
+            assert isinstance(frame, str)
+            try:
+                if peer.first_frame:
+                    peer.first_frame = False
+                    if frame.startswith("{") and self._maybe_hello(peer, frame):
+                        if peer.deferred is not None:
+                            peer.deferred.extend(frames[index + 1 :])
+                            return
+                        continue
+                if peer.json:
+                    command = proto.parse_json(frame)
+                elif not frame:
+                    continue  # text mode: an empty line (Enter pressed) is ignored
+                elif frame[0] != "/":
+                    command = proto.Say(proto.check_text(frame))
+                else:
+                    command = proto.parse_text(frame)
+            except InvalidFrame as exc:
+                self._flush_batch(peer, batch)
+                self._error(peer, str(exc))
+                continue
+            if not peer.authenticated:
+                self._flush_batch(peer, batch)
+                self._unauthenticated(peer, command)
+                continue
+            if type(command) is proto.Say and command.to is None:
+                if self._admit(peer):
+                    batch.append(command.text)
+                elif self._flooding(peer):
+                    break  # relay what was accepted before this, then drop the flooder
+                continue
+            self._flush_batch(peer, batch)
+            self._command(peer, command)
+            if peer.deferred is not None:
+                peer.deferred.extend(frames[index + 1 :])
+                return
+            if not peer.announced and peer.room and not peer.closing:
+                self._announce(peer)  # any first command ends the silent join grace
+        self._flush_batch(peer, batch)
+        if self._flooding(peer) and not peer.closing:
+            self._drop_flooder(peer)
+
+    # -- hello and authentication -----------------------------------------------------------
+
+    def _enter_text_mode(self, peer: Peer) -> None:
+        """Authenticated text-mode peer: in the default room under a guest name, receiving
+        at once; its join is announced after ``join_grace`` or its first line."""
+        peer.authenticated = True
+        self._set_name(peer, self._guest_name())
+        self._add_to_room(peer, self.config.default_room, announce=False)
+        self.clock.call_later(self.config.join_grace, self._announce, peer)
+
+    def _announce(self, peer: Peer) -> None:
+        if peer.announced or peer.closing or not peer.room:
+            return
+        peer.announced = True
+        message = Message("", sender=peer.name, kind=JOIN, room=peer.room, timestamp=self.now())
+        if peer.json:
+            peer.send(message)  # confirms the join (and the room) to a JSON client
+        self.notify_room(peer.room, message, peer)
+
+    def _maybe_hello(self, peer: Peer, frame: str) -> bool:
+        try:
+            obj = parse_frame(frame)  # refuses lone surrogates, which str.encode() cannot take
+        except InvalidFrame:
+            return False
+        if obj["type"] != "hello":
+            return False
+        try:
+            command = proto.parse_json(obj)
+            assert isinstance(command, proto.Hello)
+            self._hello(peer, command)
+        except InvalidFrame as exc:
+            peer.json = True
+            self.disconnect(peer, Message(str(exc), kind=ERROR))
+            self.errors += 1
+        return True
+
+    def _hello(self, peer: Peer, hello: proto.Hello) -> None:
+        peer.json = True
+        if peer.flush_timer is not None:
+            peer.flush_timer.cancel()
+            peer.flush_timer = None
+        if self._token is not None and not peer.authenticated:
+            if hello.token is None:
+                self._auth_failed(peer, "authentication required")
+                return
+            if not hmac.compare_digest(hello.token.encode(), self._token):
+                self._auth_failed(peer, "authentication failed")
+                return
+            peer.authenticated = True
+        room = proto.check_name(hello.room, "room") if hello.room else self.config.default_room
+        name = hello.name
+        if name is not None:
+            proto.check_name(name)
+            holder = self._names.get(proto.name_key(name))
+            if holder is not None and holder is not peer:
+                raise InvalidFrame(f"name {name!r} is taken")
+            if self.cluster is not None:
+                self._claim(
+                    peer, name, room, lambda claimed: self._welcome(peer, name, room, claimed)
+                )
+                return
+        self._welcome(peer, name, room, True)
+
+    def _welcome(self, peer: Peer, name: str | None, room: str, claimed: bool) -> None:
+        """Finish a hello: take the name and room, or refuse a name taken elsewhere."""
+        if not claimed:
+            self.errors += 1
+            self.disconnect(peer, Message(f"name {name!r} is taken", kind=ERROR))
+            return
+        # The text-mode guest identity held since connecting is given up: silently while
+        # its join was not announced yet (the usual case), with a leave notice otherwise.
+        if peer.room:
+            if peer.announced:
+                self._leave_room(peer, "switched to JSON mode")
+            else:
+                self._rooms[peer.room].discard(peer)
+                if not self._rooms[peer.room]:
+                    del self._rooms[peer.room]
+                peer.room = ""
+        self._set_name(peer, name or (peer.name or self._guest_name()))
+        peer.write(
+            dump_frame(
+                {
+                    "type": "welcome",
+                    "name": peer.name,
+                    "room": room,
+                    "text": self.config.welcome,
+                    "version": proto.PROTOCOL_VERSION,
+                    "heartbeat": float(self.config.heartbeat_interval),
+                }
+            )
+        )
+        self._add_to_room(peer, room, announce=True)
+
+    def _unauthenticated(self, peer: Peer, command: proto.Command) -> None:
+        if type(command) is proto.Auth:
+            assert self._token is not None
+            if hmac.compare_digest(command.token.encode(), self._token):
+                peer.send(Message("authenticated", kind=INFO))
+                self._enter_text_mode(peer)
+            else:
+                self._auth_failed(peer, "authentication failed")
+            return
+        if type(command) is proto.Quit:
+            self.disconnect(peer, None)
+            return
+        self._error(peer, "authentication required: send /auth TOKEN first")
+
+    def _auth_failed(self, peer: Peer, reason: str) -> None:
+        self.auth_failures += 1
+        log.info("authentication failure from %s: %s", peer.address, reason)
+        self.disconnect(peer, Message(reason, kind=ERROR))
+
+    def _claim(self, peer: Peer, name: str, room: str, then: Callable[[bool], None]) -> None:
+        """Claim ``name`` cluster-wide, then ``then(claimed)``; ``peer`` waits meanwhile.
+
+        Reading from ``peer`` is paused and frames already decoded wait in ``deferred``;
+        they are handled, in order, after ``then``.
+        """
+        assert self.cluster is not None
+        cluster = self.cluster
+        peer.deferred = []
+        if peer.transport is not None:
+            peer.transport.pause_reading()
+
+        def done(claimed: bool) -> None:
+            holder = self._names.get(proto.name_key(name))
+            if holder is not None and holder is not peer:
+                claimed = False  # one of our own peers has it (Redis says "ours" for both)
+            deferred, peer.deferred = peer.deferred or [], None
+            if peer.closing:
+                if claimed:
+                    cluster.release(name)
+                return
+            if peer.transport is not None:
+                peer.transport.resume_reading()
+            then(claimed)
+            if deferred and not peer.closing:
+                self.handle_frames(peer, deferred)
+
+        cluster.claim(peer, name, room, done)
+
+    # -- flood control ----------------------------------------------------------------------
+
+    def _admit(self, peer: Peer) -> bool:
+        """Flood control: take a token from ``peer``'s bucket, or refuse the message.
+
+        Refused messages also fill a second, *violation* bucket that drains at ``rate`` per
+        second; a peer that fills it past ``4 * burst`` is flooding persistently and is
+        disconnected. Occasional bursts over the limit drain away and are forgiven.
+        """
+        rate = self.config.rate
+        if rate is None:
+            return True
+        now = self.clock.time()
+        elapsed = now - peer.tokens_at
+        peer.tokens_at = now
+        peer.tokens = min(self._bucket, peer.tokens + elapsed * rate)
+        peer.strikes = max(0.0, peer.strikes - elapsed * rate)
+        if peer.tokens >= 1.0:
+            peer.tokens -= 1.0
+            peer.refusing = False
+            return True
+        first = not peer.refusing
+        peer.refusing = True
+        peer.strikes += 1.0
+        self.rate_limited += 1
+        if first and not self._flooding(peer):
+            # One error per run of refused messages, not one per message: a flood must not
+            # turn into a flood of error frames.
+            self._error(peer, f"rate limit ({rate:g}/s) exceeded: message dropped")
+        return False
+
+    def _flooding(self, peer: Peer) -> bool:
+        """True once ``peer`` has filled its violation bucket (see :meth:`_admit`)."""
+        return self.config.rate is not None and peer.strikes > 4 * self._bucket
+
+    def _drop_flooder(self, peer: Peer) -> None:
+        self.disconnect(
+            peer, Message("flooding: too many messages over the rate limit", kind=ERROR)
+        )
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _command(self, peer: Peer, command: proto.Command) -> None:
+        if type(command) not in _UNMETERED and not self._admit(peer):
+            # Every command takes a token, not only chat: /nick and /join make notices for a
+            # whole room, and a flood of them is a flood.
+            if self._flooding(peer):
+                self._drop_flooder(peer)
+            return
+        try:
+            if type(command) is proto.Say:
+                self._private(peer, command.text, command.to)
+            elif type(command) is proto.Join:
+                self.join(peer, proto.check_name(command.room, "room"))
+            elif type(command) is proto.Nick:
+                self._nick(peer, proto.check_name(command.name))
+            elif type(command) is proto.Who:
+                room = command.room or peer.room
+                names = self.who(room)
+                if peer.json:
+                    peer.write(dump_frame({"type": "who", "room": room, "names": names}))
+                else:
+                    peer.send(Message(f"in {room}: {', '.join(names) or '(nobody)'}", kind=INFO))
+            elif type(command) is proto.Rooms:
+                rooms = self.rooms()
+                if peer.json:
+                    peer.write(dump_frame({"type": "rooms", "rooms": rooms}))
+                else:
+                    listing = ", ".join(f"{r} ({n})" for r, n in rooms.items())
+                    peer.send(Message(f"rooms: {listing}", kind=INFO))
+            elif type(command) is proto.Help:
+                peer.send(Message(proto.HELP_TEXT, kind=INFO))
+            elif type(command) is proto.Quit:
+                self.disconnect(peer, None, leave_reason=command.reason or "quit")
+            elif type(command) is proto.Ping:
+                peer.write(PONG_FRAME)
+            elif type(command) is proto.Pong:
+                pass
+            elif type(command) is proto.Hello:
+                raise InvalidFrame("hello must be the first frame")
+            elif type(command) is proto.Auth:
+                raise InvalidFrame("already authenticated")
+        except InvalidFrame as exc:
+            self._error(peer, str(exc))
+
+    def _error(self, peer: Peer, reason: str) -> None:
+        self.errors += 1
+        log.debug("error for %s: %s", peer.name or peer.address, reason)
+        peer.send(Message(reason, kind=ERROR))
+
+    # -- rooms and names --------------------------------------------------------------------
+
+    def _guest_name(self) -> str:
+        suffix = self.cluster.guest_suffix() if self.cluster is not None else ""
+        while True:
+            self._guest_counter += 1
+            name = f"guest{self._guest_counter}{suffix}"
+            if name not in self._names:  # guest names are their own key
+                return name
+
+    def _set_name(self, peer: Peer, name: str) -> None:
+        if peer.name:
+            key = proto.name_key(peer.name)
+            if self._names.get(key) is peer:
+                del self._names[key]
+            if self.cluster is not None:
+                self.cluster.release(peer.name)
+        peer.name = name
+        peer.name_json = encode_str(name)
+        self._names[proto.name_key(name)] = peer
+        if peer.room and self.cluster is not None:
+            self.cluster.moved(name, peer.room)
+
+    def _add_to_room(self, peer: Peer, room: str, *, announce: bool) -> None:
+        peer.room = room
+        self._rooms.setdefault(room, set()).add(peer)
+        if self.cluster is not None:
+            self.cluster.moved(peer.name, room)
+        if announce:
+            self._announce(peer)
+
+    def _leave_room(self, peer: Peer, reason: str) -> None:
+        room = peer.room
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(peer)
+            if not members:
+                del self._rooms[room]
+        peer.room = ""
+        if peer.announced:
+            peer.announced = False
+            message = Message(reason, sender=peer.name, kind=LEAVE, room=room, timestamp=self.now())
+            if self.closing:
+                # Everyone here is being told the server is closing: no n^2 leave notices.
+                # The rooms on other servers still hear who left.
+                if self.cluster is not None:
+                    self.cluster.notice(message)
+                return
+            self.notify_room(room, message, peer)
+
+    def join(self, peer: Peer, room: str) -> None:
+        """Move ``peer`` to ``room`` (``/join``): a leave notice here, a join notice there."""
+        if room == peer.room:
+            peer.send(Message(f"you are already in {room}", kind=INFO))
+            return
+        self._leave_room(peer, f"joined {room}")
+        self._add_to_room(peer, room, announce=True)
+        if not peer.json:
+            peer.send(Message(f"you are now in {room}", kind=INFO))
+
+    def _nick(self, peer: Peer, name: str) -> None:
+        if name == peer.name:
+            return
+        holder = self._names.get(proto.name_key(name))
+        if holder is not None and holder is not peer:  # "Alice" may become "alice"
+            raise InvalidFrame(f"name {name!r} is taken")
+        if self.cluster is not None:
+            self._claim(peer, name, peer.room, lambda claimed: self._renamed(peer, name, claimed))
+            return
+        self._renamed(peer, name, True)
+
+    def _renamed(self, peer: Peer, name: str, claimed: bool) -> None:
+        if not claimed:
+            self._error(peer, f"name {name!r} is taken")
+            return
+        old = peer.name
+        self._set_name(peer, name)
+        message = Message(name, sender=old, kind=NICK, room=peer.room, timestamp=self.now())
+        if peer.announced:
+            self.notify_room(peer.room, message, peer)
+        # The author is always told (a big room gets no notices); the room is not when it
+        # has not heard of the old name yet (a text guest's first command): it will see
+        # the join under the new one.
+        peer.send(message)
+
+    def _private(self, peer: Peer, text: str, to: str | None) -> None:
+        assert to is not None
+        message = Message(text, sender=peer.name, kind=PRIVATE, to=to, timestamp=self.now())
+        target = self._names.get(proto.name_key(to))
+        if target is None or target.closing or not target.authenticated:
+            if self.cluster is None or not self.cluster.private(message):
+                raise InvalidFrame(f"no such user: {to}")
+            self.messages_in += 1
+            self.publish(message)
+            return
+        self.messages_in += 1
+        self.deliver_private(target, message)
+
+    # -- delivery: the hot path -------------------------------------------------------------
+
+    def announce(self, message: Message) -> int:
+        """Deliver an announcement to everyone here (or its room's members); how many."""
+        targets: Iterable[Peer]
+        if self._notices:
+            self._flush_notices()  # what happened before the announcement arrives first
+        if message.room is None:
+            targets = [peer for peer in self.peers if peer.room]
+        else:
+            targets = self._rooms.get(message.room, ())
+        count = self._send_many(targets, message)
+        self.messages_out += count
+        self.publish(message)
+        return count
+
+    def deliver_private(self, target: Peer, message: Message) -> None:
+        """Deliver a private message to ``target`` (after the notices it is owed)."""
+        if self._notices:
+            self._flush_room_notices(target.room)
+        data = encode(message, target.json)
+        target.write(data)
+        self.messages_out += 1
+        self.bytes_out += len(data)
+        self.publish(message)
+
+    def notify_room(
+        self, room: str, message: Message, exclude: Peer | None, *, remote: bool = False
+    ) -> None:
+        """Tell ``room`` (but ``exclude``) of a join, leave or nick; ``remote``: it came
+        from another server, so it does not cross again."""
+        if self.cluster is not None and not remote:
+            self.cluster.notice(message)
+        members = self._rooms.get(room)
+        limit = self.config.notice_limit
+        kind = message.kind
+        # The room's size counting the one who joins or leaves, so both notices agree.
+        size = len(members) + (kind == LEAVE) if members else 0
+        if members and (kind == JOIN or kind == LEAVE):
+            if limit is None or size <= limit:
+                # Joins and leaves come in storms (a class connecting at once, a network
+                # failure): those of a few milliseconds reach each member in one write,
+                # not one write per notice per member.
+                self._notices.setdefault(room, []).append((message, exclude))
+                if not self._notices_due:
+                    self._notices_due = True
+                    self.clock.call_later(NOTICE_DELAY, self._flush_notices)
+        elif members and (kind != NICK or limit is None or size <= limit):
+            if self._notices:
+                self._flush_room_notices(room)
+            self._send_many((peer for peer in members if peer is not exclude), message)
+        self.publish(message)
+
+    def _flush_notices(self) -> None:
+        """Deliver every waiting join and leave notice."""
+        self._notices_due = False
+        for room in list(self._notices):
+            self._flush_room_notices(room)
+
+    def _flush_room_notices(self, room: str) -> None:
+        """Deliver ``room``'s waiting notices to its members now, one write per member.
+
+        A member gets those of the notices that are not about itself, in order; one that
+        joined while they waited also gets the notices of those who joined just before it,
+        one that left does not get the rest.
+        """
+        pending = self._notices.pop(room, None)
+        members = self._rooms.get(room)
+        if not pending or not members:
+            return
+        abouts = {about for _, about in pending}
+        # Per wire form (JSON or not), built when a member needs it: each notice encoded,
+        # and all of them joined.
+        forms: dict[bool, tuple[list[tuple[bytes, Peer | None]], bytes]] = {}
+        for member in members:
+            if member.closing:
+                continue
+            form = forms.get(member.json)
+            if form is None:
+                encoded = [(encode(message, member.json), about) for message, about in pending]
+                form = forms[member.json] = (encoded, b"".join(data for data, _ in encoded))
+            if member in abouts:  # not told about itself
+                data = b"".join(d for d, about in form[0] if about is not member)
+            else:
+                data = form[1]
+            if data:
+                member.write(data)
+                self.bytes_out += len(data)
+
+    def _send_many(self, targets: Iterable[Peer], message: Message) -> int:
+        """Deliver one non-chat message to many, encoding it at most once per wire form."""
+        forms: dict[bool, bytes] = {}
+        count = 0
+        for peer in targets:
+            if peer.closing:
+                continue
+            data = forms.get(peer.json)
+            if data is None:
+                data = forms[peer.json] = encode(message, peer.json)
+            peer.write(data)
+            self.bytes_out += len(data)
+            count += 1
+        return count
+
+    def _flush_batch(self, peer: Peer, batch: list[str]) -> None:
+        """Relay the room messages in ``batch`` from ``peer`` to the rest of its room.
+
+        With a cluster the batch also crosses to the other servers, once per batch.
+        """
+        if not batch or not peer.room:
+            batch.clear()
+            return
+        if not peer.announced:
+            self._announce(peer)
+        self.messages_in += len(batch)
+        timestamp = self.now()
+        self._fan_out(peer.room, peer, peer.name, peer.name_json, batch, timestamp)
+        if self.cluster is not None:
+            self.cluster.batch(peer.name, peer.room, batch, timestamp)
+        batch.clear()
+
+    def relay_remote(self, sender: str, room: str, batch: list[str], timestamp: float) -> None:
+        """Relay a batch that another server's member sent to ``room``, to our members."""
+        if room in self._rooms:
+            self._fan_out(room, None, sender, encode_str(sender), batch, timestamp)
+
+    def _fan_out(
+        self,
+        room: str,
+        exclude: Peer | None,
+        sender: str,
+        sender_json: str,
+        batch: list[str],
+        timestamp: float,
+    ) -> None:
+        """Hand ``batch`` to every member of ``room`` but ``exclude``; never waits.
+
+        The hot path: both wire forms are built once for the whole batch (lazily, only if
+        a recipient needs that form) and handed to each transport in one write.
+        """
+        if self._notices:
+            self._flush_room_notices(room)  # who joined or left before these messages
+        text_data = json_data = b""
+        text_members = json_members = 0
+        for member in self._rooms.get(room, ()):
+            if member is exclude:
+                continue
+            if member.json:
+                if not json_members:
+                    json_data = json_batch(sender_json, room, batch, timestamp)
+                member.write(json_data)
+                json_members += 1
+            else:
+                if not text_members:
+                    text_data = text_batch(sender, batch)
+                member.write(text_data)
+                text_members += 1
+        self.messages_out += len(batch) * (text_members + json_members)
+        self.bytes_out += text_members * len(text_data) + json_members * len(json_data)
+        if self._sinks:
+            for text in batch:
+                self.publish(
+                    Message(text, sender=sender, kind=MESSAGE, room=room, timestamp=timestamp)
+                )

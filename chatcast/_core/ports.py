@@ -1,0 +1,79 @@
+"""What the core needs from the world outside it, as structural types (no I/O imports).
+
+The hub never imports asyncio: it is handed a :class:`Clock` (an asyncio event loop is one
+as it is), each peer's :class:`Transport` (an ``asyncio.Transport`` is one as it is), and,
+with a backplane, a :class:`ClusterLink`. Tests hand it fakes of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .wire import Message
+
+__all__ = ["Clock", "ClusterLink", "Timer", "Transport"]
+
+
+class Timer(Protocol):
+    """A scheduled call that can be called off (``asyncio.TimerHandle``)."""
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Monotonic time and timers (``asyncio.AbstractEventLoop`` is one)."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer: ...
+
+
+class Transport(Protocol):
+    """One peer's byte pipe (``asyncio.Transport`` is one). Writes never block."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+    def can_write_eof(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+
+class ClusterLink(Protocol):
+    """The hub's view of the other servers (``chatcast._cluster.Cluster``).
+
+    Outgoing calls never wait; a name claim answers later through ``then``.
+    """
+
+    #: Names on other servers, and their rooms (a replica kept by the link).
+    remote: dict[str, str]
+
+    def batch(self, sender: str, room: str, texts: list[str], timestamp: float) -> None: ...
+
+    def notice(self, message: Message) -> None: ...
+
+    def announcement(self, message: Message) -> None: ...
+
+    def private(self, message: Message) -> bool: ...
+
+    def moved(self, name: str, room: str) -> None: ...
+
+    def release(self, name: str) -> None: ...
+
+    def guest_suffix(self) -> str: ...
+
+    def claim(
+        self, claimant: object, name: str, room: str, then: Callable[[bool], None]
+    ) -> None: ...
