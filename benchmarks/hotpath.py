@@ -89,7 +89,8 @@ class _Clock:
 def _chatcast(subscribers: int, lines_per_read: int, reads: int, json_subs: bool) -> float:
     """chatcast's sans-I/O hub, driven directly: no event loop, no listening socket."""
     from chatcast._core.config import ServerConfig
-    from chatcast._core.hub import Hub, Peer
+    from chatcast._core.hub import Hub
+    from chatcast._core.peer import Peer
 
     hub = Hub(ServerConfig(port=0, max_clients=None, keepalive=False), _Clock())
     peers = []

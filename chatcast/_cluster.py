@@ -194,7 +194,7 @@ class Cluster:
         kind = envelope.kind
         if kind == bp.BATCH:
             if envelope.room is not None and envelope.sender is not None:
-                hub.relay_remote(
+                hub.rooms.relay_remote(
                     envelope.sender, envelope.room, list(envelope.texts), envelope.ts or 0.0
                 )
             return
@@ -209,13 +209,13 @@ class Cluster:
                     to=envelope.to,
                     timestamp=envelope.ts,
                 )
-                hub.deliver_private(target, message)
+                hub.rooms.deliver_private(target, message)
             return
         if kind == bp.ANNOUNCEMENT:
             message = Message(
                 text, sender="server", kind=ANNOUNCEMENT, room=envelope.room, timestamp=envelope.ts
             )
-            hub.announce(message)
+            hub.rooms.announce(message)
             return
         # A notice: keep the replica of who is where, then tell the room here.
         sender = envelope.sender or ""
@@ -239,7 +239,7 @@ class Cluster:
         text = (
             "backplane reconnected and resynced" if state == "up" else f"backplane down: {detail}"
         )
-        self.hub.publish(Message(text, sender="backplane", kind=INFO))
+        self.hub.rooms.publish(Message(text, sender="backplane", kind=INFO))
         if state == "up":
             self._spawn(self._refresh())
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from ._core.hub import Hub, Peer
+from ._core.hub import Hub
+from ._core.peer import Peer
 
 __all__ = ["Acceptor", "Connection"]
 

@@ -24,7 +24,7 @@ class EventStream:
         self._dropped = 0
         self._done = ended
         if not ended:
-            hub.subscribe(self._put)
+            hub.rooms.subscribe(self._put)
 
     def __aiter__(self) -> EventStream:
         return self
@@ -60,7 +60,7 @@ class EventStream:
 
         A full queue makes room for the server's end marker by losing its oldest event.
         """
-        self._hub.unsubscribe(self._put)
+        self._hub.rooms.unsubscribe(self._put)
         if self._done:
             return
         self._done = True

@@ -75,7 +75,7 @@ class Backplane:
 
     Every method that the server calls from its protocol callbacks (:meth:`publish`,
     :meth:`moved`, :meth:`release`) returns at once and never raises: they queue work for the
-    backplane's own task. :meth:`claim`, :meth:`names` and :meth:`lookup` are coroutines the
+    backplane's own task. :meth:`claim` and :meth:`presence` are coroutines the
     server awaits outside the hot path.
     """
 

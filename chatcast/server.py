@@ -27,7 +27,8 @@ from ._cluster import Cluster
 from ._connection import Acceptor, Connection
 from ._core.config import DEFAULT_WELCOME, ServerConfig
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
-from ._core.hub import Hub, Peer
+from ._core.hub import Hub
+from ._core.peer import Peer
 from ._events import EventStream
 from .backplane import Backplane
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
@@ -381,7 +382,7 @@ class BroadcastServer:
         )
         if self._cluster is not None:
             self._cluster.announcement(message)
-        return self._hub.announce(message)
+        return self._hub.rooms.announce(message)
 
     async def send(self, name: str, text: str) -> None:
         """Send ``text`` from the server privately to the client called ``name``.
@@ -398,7 +399,7 @@ class BroadcastServer:
         message = Message(text, sender="server", kind=PRIVATE, to=name, timestamp=self._hub.now())
         peer = self._hub.peer_named(name)
         if peer is not None and not peer.closing:
-            self._hub.deliver_private(peer, message)
+            self._hub.rooms.deliver_private(peer, message)
             return
         try:
             if self._cluster is None or not self._cluster.private(message):
@@ -416,7 +417,7 @@ class BroadcastServer:
 
     def rooms(self) -> dict[str, int]:
         """Each room with members, and how many (on every server, with a backplane)."""
-        return self._hub.rooms()
+        return self._hub.room_counts()
 
     def events(self, *, maxsize: int = 1000) -> EventStream:
         """Subscribe to what happens in the server: messages, privates, joins, leaves...
@@ -448,12 +449,12 @@ class BroadcastServer:
             }
         return ServerStatistics(
             clients=self._active,
-            rooms=hub.room_count,
+            rooms=len(hub.rooms),
             connections=self._connections_total,
             messages_in=hub.messages_in,
-            messages_out=hub.messages_out,
+            messages_out=hub.rooms.messages_out,
             bytes_in=hub.bytes_in,
-            bytes_out=hub.bytes_out,
+            bytes_out=hub.rooms.bytes_out,
             slow_consumers=hub.slow_consumers,
             dropped=hub.dropped,
             errors=hub.errors,
@@ -461,7 +462,7 @@ class BroadcastServer:
             auth_failures=hub.auth_failures,
             rate_limited=hub.rate_limited,
             timeouts=hub.timeouts,
-            events_dropped=hub.events_dropped,
+            events_dropped=hub.rooms.events_dropped,
             **cluster,
         )
 

@@ -21,21 +21,21 @@ import collections
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 from ..exceptions import InvalidFrame, ProtocolError
 from . import commands as proto
 from .config import ServerConfig
-from .framing import LineDecoder
-from .ports import Clock, ClusterLink, Timer, Transport
+from .peer import Peer, discard
+from .ports import Clock, ClusterLink
+from .rooms import Rooms
 from .textpath import plain_chat, plain_lines
 from .wire import (
     ERROR,
     INFO,
     JOIN,
     LEAVE,
-    MESSAGE,
     NICK,
     PING_FRAME,
     PONG_FRAME,
@@ -44,106 +44,15 @@ from .wire import (
     dump_frame,
     encode,
     encode_str,
-    json_batch,
     parse_frame,
-    text_batch,
 )
 
-__all__ = ["NOTICE_DELAY", "Hub", "Peer"]
+__all__ = ["Hub"]
 
 log = logging.getLogger("chatcast.server")
 
-#: Seconds join and leave notices wait to be sent together (a storm of joins then costs each
-#: member one write per this interval, not one per join). Not per loop iteration: uvloop runs
-#: ready callbacks after nearly every read, so an iteration holds about one join there.
-NOTICE_DELAY: Final = 0.005
 # Frames flood control lets through: heartbeats, and leaving.
 _UNMETERED: Final = (proto.Ping, proto.Pong, proto.Quit)
-
-
-def discard(data: bytes) -> None:
-    """Stand-in writer for a peer that is being dropped."""
-
-
-class Peer:
-    """One connection's state, as the hub sees it. Only the hub (and this class) write it.
-
-    A shell creates one per connection (the asyncio ``Connection`` is a subclass) and calls
-    :meth:`attach` when its transport is ready; everything else is the hub's.
-    """
-
-    __slots__ = (
-        "address",
-        "admitted_at",
-        "announced",
-        "authenticated",
-        "backlog",
-        "backlog_bytes",
-        "closing",
-        "decoder",
-        "deferred",
-        "dropped",
-        "first_frame",
-        "flush_timer",
-        "greeted",
-        "json",
-        "last_rx",
-        "name",
-        "name_json",
-        "pinged_at",
-        "refusing",
-        "room",
-        "strikes",
-        "tokens",
-        "tokens_at",
-        "transport",
-        "write",
-    )
-
-    def __init__(self, max_line_bytes: int) -> None:
-        self.decoder = LineDecoder(max_line_bytes)
-        # Frames waiting while an asynchronous step (a cluster-wide name claim) completes.
-        self.deferred: list[str | ProtocolError] | None = None
-        self.transport: Transport | None = None
-        self.write: Callable[[bytes], object] = discard
-        self.address = "?"
-        self.name = ""
-        self.name_json = '""'
-        self.room = ""
-        self.json = False
-        self.announced = False
-        self.authenticated = False
-        self.first_frame = True
-        self.closing = False
-        self.greeted = False  # the welcome was sent (after TLS, if any)
-        self.admitted_at = 0.0  # when it was greeted: the authentication clock starts here
-        self.last_rx = 0.0
-        self.pinged_at: float | None = None
-        self.flush_timer: Timer | None = None
-        self.backlog: collections.deque[bytes] | None = None
-        self.backlog_bytes = 0
-        self.dropped = 0
-        self.tokens = 0.0
-        self.tokens_at = 0.0
-        self.strikes = 0.0
-        self.refusing = False  # flood control: the last frame was refused
-
-    def attach(self, transport: Transport, address: str) -> None:
-        """Write to ``transport`` from now on (a new one after a TLS handshake, too)."""
-        self.transport = transport
-        self.write = transport.write
-        self.address = address
-
-    def detach(self) -> None:
-        """The connection is gone: nothing more is written, no timer fires for it."""
-        if self.flush_timer is not None:
-            self.flush_timer.cancel()
-            self.flush_timer = None
-        self.write = discard
-
-    def send(self, message: Message) -> None:
-        """Queue ``message`` for this peer in its wire form; never waits."""
-        self.write(encode(message, self.json))
 
 
 class Hub:
@@ -177,27 +86,20 @@ class Hub:
         self._bucket = config.bucket
         #: Every peer with an open connection.
         self.peers: set[Peer] = set()
-        self._rooms: dict[str, set[Peer]] = {}
+        #: Rooms, their members, delivery to them, and events.
+        self.rooms = Rooms(clock, config.notice_limit)
         self._names: dict[str, Peer] = {}  # by name_key(): one "alice" or "Alice"
         self._guest_counter = 0
-        self._sinks: list[Callable[[Message], bool]] = []
-        # Join and leave notices waiting to be sent together (NOTICE_DELAY), by room: each
-        # with the peer it is about (which does not get it).
-        self._notices: dict[str, list[tuple[Message, Peer | None]]] = {}
-        self._notices_due = False
         self.closing = False
         # Counters (ServerStatistics).
         self.messages_in = 0
-        self.messages_out = 0
         self.bytes_in = 0
-        self.bytes_out = 0
         self.slow_consumers = 0
         self.dropped = 0
         self.errors = 0
         self.auth_failures = 0
         self.rate_limited = 0
         self.timeouts = 0
-        self.events_dropped = 0
 
     # -- what the server asks ---------------------------------------------------------------
 
@@ -216,38 +118,18 @@ class Hub:
         if room is None:
             names = {peer.name for peer in self._names.values() if not peer.closing}
         else:
-            names = {peer.name for peer in self._rooms.get(room, ())}
+            names = self.rooms.names(room)
         if self.cluster is not None:
             names.update(n for n, r in self.cluster.remote.items() if room is None or r == room)
         return sorted(names)
 
-    def rooms(self) -> dict[str, int]:
+    def room_counts(self) -> dict[str, int]:
         """Each room with members, and how many (on every server, with a cluster)."""
-        counts = {room: len(members) for room, members in self._rooms.items()}
+        counts = self.rooms.counts()
         if self.cluster is not None:
             for room in self.cluster.remote.values():
                 counts[room] = counts.get(room, 0) + 1
         return dict(sorted(counts.items()))
-
-    @property
-    def room_count(self) -> int:
-        """Rooms with at least one member here."""
-        return len(self._rooms)
-
-    def subscribe(self, sink: Callable[[Message], bool]) -> None:
-        """Call ``sink(event)`` for every event; it returns False when it dropped one."""
-        self._sinks.append(sink)
-
-    def unsubscribe(self, sink: Callable[[Message], bool]) -> None:
-        """Stop calling ``sink``; no error if it was not subscribed."""
-        if sink in self._sinks:
-            self._sinks.remove(sink)
-
-    def publish(self, event: Message) -> None:
-        """Hand ``event`` to every subscriber; count those that dropped it."""
-        for sink in self._sinks:
-            if not sink(event):
-                self.events_dropped += 1
 
     # -- connections ------------------------------------------------------------------------
 
@@ -266,8 +148,7 @@ class Hub:
         peer.last_rx = peer.admitted_at = self.clock.time()
         if self.config.slow_consumer == "disconnect":
             peer.transport.set_write_buffer_limits(high=self.config.max_buffer_bytes)
-        peer.write(self._welcome_line)
-        self.bytes_out += len(self._welcome_line)
+        self.rooms.write(peer, self._welcome_line)
         if self._token is None:
             self._enter_text_mode(peer)
         log.debug("connection from %s", peer.address)
@@ -330,8 +211,7 @@ class Hub:
     def close(self, notice: Message) -> None:
         """Closing: joins and leaves still waiting go out, then everyone gets ``notice``."""
         self.closing = True
-        if self._notices:
-            self._flush_notices()
+        self.rooms.flush_notices()
         for peer in list(self.peers):
             self.disconnect(peer, notice, leave_reason=notice.text)
 
@@ -672,9 +552,7 @@ class Hub:
             if peer.announced:
                 self._leave_room(peer, "switched to JSON mode")
             else:
-                self._rooms[peer.room].discard(peer)
-                if not self._rooms[peer.room]:
-                    del self._rooms[peer.room]
+                self.rooms.discard(peer.room, peer)
                 peer.room = ""
         self._set_name(peer, name or (peer.name or self._guest_name()))
         peer.write(
@@ -803,7 +681,7 @@ class Hub:
                 else:
                     peer.send(Message(f"in {room}: {', '.join(names) or '(nobody)'}", kind=INFO))
             elif type(command) is proto.Rooms:
-                rooms = self.rooms()
+                rooms = self.room_counts()
                 if peer.json:
                     peer.write(dump_frame({"type": "rooms", "rooms": rooms}))
                 else:
@@ -854,7 +732,7 @@ class Hub:
 
     def _add_to_room(self, peer: Peer, room: str, *, announce: bool) -> None:
         peer.room = room
-        self._rooms.setdefault(room, set()).add(peer)
+        self.rooms.add(room, peer)
         if self.cluster is not None:
             self.cluster.moved(peer.name, room)
         if announce:
@@ -862,11 +740,7 @@ class Hub:
 
     def _leave_room(self, peer: Peer, reason: str) -> None:
         room = peer.room
-        members = self._rooms.get(room)
-        if members is not None:
-            members.discard(peer)
-            if not members:
-                del self._rooms[room]
+        self.rooms.discard(room, peer)
         peer.room = ""
         if peer.announced:
             peer.announced = False
@@ -922,114 +796,21 @@ class Hub:
             if self.cluster is None or not self.cluster.private(message):
                 raise InvalidFrame(f"no such user: {to}")
             self.messages_in += 1
-            self.publish(message)
+            self.rooms.publish(message)
             return
         self.messages_in += 1
-        self.deliver_private(target, message)
+        self.rooms.deliver_private(target, message)
 
-    # -- delivery: the hot path -------------------------------------------------------------
-
-    def announce(self, message: Message) -> int:
-        """Deliver an announcement to everyone here (or its room's members); how many."""
-        targets: Iterable[Peer]
-        if self._notices:
-            self._flush_notices()  # what happened before the announcement arrives first
-        if message.room is None:
-            targets = [peer for peer in self.peers if peer.room]
-        else:
-            targets = self._rooms.get(message.room, ())
-        count = self._send_many(targets, message)
-        self.messages_out += count
-        self.publish(message)
-        return count
-
-    def deliver_private(self, target: Peer, message: Message) -> None:
-        """Deliver a private message to ``target`` (after the notices it is owed)."""
-        if self._notices:
-            self._flush_room_notices(target.room)
-        data = encode(message, target.json)
-        target.write(data)
-        self.messages_out += 1
-        self.bytes_out += len(data)
-        self.publish(message)
+    # -- delivery ---------------------------------------------------------------------------
 
     def notify_room(
         self, room: str, message: Message, exclude: Peer | None, *, remote: bool = False
     ) -> None:
-        """Tell ``room`` (but ``exclude``) of a join, leave or nick; ``remote``: it came
-        from another server, so it does not cross again."""
+        """Tell ``room`` (but ``exclude``) of a join, leave or nick; one that happened here
+        (not ``remote``) also crosses to the other servers."""
         if self.cluster is not None and not remote:
             self.cluster.notice(message)
-        members = self._rooms.get(room)
-        limit = self.config.notice_limit
-        kind = message.kind
-        # The room's size counting the one who joins or leaves, so both notices agree.
-        size = len(members) + (kind == LEAVE) if members else 0
-        if members and (kind == JOIN or kind == LEAVE):
-            if limit is None or size <= limit:
-                # Joins and leaves come in storms (a class connecting at once, a network
-                # failure): those of a few milliseconds reach each member in one write,
-                # not one write per notice per member.
-                self._notices.setdefault(room, []).append((message, exclude))
-                if not self._notices_due:
-                    self._notices_due = True
-                    self.clock.call_later(NOTICE_DELAY, self._flush_notices)
-        elif members and (kind != NICK or limit is None or size <= limit):
-            if self._notices:
-                self._flush_room_notices(room)
-            self._send_many((peer for peer in members if peer is not exclude), message)
-        self.publish(message)
-
-    def _flush_notices(self) -> None:
-        """Deliver every waiting join and leave notice."""
-        self._notices_due = False
-        for room in list(self._notices):
-            self._flush_room_notices(room)
-
-    def _flush_room_notices(self, room: str) -> None:
-        """Deliver ``room``'s waiting notices to its members now, one write per member.
-
-        A member gets those of the notices that are not about itself, in order; one that
-        joined while they waited also gets the notices of those who joined just before it,
-        one that left does not get the rest.
-        """
-        pending = self._notices.pop(room, None)
-        members = self._rooms.get(room)
-        if not pending or not members:
-            return
-        abouts = {about for _, about in pending}
-        # Per wire form (JSON or not), built when a member needs it: each notice encoded,
-        # and all of them joined.
-        forms: dict[bool, tuple[list[tuple[bytes, Peer | None]], bytes]] = {}
-        for member in members:
-            if member.closing:
-                continue
-            form = forms.get(member.json)
-            if form is None:
-                encoded = [(encode(message, member.json), about) for message, about in pending]
-                form = forms[member.json] = (encoded, b"".join(data for data, _ in encoded))
-            if member in abouts:  # not told about itself
-                data = b"".join(d for d, about in form[0] if about is not member)
-            else:
-                data = form[1]
-            if data:
-                member.write(data)
-                self.bytes_out += len(data)
-
-    def _send_many(self, targets: Iterable[Peer], message: Message) -> int:
-        """Deliver one non-chat message to many, encoding it at most once per wire form."""
-        forms: dict[bool, bytes] = {}
-        count = 0
-        for peer in targets:
-            if peer.closing:
-                continue
-            data = forms.get(peer.json)
-            if data is None:
-                data = forms[peer.json] = encode(message, peer.json)
-            peer.write(data)
-            self.bytes_out += len(data)
-            count += 1
-        return count
+        self.rooms.notify(room, message, exclude)
 
     def _flush_batch(self, peer: Peer, batch: list[str]) -> None:
         """Relay the room messages in ``batch`` from ``peer`` to the rest of its room.
@@ -1043,51 +824,7 @@ class Hub:
             self._announce(peer)
         self.messages_in += len(batch)
         timestamp = self.now()
-        self._fan_out(peer.room, peer, peer.name, peer.name_json, batch, timestamp)
+        self.rooms.fan_out(peer.room, peer, peer.name, peer.name_json, batch, timestamp)
         if self.cluster is not None:
             self.cluster.batch(peer.name, peer.room, batch, timestamp)
         batch.clear()
-
-    def relay_remote(self, sender: str, room: str, batch: list[str], timestamp: float) -> None:
-        """Relay a batch that another server's member sent to ``room``, to our members."""
-        if room in self._rooms:
-            self._fan_out(room, None, sender, encode_str(sender), batch, timestamp)
-
-    def _fan_out(
-        self,
-        room: str,
-        exclude: Peer | None,
-        sender: str,
-        sender_json: str,
-        batch: list[str],
-        timestamp: float,
-    ) -> None:
-        """Hand ``batch`` to every member of ``room`` but ``exclude``; never waits.
-
-        The hot path: both wire forms are built once for the whole batch (lazily, only if
-        a recipient needs that form) and handed to each transport in one write.
-        """
-        if self._notices:
-            self._flush_room_notices(room)  # who joined or left before these messages
-        text_data = json_data = b""
-        text_members = json_members = 0
-        for member in self._rooms.get(room, ()):
-            if member is exclude:
-                continue
-            if member.json:
-                if not json_members:
-                    json_data = json_batch(sender_json, room, batch, timestamp)
-                member.write(json_data)
-                json_members += 1
-            else:
-                if not text_members:
-                    text_data = text_batch(sender, batch)
-                member.write(text_data)
-                text_members += 1
-        self.messages_out += len(batch) * (text_members + json_members)
-        self.bytes_out += text_members * len(text_data) + json_members * len(json_data)
-        if self._sinks:
-            for text in batch:
-                self.publish(
-                    Message(text, sender=sender, kind=MESSAGE, room=room, timestamp=timestamp)
-                )
