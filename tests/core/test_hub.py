@@ -426,7 +426,12 @@ def test_announcement_reaches_every_room_once() -> None:
 def test_events_reach_subscribers_and_count_drops() -> None:
     chat = Chat()
     seen: list[Message] = []
-    chat.hub.rooms.subscribe(lambda event: seen.append(event) is None)
+
+    def keep(event: Message) -> bool:
+        seen.append(event)
+        return True
+
+    chat.hub.rooms.subscribe(keep)
     chat.hub.rooms.subscribe(lambda event: False)  # a reader that is always full
     alice, _ = chat.text_peer("alice")
     chat.hub.receive(alice, b"halo\n")
