@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from ._core.hub import Hub
 from .message import Message
 
-__all__ = ["EventStream"]
+__all__ = ["EventStream", "end_all"]
 
 
 class EventStream:
@@ -68,3 +69,9 @@ class EventStream:
             self._queue.get_nowait()
         if not self._queue.full():
             self._queue.put_nowait(None)
+
+
+def end_all(streams: Iterable[EventStream]) -> None:
+    """The server is closing: each stream ends after what it has queued."""
+    for stream in list(streams):
+        stream._end(closing=True)

@@ -29,7 +29,7 @@ from ._core.config import DEFAULT_WELCOME, ServerConfig
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from ._core.hub import Hub
 from ._core.peer import Peer
-from ._events import EventStream
+from ._events import EventStream, end_all
 from .backplane import Backplane
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
 from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
@@ -331,8 +331,7 @@ class BroadcastServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._hub.close(Message(reason, kind=CLOSING))
-        for stream in list(self._streams):
-            stream._end(closing=True)
+        end_all(self._streams)
         self._closed.set()
         asyncio.get_running_loop().call_later(self.config.close_timeout, self._abort_all)
 
