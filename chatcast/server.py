@@ -139,6 +139,12 @@ class BroadcastServer:
         backplane: Join other servers through this backplane (e.g.
             :class:`~chatcast.backplane.RedisBackplane`) so that all act as one chat.
 
+    Attributes:
+        config: The settings above, validated and frozen (``server.config.rate``, ...);
+            ``host``, ``welcome``, ``max_line_bytes`` and ``max_buffer_bytes`` are also
+            readable on the server itself.
+        ssl: The TLS context, or ``None``.
+
     Raises:
         ValueError: An argument is out of range (the message says the allowed range).
     """
@@ -203,7 +209,8 @@ class BroadcastServer:
         self.ssl = ssl
         self._port = port
         self._cluster = Cluster(backplane) if backplane is not None else None
-        self._hub = Hub(self.config, _RunningLoop(), cluster=self._cluster, release=self._release)
+        self._clock = _LoopClock()
+        self._hub = Hub(self.config, self._clock, cluster=self._cluster, release=self._release)
         if self._cluster is not None:
             self._cluster.serve(self._hub)
         self._server: asyncio.Server | None = None
@@ -266,7 +273,7 @@ class BroadcastServer:
         """
         if self._server is not None:
             raise RuntimeError("server already started")
-        loop = asyncio.get_running_loop()
+        loop = self._clock.loop = asyncio.get_running_loop()
         if self._cluster is not None:
             await self._cluster.start()  # before listening: the first client sees the others
         # TLS is started on each accepted connection by the server itself (start_tls), not
@@ -333,7 +340,7 @@ class BroadcastServer:
         self._hub.close(Message(reason, kind=CLOSING))
         end_all(self._streams)
         self._closed.set()
-        asyncio.get_running_loop().call_later(self.config.close_timeout, self._abort_all)
+        self._clock.call_later(self.config.close_timeout, self._abort_all)
 
     async def wait_closed(self) -> None:
         """Wait until the server is closed and every connection is gone."""
@@ -508,8 +515,7 @@ class BroadcastServer:
 
     def _start_handshakes(self) -> None:
         """Start the waiting TLS handshakes that fit under ``max_handshakes``."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._clock.time()
         while self._tls_waiting and self._handshakes < self.config.max_handshakes:
             conn = self._tls_waiting.popleft()
             if conn.closing or conn.transport is None or conn.transport.is_closing():
@@ -521,7 +527,7 @@ class BroadcastServer:
                 conn.transport.abort()
                 continue
             self._handshakes += 1
-            task = loop.create_task(self._handshake(conn, left))
+            task = asyncio.get_running_loop().create_task(self._handshake(conn, left))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -564,15 +570,22 @@ class BroadcastServer:
             self._hub.tick()
 
 
-class _RunningLoop:
-    """The hub's clock: the event loop that runs it (a server is made outside any loop)."""
+class _LoopClock:
+    """The hub's clock: the event loop the server was started in.
 
-    __slots__ = ()
+    A server is made outside any loop and started inside one; until then the running loop
+    (if any) answers.
+    """
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def time(self) -> float:
-        return asyncio.get_running_loop().time()
+        return (self.loop or asyncio.get_running_loop()).time()
 
     def call_later(
         self, delay: float, callback: Callable[..., object], *args: Any
     ) -> asyncio.TimerHandle:
-        return asyncio.get_running_loop().call_later(delay, callback, *args)
+        return (self.loop or asyncio.get_running_loop()).call_later(delay, callback, *args)
