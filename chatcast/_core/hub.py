@@ -17,7 +17,6 @@ transport's own while the peer keeps up; under back-pressure it is swapped for a
 
 from __future__ import annotations
 
-import collections
 import hmac
 import logging
 import time
@@ -26,7 +25,9 @@ from typing import Final
 
 from ..exceptions import InvalidFrame, ProtocolError
 from . import commands as proto
+from .backlog import Backlog
 from .config import ServerConfig
+from .flood import Bucket
 from .peer import Peer, discard
 from .ports import Clock, ClusterLink
 from .rooms import Rooms
@@ -138,8 +139,8 @@ class Hub:
         self.peers.add(peer)
         now = self.clock.time()
         peer.last_rx = peer.admitted_at = now
-        peer.tokens = self._bucket
-        peer.tokens_at = now
+        if self.config.rate is not None:
+            peer.bucket = Bucket(self.config.rate, self._bucket, now)
 
     def greet(self, peer: Peer) -> None:
         """Send the welcome line to a peer that may stay (after TLS, if any)."""
@@ -248,9 +249,9 @@ class Hub:
             return
         if self.config.slow_consumer == "drop-oldest":
             if peer.backlog is None:
-                peer.backlog = collections.deque()
-                peer.backlog_bytes = 0
-                peer.write = lambda data: self._enqueue(peer, data)
+                backlog = peer.backlog = Backlog()
+                limit = self.config.max_buffer_bytes
+                peer.write = lambda data: self._enqueue(backlog, data, limit)
             return
         peer.write = discard
         self.slow_consumers += 1
@@ -262,21 +263,14 @@ class Hub:
             Message(f"slow consumer: more than {limit} bytes unread", kind=ERROR),
         )
 
-    def _enqueue(self, peer: Peer, data: bytes) -> None:
+    def _enqueue(self, backlog: Backlog, data: bytes, limit: int) -> None:
         """Writer of a paused peer in drop-oldest mode: a backlog of bounded size."""
-        backlog = peer.backlog
-        assert backlog is not None
-        backlog.append(data)
-        peer.backlog_bytes += len(data)
-        limit = self.config.max_buffer_bytes
-        while peer.backlog_bytes > limit and len(backlog) > 1:
-            if not peer.dropped:
-                self.slow_consumers += 1  # once per episode of falling behind
-            old = backlog.popleft()
-            peer.backlog_bytes -= len(old)
-            lines = old.count(b"\n")
-            peer.dropped += lines
+        first = not backlog.dropped
+        lines = backlog.append(data, limit)
+        if lines:
             self.dropped += lines
+            if first:
+                self.slow_consumers += 1  # once per episode of falling behind
 
     def resumed(self, peer: Peer) -> None:
         """The transport of ``peer`` drained: write its backlog (and what was dropped)."""
@@ -285,15 +279,13 @@ class Hub:
         if backlog is None or transport is None or peer.closing:
             return
         peer.backlog = None
-        peer.backlog_bytes = 0
         peer.write = transport.write
-        if peer.dropped:
+        if backlog.dropped:
             notice = Message(
-                f"{peer.dropped} messages dropped: you were reading too slowly", kind=ERROR
+                f"{backlog.dropped} messages dropped: you were reading too slowly", kind=ERROR
             )
-            peer.dropped = 0
             transport.write(encode(notice, peer.json))
-        transport.write(b"".join(backlog))
+        transport.write(backlog.drain())
 
     # -- time -------------------------------------------------------------------------------
 
@@ -620,37 +612,25 @@ class Hub:
     # -- flood control ----------------------------------------------------------------------
 
     def _admit(self, peer: Peer) -> bool:
-        """Flood control: take a token from ``peer``'s bucket, or refuse the message.
+        """Flood control (:class:`~.flood.Bucket`): take a token, or refuse the message.
 
-        Refused messages also fill a second, *violation* bucket that drains at ``rate`` per
-        second; a peer that fills it past ``4 * burst`` is flooding persistently and is
-        disconnected. Occasional bursts over the limit drain away and are forgiven.
+        One error per run of refused messages, not one per message: a flood must not turn
+        into a flood of error frames.
         """
-        rate = self.config.rate
-        if rate is None:
+        bucket = peer.bucket
+        if bucket is None:
             return True
-        now = self.clock.time()
-        elapsed = now - peer.tokens_at
-        peer.tokens_at = now
-        peer.tokens = min(self._bucket, peer.tokens + elapsed * rate)
-        peer.strikes = max(0.0, peer.strikes - elapsed * rate)
-        if peer.tokens >= 1.0:
-            peer.tokens -= 1.0
-            peer.refusing = False
+        first = not bucket.refusing
+        if bucket.take(self.clock.time()):
             return True
-        first = not peer.refusing
-        peer.refusing = True
-        peer.strikes += 1.0
         self.rate_limited += 1
-        if first and not self._flooding(peer):
-            # One error per run of refused messages, not one per message: a flood must not
-            # turn into a flood of error frames.
-            self._error(peer, f"rate limit ({rate:g}/s) exceeded: message dropped")
+        if first and not bucket.flooding:
+            self._error(peer, f"rate limit ({self.config.rate:g}/s) exceeded: message dropped")
         return False
 
     def _flooding(self, peer: Peer) -> bool:
-        """True once ``peer`` has filled its violation bucket (see :meth:`_admit`)."""
-        return self.config.rate is not None and peer.strikes > 4 * self._bucket
+        """True once ``peer`` floods persistently (see :class:`~.flood.Bucket`)."""
+        return peer.bucket is not None and peer.bucket.flooding
 
     def _drop_flooder(self, peer: Peer) -> None:
         self.disconnect(

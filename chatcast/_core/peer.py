@@ -5,10 +5,11 @@ beyond attaching its transport. The hub (``hub.py``) is the only module that cha
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 
 from ..exceptions import ProtocolError
+from .backlog import Backlog
+from .flood import Bucket
 from .framing import LineDecoder
 from .ports import Timer, Transport
 from .wire import Message, encode
@@ -33,11 +34,10 @@ class Peer:
         "announced",
         "authenticated",
         "backlog",
-        "backlog_bytes",
+        "bucket",
         "closing",
         "decoder",
         "deferred",
-        "dropped",
         "first_frame",
         "flush_timer",
         "greeted",
@@ -46,11 +46,7 @@ class Peer:
         "name",
         "name_json",
         "pinged_at",
-        "refusing",
         "room",
-        "strikes",
-        "tokens",
-        "tokens_at",
         "transport",
         "write",
     )
@@ -75,13 +71,8 @@ class Peer:
         self.last_rx = 0.0
         self.pinged_at: float | None = None
         self.flush_timer: Timer | None = None
-        self.backlog: collections.deque[bytes] | None = None
-        self.backlog_bytes = 0
-        self.dropped = 0
-        self.tokens = 0.0
-        self.tokens_at = 0.0
-        self.strikes = 0.0
-        self.refusing = False  # flood control: the last frame was refused
+        self.backlog: Backlog | None = None  # output waiting while paused (drop-oldest)
+        self.bucket: Bucket | None = None  # flood control, when the server has a rate
 
     def attach(self, transport: Transport, address: str) -> None:
         """Write to ``transport`` from now on (a new one after a TLS handshake, too)."""

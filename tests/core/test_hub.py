@@ -314,7 +314,8 @@ def test_drop_oldest_keeps_a_bounded_backlog_and_says_how_many() -> None:
     chat.hub.paused(slow)
     for n in range(5000):
         chat.hub.receive(alice, f"message {n:05d}\n".encode())
-    assert slow.backlog_bytes <= 64 * 1024
+    assert slow.backlog is not None
+    assert slow.backlog.size <= 64 * 1024
     assert chat.hub.dropped > 0
     slow_out.chunks.clear()
     chat.hub.resumed(slow)
