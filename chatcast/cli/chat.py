@@ -275,8 +275,10 @@ async def _run_worker(server: BroadcastServer, stop: asyncio.Event, events: bool
 async def _operator(
     console: Console, server: BroadcastServer, stop: asyncio.Event, *, worker: bool = False
 ) -> None:
-    """Lines typed by the operator become announcements, but ``/quit`` (stop the server) and
-    ``/help``; at end of input, keep serving."""
+    """Announce each line the operator types to every client, but for the commands of
+    :data:`OPERATOR_COMMANDS`: ``/quit`` (or ``/exit``) stops the server, ``/help`` lists
+    them, and a mistyped command is answered here, never announced (``//text`` announces
+    ``/text``). At end of input, keep serving."""
     while True:
         line = await console.read_line()
         if line is None:
