@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import os
@@ -16,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import chatcast.cli.console
+import chatcast.cli.lineedit
 from chatcast.cli.console import Console
 from chatcast.cli.lineedit import ERASE_LINE, InputLine, Keys, LineEditor, LineSplitter
 from chatcast.cli.reader import ReaderThread
@@ -770,3 +772,19 @@ def test_input_line_never_wraps() -> None:
     assert view.draw(10) == ERASE_LINE + "> <efghij"  # 10 columns - 1 free - 2 of prompt
     view.prompt = "a very long prompt> "
     assert view.draw(10) == ERASE_LINE + "a very long prompt> <hij"
+
+
+def test_line_editing_is_pure_logic() -> None:
+    """chatcast.cli.lineedit does no I/O: no event loop, no terminal, no os."""
+    source = Path(chatcast.cli.lineedit.__file__).read_text(encoding="utf-8")
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    }
+    assert imported <= {"__future__", "dataclasses", "typing", "unicodedata"}, imported

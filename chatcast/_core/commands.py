@@ -262,6 +262,9 @@ class CommandSet:
     """The slash commands one program understands: its own subset of :data:`SYNTAX`.
 
     ``/help`` is understood by every set; it is listed only if in :attr:`names`.
+
+    Raises:
+        ValueError: A name or an alias's target that :data:`SYNTAX` lacks.
     """
 
     names: tuple[str, ...]
