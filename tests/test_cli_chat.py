@@ -136,6 +136,37 @@ def test_server_announcements_and_sigterm(
         peer.close()
 
 
+def test_operator_commands(server_process: tuple[subprocess.Popen[str], int]) -> None:
+    """The operator's /help and mistakes are answered on the server's terminal, never
+    announced; ``//text`` announces ``/text``; ``/quit now`` stops the server."""
+    process, port = server_process
+    peer = LinePeer(port)
+    try:
+        peer.until(lambda line: line.startswith("Selamat"))
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write("/help\n/bogus\n//slash\n")
+        process.stdin.flush()
+        assert peer.until(lambda line: line.startswith("[server]")) == "[server] /slash"
+        shown: list[str] = []
+        while not shown or not shown[-1].startswith("[server]"):
+            shown.append(process.stdout.readline().rstrip("\n"))
+            assert shown[-1], "the server's output ended"
+            if " joined " in shown[-1]:  # the peer's join notice may come at any point
+                shown.pop()
+        assert shown[:2] == ["* commands:", "*   /quit [REASON]    leave"]
+        assert shown[4:] == [
+            "! unknown command /bogus (try /help)",
+            "[server] /slash  (to 1 client)",
+        ]
+        process.stdin.write("/quit now\n")
+        process.stdin.flush()
+        assert peer.until(lambda line: line.startswith("!")) == "! server shutting down"
+        assert process.wait(timeout=timeout(10)) == 0
+    finally:
+        peer.close()
+
+
 def test_client_refused_exits_with_reason(
     server_process: tuple[subprocess.Popen[str], int],
 ) -> None:
@@ -177,15 +208,21 @@ def test_client_with_piped_input(server_process: tuple[subprocess.Popen[str], in
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        # A mistyped command says what was wrong, not only the list of commands.
-        said = [line for line in result.stdout.splitlines() if line.startswith(("!", "* com"))]
-        assert said[:3] == [
-            "! unknown command /bogus",
-            "* commands: /join ROOM, /nick NAME, "
-            "/msg NAME TEXT, /who [ROOM], /rooms, /help, /quit [REASON]",
-            "! usage: /join ROOM",
+        # A mistyped command says what was wrong, in the server's words; /help lists the
+        # client's commands as the server's /help does.
+        said = [line for line in result.stdout.splitlines() if line.startswith(("!", "*  "))]
+        assert said == [
+            "! unknown command /bogus (try /help)",
+            "! /join needs an argument (try /help)",
+            "! usage: /msg NAME TEXT",
+            "*   /nick NAME        change your name",
+            "*   /join ROOM        move to another room",
+            "*   /msg NAME TEXT    private message to NAME",
+            "*   /who [ROOM]       who is in your room (or ROOM)",
+            "*   /rooms            list the rooms",
+            "*   /quit [REASON]    leave",
+            "*   //text            send a line that starts with '/'",
         ]
-        assert said[3:] == ["! usage: /msg NAME TEXT", said[1]]
         assert peer.until(lambda line: line.startswith("pipe:")) == "pipe: one"
         assert peer.until(lambda line: line.startswith("pipe:")) == "pipe: two"
     finally:

@@ -265,6 +265,30 @@ async def test_chat_with_piped_stdin(run: Run, where: list[str], channel: Multic
     assert "dari chat" not in out  # its own message is not echoed back
 
 
+async def test_chat_commands(run: Run, where: list[str], channel: MulticastChannel) -> None:
+    """``chat`` answers /help and a mistyped command itself (the server's words), sends
+    ``//text`` as ``/text``, and leaves at /quit with status 0."""
+    chat = await run(
+        "chat", *where, "--ttl", "0", "--name", "chatter", stdin=asyncio.subprocess.PIPE
+    )
+    assert chat.stdin is not None
+    assert (await line_of(chat.stdout)).startswith("* chatting on ")
+    chat.stdin.write(b"/help\n/join den\n//slash\n/QUIT\nnever sent\n")
+    await chat.stdin.drain()
+    async with asyncio.timeout(timeout()):
+        message = await channel.receive()
+    assert (message.text, message.sender) == ("/slash", "chatter")
+    status, out, err = await finish(chat)
+    assert status == 0, err
+    assert out.splitlines() == [
+        "* commands:",
+        "*   /quit [REASON]    leave",
+        "*   //text            send a line that starts with '/'",
+        "* anything else is sent to the group",
+        "! unknown command /join (try /help)",
+    ]
+
+
 # -- signed: --key and $CHATCAST_MULTICAST_KEY ---------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import os
@@ -16,7 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import chatcast.cli.console
-from chatcast.cli.console import Console, _LineEditor, _LineSplitter
+import chatcast.cli.lineedit
+from chatcast.cli.console import Console
+from chatcast.cli.lineedit import ERASE_LINE, InputLine, Keys, LineEditor, LineSplitter
+from chatcast.cli.reader import ReaderThread
 from tests.helpers import timeout
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
@@ -640,7 +644,7 @@ KEYS = st.lists(
 
 def feed_all(chunks: list[str]) -> tuple[list[str | None], str]:
     """Feed ``chunks`` to a fresh editor; return the events and the unfinished line."""
-    editor = _LineEditor()
+    editor = LineEditor()
     events = [event for chunk in chunks for event in editor.feed(chunk)]
     return events, editor.buffer
 
@@ -665,7 +669,7 @@ def test_editor_never_emits_control_characters(keys: list[str]) -> None:
 
 def test_editor_abandoned_escape_reads_the_next_key() -> None:
     """A lone Esc followed by a timeout does not swallow the next key."""
-    editor = _LineEditor()
+    editor = LineEditor()
     assert editor.feed("\x1b") == []
     assert editor.in_sequence
     editor.abandon_sequence()
@@ -674,7 +678,7 @@ def test_editor_abandoned_escape_reads_the_next_key() -> None:
 
 def test_editor_tail_fits_columns() -> None:
     """tail() never exceeds the columns, counting wide characters as two cells."""
-    editor = _LineEditor()
+    editor = LineEditor()
     editor.feed("ab日本e\u0301")
     assert editor.tail(10) == "ab日本e\u0301"
     assert editor.tail(4) == "<本e\u0301"
@@ -695,7 +699,7 @@ def test_splitter_same_result_however_input_is_split(
     chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
 
     def split(pieces: list[bytes]) -> list[str]:
-        splitter = _LineSplitter("utf-8")
+        splitter = LineSplitter("utf-8")
         lines = [line for piece in pieces for line in splitter.feed(piece)]
         last = splitter.finish()
         return lines if last is None else [*lines, last]
@@ -722,7 +726,7 @@ def test_reader_thread_delivers_nothing_late(ending: str) -> None:
         return b"late data"
 
     try:
-        reader = chatcast.cli.console._ReaderThread(read, loop, got.append)
+        reader = ReaderThread(read, loop, got.append)
         assert reading.wait(timeout(5))
         if ending == "stopped":
             reader.stop()
@@ -736,3 +740,51 @@ def test_reader_thread_delivers_nothing_late(ending: str) -> None:
     finally:
         loop.close()
     assert got == []
+
+
+def test_input_line_draws_only_what_changed() -> None:
+    """Typing redraws the line; Enter leaves the line on screen and draws a fresh prompt; a
+    key that changes nothing writes nothing; Ctrl-D on an empty line ends input."""
+    view = InputLine("> ")
+    assert view.draw(20) == ERASE_LINE + "> "
+    assert view.keys("hi", 20) == Keys([], False, ERASE_LINE + "> hi")
+    assert view.keys("\x1b[A", 20) == Keys([], False, "")  # an arrow: nothing to draw
+    assert view.keys("\r", 20) == Keys(["hi"], False, f"{ERASE_LINE}> hi\r\n{ERASE_LINE}> ")
+    assert view.keys("x\r\x04", None) == Keys(["x"], True, "")  # not on screen: no drawing
+
+
+def test_input_line_prints_above_and_leaves() -> None:
+    """Output goes above the line, which is redrawn unchanged; leaving keeps a typed line."""
+    view = InputLine("\x1b> ")
+    assert view.prompt == "^[> "  # the prompt cannot drive the terminal
+    view.keys("abc", 20)
+    assert view.above(["one", "two"], 20) == f"{ERASE_LINE}one\r\ntwo\r\n^[> abc"
+    assert view.leave() == "\r\n"
+    view.keys("\x15", 20)
+    assert view.leave() == ERASE_LINE
+
+
+def test_input_line_never_wraps() -> None:
+    """A line wider than the terminal shows its end, the last column left free; a prompt
+    wider than the terminal still leaves the typed text a few columns."""
+    view = InputLine("> ")
+    view.keys("abcdefghij", 10)
+    assert view.draw(10) == ERASE_LINE + "> <efghij"  # 10 columns - 1 free - 2 of prompt
+    view.prompt = "a very long prompt> "
+    assert view.draw(10) == ERASE_LINE + "a very long prompt> <hij"
+
+
+def test_line_editing_is_pure_logic() -> None:
+    """chatcast.cli.lineedit does no I/O: no event loop, no terminal, no os."""
+    source = Path(chatcast.cli.lineedit.__file__).read_text(encoding="utf-8")
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    }
+    assert imported <= {"__future__", "dataclasses", "typing", "unicodedata"}, imported

@@ -1,26 +1,42 @@
-"""What a TCP client asks of the server, parsed from its frames; sans I/O.
+"""What a TCP client asks of the server, and what a user types; parsed sans I/O.
 
 A text-mode line is either a slash command (``/join room``) or chat text; a JSON-mode frame is
 an object with a ``"type"``. Both parse to the same small command objects, so the server has
 one code path per command whatever the client's mode. ``docs/protocol.md`` is the normative
 description.
+
+The command line parses what its user types with the same :func:`parse_text`: the server,
+``chatcast client``, ``chatcast multicast chat`` and the server's operator console each
+understand a :class:`CommandSet`, their own subset of the one table of slash commands
+(:data:`SYNTAX`), and show their ``/help`` from it (:func:`help_text`).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from ..exceptions import InvalidFrame
 from .wire import parse_frame
 
 __all__ = [
+    "CLIENT_COMMANDS",
+    "ESCAPE",
+    "HELP_TEXT",
     "MAX_NAME_LENGTH",
+    "MAX_REASON_LENGTH",
+    "MULTICAST_COMMANDS",
+    "OPERATOR_COMMANDS",
     "PROTOCOL_VERSION",
+    "SERVER_COMMANDS",
+    "SYNTAX",
     "Auth",
     "Command",
+    "CommandSet",
     "Hello",
     "Help",
     "Join",
@@ -30,12 +46,16 @@ __all__ = [
     "Quit",
     "Rooms",
     "Say",
+    "Syntax",
     "Who",
+    "chat_text",
     "check_name",
     "check_text",
+    "help_text",
     "name_key",
     "parse_json",
     "parse_text",
+    "split_command",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -205,35 +225,138 @@ def check_text(text: str) -> str:
     return text
 
 
-_HELP_TOPICS: Final = {
-    "nick": 1,
-    "join": 1,
-    "msg": 2,
-    "who": 0,
-    "rooms": 0,
-    "quit": 0,
-    "help": 0,
-    "auth": 1,
-}
+@dataclass(frozen=True, slots=True)
+class Syntax:
+    """How one slash command is written and what it does, as the help lists it."""
+
+    usage: str
+    """How it is typed: ``/msg NAME TEXT``; ``[...]`` marks an optional argument."""
+    summary: str
+    """What it does, in a few words."""
+    needs_argument: bool = False
+    """Whether the command word alone is refused."""
 
 
-def parse_text(line: str) -> Command:
-    """Parse one text-mode line.
+#: Every slash command any chatcast program understands: the one table the parser, the
+#: server's ``/help`` and the command line's ``/help`` are built from.
+SYNTAX: Final[Mapping[str, Syntax]] = MappingProxyType(
+    {
+        "nick": Syntax("/nick NAME", "change your name", needs_argument=True),
+        "join": Syntax("/join ROOM", "move to another room", needs_argument=True),
+        "msg": Syntax("/msg NAME TEXT", "private message to NAME", needs_argument=True),
+        "who": Syntax("/who [ROOM]", "who is in your room (or ROOM)"),
+        "rooms": Syntax("/rooms", "list the rooms"),
+        "auth": Syntax(
+            "/auth TOKEN", "log in, when the server asks for a token", needs_argument=True
+        ),
+        "quit": Syntax("/quit [REASON]", "leave"),
+        "help": Syntax("/help", "list the commands"),
+    }
+)
+#: The escape for chat text that starts with ``/``, as the help lists it.
+ESCAPE: Final = Syntax("//text", "send a line that starts with '/'")
 
-    A line starting with ``/`` is a command; ``//text`` sends ``/text`` as chat. Anything else
-    is chat text for the room.
+
+@dataclass(frozen=True, slots=True)
+class CommandSet:
+    """The slash commands one program understands: its own subset of :data:`SYNTAX`.
+
+    ``/help`` is understood by every set; it is listed only if in :attr:`names`.
 
     Raises:
-        InvalidFrame: Unknown command, missing argument, or text :func:`check_text` refuses.
+        ValueError: A name or an alias's target that :data:`SYNTAX` lacks.
+    """
+
+    names: tuple[str, ...]
+    """The commands, in the order the help lists them; each a key of :data:`SYNTAX`."""
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    """Other spellings, not listed: ``{"exit": "quit"}``."""
+    text_rules: bool = True
+    """Whether chat text must pass :func:`check_text` (the hub's rules). A multicast group
+    has none of its own: its receivers sanitise whatever arrives."""
+    chat_goes_to: str = "your room"
+    """Where a line that is not a command goes, as the help says."""
+
+    def __post_init__(self) -> None:
+        for name in (*self.names, *self.aliases.values()):
+            if name not in SYNTAX:
+                raise ValueError(f"unknown command {name!r}; known: {', '.join(SYNTAX)}")
+
+    def resolve(self, word: str) -> str | None:
+        """The command ``word`` (already lower case) names here, or ``None``."""
+        name = self.aliases.get(word, word)
+        return name if name in self.names or name == "help" else None
+
+
+#: What a text-mode client may send the server (``docs/protocol.md``).
+SERVER_COMMANDS: Final = CommandSet(("nick", "join", "msg", "who", "rooms", "auth", "quit"))
+#: What ``chatcast client`` understands: the server's set but ``/auth`` (the token is given
+#: at start), and ``/exit`` for ``/quit``.
+CLIENT_COMMANDS: Final = CommandSet(
+    ("nick", "join", "msg", "who", "rooms", "quit"), aliases={"exit": "quit"}
+)
+#: What ``chatcast multicast chat`` understands.
+MULTICAST_COMMANDS: Final = CommandSet(
+    ("quit",), aliases={"exit": "quit"}, text_rules=False, chat_goes_to="the group"
+)
+#: What the operator of ``chatcast server`` may type: a line that is not a command is an
+#: announcement (the server's own text: the hub's rules are for clients).
+OPERATOR_COMMANDS: Final = CommandSet(
+    ("quit",),
+    aliases={"exit": "quit"},
+    text_rules=False,
+    chat_goes_to="every client, as an announcement",
+)
+
+
+def split_command(line: str) -> tuple[str, str] | None:
+    """Split a typed line into its command word and its argument.
+
+    Returns:
+        ``(word, rest)``: the word after the ``/`` in lower case, and the rest of the line
+        without the blanks around it; ``None`` if the line is chat text (no leading ``/``, or
+        ``//`` which escapes a leading ``/``: see :func:`chat_text`).
     """
     if not line.startswith("/") or line.startswith("//"):
-        return Say(check_text(line[1:] if line.startswith("//") else line))
+        return None
     word, _, rest = line[1:].partition(" ")
-    command = word.lower()
-    rest = rest.strip()
-    if command not in _HELP_TOPICS:
+    return word.lower(), rest.strip()
+
+
+def chat_text(line: str) -> str:
+    """The chat text a line that is not a command stands for: ``//text`` is ``/text``."""
+    return line[1:] if line.startswith("//") else line
+
+
+def parse_text(line: str, commands: CommandSet = SERVER_COMMANDS) -> Command:
+    """Parse one typed or text-mode line: a slash command, or chat text.
+
+    A line starting with ``/`` is a command; ``//text`` sends ``/text`` as chat. Anything else
+    is chat text for the room (:class:`Say`). The command word is case-insensitive.
+
+    Args:
+        line: One line, without its terminator.
+        commands: The commands understood (default: the server's, :data:`SERVER_COMMANDS`).
+
+    Returns:
+        :class:`Say` (chat, or ``/msg``), :class:`Join`, :class:`Nick`, :class:`Who`,
+        :class:`Rooms`, :class:`Auth`, :class:`Quit` (its reason cut or dropped as
+        :data:`MAX_REASON_LENGTH` says) or :class:`Help`: only those ``commands`` lists.
+
+    Raises:
+        InvalidFrame: A command ``commands`` does not know (``unknown command /x (try
+            /help)``), one missing its argument (``/join needs an argument (try /help)``,
+            ``usage: /msg NAME TEXT``), or chat text that is empty or, under the hub's rules
+            (:attr:`CommandSet.text_rules`), that :func:`check_text` refuses.
+    """
+    split = split_command(line)
+    if split is None:
+        return Say(_text(chat_text(line), commands))
+    word, rest = split
+    command = commands.resolve(word)
+    if command is None:
         raise InvalidFrame(f"unknown command /{word} (try /help)")
-    if _HELP_TOPICS[command] and not rest:
+    if SYNTAX[command].needs_argument and not rest:
         raise InvalidFrame(f"/{command} needs an argument (try /help)")
     if command == "nick":
         return Nick(rest)
@@ -242,8 +365,8 @@ def parse_text(line: str) -> Command:
     if command == "msg":
         to, _, text = rest.partition(" ")
         if not text.strip():
-            raise InvalidFrame("usage: /msg NAME TEXT")
-        return Say(check_text(text.strip()), to=to)
+            raise InvalidFrame(f"usage: {SYNTAX['msg'].usage}")
+        return Say(_text(text.strip(), commands), to=to)
     if command == "who":
         return Who(rest or None)
     if command == "rooms":
@@ -253,6 +376,33 @@ def parse_text(line: str) -> Command:
     if command == "auth":
         return Auth(rest)
     return Help()
+
+
+def _text(text: str, commands: CommandSet) -> str:
+    if commands.text_rules:
+        return check_text(text)
+    if not text:
+        raise InvalidFrame("empty message")
+    return text
+
+
+# One column for the summaries in every program's help: the longest usage and 4 blanks.
+_USAGE_WIDTH: Final = max(len(syntax.usage) for syntax in SYNTAX.values()) + 4
+
+
+def help_text(commands: CommandSet = SERVER_COMMANDS) -> str:
+    """The help for ``commands``: one line per command, then the escape and where chat goes.
+
+    ``help_text()`` is :data:`HELP_TEXT`, what the server answers ``/help`` with.
+    """
+    rows = [SYNTAX[name] for name in commands.names] + [ESCAPE]
+    return "\n".join(
+        [
+            "commands:",
+            *(f"  {row.usage:<{_USAGE_WIDTH}}{row.summary}" for row in rows),
+            f"anything else is sent to {commands.chat_goes_to}",
+        ]
+    )
 
 
 def parse_json(frame: str | dict[str, Any]) -> Command:
@@ -295,14 +445,5 @@ def _field(obj: dict[str, Any], key: str, *, required: bool = False) -> Any:
     return value
 
 
-HELP_TEXT: Final = """\
-commands:
-  /nick NAME        change your name
-  /join ROOM        move to another room
-  /msg NAME TEXT    private message to NAME
-  /who [ROOM]       who is in your room (or ROOM)
-  /rooms            list the rooms
-  /auth TOKEN       log in, when the server asks for a token
-  /quit [REASON]    leave
-  //text            send a line that starts with '/'
-anything else is sent to your room"""
+#: What the server answers ``/help`` with.
+HELP_TEXT: Final = help_text(SERVER_COMMANDS)

@@ -12,9 +12,33 @@ import ssl
 import sys
 from typing import Any
 
+from .._core.commands import (
+    CLIENT_COMMANDS,
+    OPERATOR_COMMANDS,
+    Command,
+    Help,
+    Join,
+    Nick,
+    Quit,
+    Rooms,
+    Say,
+    Who,
+    help_text,
+    parse_text,
+)
 from ..client import BroadcastClient
-from ..exceptions import ChatcastError, ConnectionClosed
-from ..message import ANNOUNCEMENT, JOIN, LEAVE, NICK, PRIVATE, render_text, sanitize
+from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame
+from ..message import (
+    ANNOUNCEMENT,
+    INFO,
+    JOIN,
+    LEAVE,
+    NICK,
+    PRIVATE,
+    Message,
+    render_text,
+    sanitize,
+)
 from ..server import DEFAULT_WELCOME, BroadcastServer
 from .console import Console, log_to
 
@@ -251,7 +275,10 @@ async def _run_worker(server: BroadcastServer, stop: asyncio.Event, events: bool
 async def _operator(
     console: Console, server: BroadcastServer, stop: asyncio.Event, *, worker: bool = False
 ) -> None:
-    """Lines typed by the operator become announcements; at end of input, keep serving."""
+    """Announce each line the operator types to every client, but for the commands of
+    :data:`OPERATOR_COMMANDS`: ``/quit`` (or ``/exit``) stops the server, ``/help`` lists
+    them, and a mistyped command is answered here, never announced (``//text`` announces
+    ``/text``). At end of input, keep serving."""
     while True:
         line = await console.read_line()
         if line is None:
@@ -259,11 +286,20 @@ async def _operator(
                 stop.set()  # the parent is gone
             return  # stdin closed (e.g. run in the background): serve until a signal
         line = line.strip()
-        if line in ("/quit", "/exit"):
+        if not line:
+            continue
+        try:
+            command = parse_text(line, OPERATOR_COMMANDS)
+        except InvalidFrame as exc:
+            console.write(f"! {exc}")
+            continue
+        if isinstance(command, Quit):
             stop.set()
             return
-        if line:
-            count = await server.broadcast(line)
+        if isinstance(command, Help):
+            console.write(render_text(Message(help_text(OPERATOR_COMMANDS), kind=INFO)))
+        elif isinstance(command, Say):
+            count = await server.broadcast(command.text)
             connected = server.statistics().backplane_connected
             where = (
                 ""
@@ -273,7 +309,7 @@ async def _operator(
                 else " here only: the backplane is down"
             )
             noun = "client" if count == 1 else "clients"
-            console.write(f"[server] {line}  (to {count} {noun}{where})")
+            console.write(f"[server] {command.text}  (to {count} {noun}{where})")
 
 
 async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -> None:
@@ -350,58 +386,42 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
         if not line.strip():
             continue
         try:
-            if not await _client_command(console, client, line):
+            if not await _client_command(console, client, parse_text(line, CLIENT_COMMANDS)):
                 return
-        except ValueError as exc:
+        except (InvalidFrame, ValueError) as exc:
             console.write(f"! {exc}")
         except ConnectionClosed as exc:
             console.write(f"! not sent: {exc.reason}")
 
 
-async def _client_command(console: Console, client: BroadcastClient, line: str) -> bool:
-    """Do what a typed line asks; return False to quit."""
-    if not line.startswith("/") or line.startswith("//"):
-        await client.send(line[1:] if line.startswith("//") else line)
-        return True
-    word, _, rest = line[1:].partition(" ")
-    word, rest = word.lower(), rest.strip()
-    if word in ("quit", "exit"):
-        await client.close(rest)
-        return False
-    usage = _USAGE.get(word)
-    if word == "join" and rest:
-        await client.join(rest)
-    elif word == "nick" and rest:
-        await client.nick(rest)
-    elif word == "msg" and rest.partition(" ")[2].strip():
-        to, text = rest.split(" ", 1)
-        await client.send(text.strip(), to=to)
-    elif word == "who":
-        names = await client.who(rest or None)
-        console.write(f"* in {rest or client.room}: {', '.join(names) or '(nobody)'}")
-    elif word == "rooms":
-        rooms = await client.rooms()
-        console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
-    elif usage is not None and word != "help":
-        console.write(f"! usage: {usage}")
-    else:
-        if word != "help":
-            console.write(f"! unknown command /{word}")
-        console.write("* commands: " + ", ".join(_USAGE.values()))
-        console.write("* //text sends a line starting with '/'")
+async def _client_command(console: Console, client: BroadcastClient, command: Command) -> bool:
+    """Do what a typed command asks of ``client``; return False to quit.
+
+    Raises:
+        ValueError: A name, room or text the client refuses.
+        ConnectionClosed: Not connected.
+    """
+    match command:
+        case Say(text, to):
+            await client.send(text, to=to)
+        case Join(room):
+            await client.join(room)
+        case Nick(name):
+            await client.nick(name)
+        case Who(room):
+            names = await client.who(room)
+            console.write(f"* in {room or client.room}: {', '.join(names) or '(nobody)'}")
+        case Rooms():
+            rooms = await client.rooms()
+            console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
+        case Quit(reason):
+            await client.close(reason)
+            return False
+        case Help():
+            console.write(render_text(Message(help_text(CLIENT_COMMANDS), kind=INFO)))
+        case _:  # not in CLIENT_COMMANDS: never parsed
+            raise AssertionError(f"no client action for {command!r}")
     return True
-
-
-#: The client's commands, as /help lists them.
-_USAGE = {
-    "join": "/join ROOM",
-    "nick": "/nick NAME",
-    "msg": "/msg NAME TEXT",
-    "who": "/who [ROOM]",
-    "rooms": "/rooms",
-    "help": "/help",
-    "quit": "/quit [REASON]",
-}
 
 
 def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:

@@ -14,9 +14,11 @@ The mode is chosen from what stdin and stdout are:
   lines are read as they come, LF-terminated (a CR before the LF is dropped; a last line
   without LF still counts) and :meth:`Console.write` just prints.
 
-Reading never blocks the event loop: ``loop.add_reader()`` where the selector accepts the file
-descriptor, else a daemon thread. Text from the user is decoded with the stdin's encoding
-(UTF-8 for a bare file descriptor); undecodable bytes become U+FFFD.
+Reading never blocks the event loop (:mod:`chatcast.cli.reader`: ``loop.add_reader()`` where
+the selector accepts the file descriptor, else a daemon thread). Text from the user is decoded
+with the stdin's encoding (UTF-8 for a bare file descriptor); undecodable bytes become U+FFFD.
+What the keys do and what is drawn is pure logic, in :mod:`chatcast.cli.lineedit`; this module
+does the terminal's I/O: its mode, its signals, reading and writing.
 """
 
 from __future__ import annotations
@@ -31,21 +33,18 @@ import os
 import select
 import signal
 import sys
-import threading
-import unicodedata
 from collections import deque
-from collections.abc import Callable
 from typing import IO, Any, Final
 
 from ..message import sanitize
+from .lineedit import ERASE_LINE, InputLine, LineSplitter
+from .reader import InputReader, encoding_of, fileno
 
 if sys.platform != "win32":
     import termios
 
 __all__ = ["Console", "log_to"]
 
-#: Bytes asked for per read.
-_CHUNK: Final = 64 * 1024
 #: Stop reading stdin while this many characters of complete lines wait for read_line() ...
 _HIGH_WATER: Final = 1024 * 1024
 #: ... and start again once the backlog is down to this.
@@ -53,10 +52,6 @@ _LOW_WATER: Final = _HIGH_WATER // 4
 #: An escape sequence still unfinished this long after its last byte was a lone Esc key
 #: (readline's keyseq-timeout default); the next key is then read as itself.
 _ESCAPE_TIMEOUT: Final = 0.5
-#: Erase the current screen line: carriage return, then "erase in line" to its end.
-_ERASE_LINE: Final = "\r\x1b[K"
-#: The fewest columns the input line gets, however narrow the terminal.
-_MIN_INPUT_COLUMNS: Final = 4
 
 _NEW, _OPEN, _CLOSED = range(3)
 
@@ -117,11 +112,11 @@ class Console:
     ) -> None:
         self._in: int | IO[Any] | None = sys.stdin if stdin is None else stdin
         self._out: int | IO[Any] | None = sys.stdout if stdout is None else stdout
-        self._in_fd = _fileno(self._in)
-        self._out_fd = _fileno(self._out)
-        self._encoding = _encoding(self._in)
-        self._out_encoding = _encoding(self._out)
-        self._prompt = sanitize(prompt)
+        self._in_fd = fileno(self._in)
+        self._out_fd = fileno(self._out)
+        self._encoding = encoding_of(self._in)
+        self._out_encoding = encoding_of(self._out)
+        self._line = InputLine(prompt)
         self._terminal = (
             sys.platform != "win32"
             and self._in_fd is not None
@@ -136,30 +131,26 @@ class Console:
         self._backlog = 0  # characters (plus one per line) queued in self._lines
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
-        # Reading: add_reader on self._reader_fd, or a thread.
-        self._reader_fd: int | None = None
-        self._thread: _ReaderThread | None = None
+        self._reader: InputReader | None = None
         self._paused = False
-        self._splitter = _LineSplitter(self._encoding)
+        self._splitter = LineSplitter(self._encoding)
         # Terminal mode.
-        self._editor = _LineEditor()
         self._decoder = codecs.getincrementaldecoder(self._encoding)(errors="replace")
         self._saved_mode: list[Any] | None = None
         self._editing = False  # raw mode on and the prompt on screen
-        self._shown: str | None = None  # the input line as last drawn; None: redraw it
         self._escape_timer: asyncio.TimerHandle | None = None
         self._signals: list[int] = []
 
     @property
     def prompt(self) -> str:
         """The prompt (as shown). Setting it redraws the input line at once."""
-        return self._prompt
+        return self._line.prompt
 
     @prompt.setter
     def prompt(self, prompt: str) -> None:
-        self._prompt = sanitize(prompt)
+        self._line.prompt = prompt
         if self._editing:
-            self._emit_quietly(_ERASE_LINE + self._input_line())
+            self._emit_quietly(self._line.draw(self._columns()))
 
     async def __aenter__(self) -> Console:
         if self._state != _NEW:
@@ -238,7 +229,7 @@ class Console:
             text = text[:-1]
         lines = sanitize(text, keep_newlines=True).split("\n")
         if self._editing:
-            self._emit(_ERASE_LINE + "\r\n".join(lines) + "\r\n" + self._input_line())
+            self._emit(self._line.above(lines, self._columns()))
         else:
             newline = "\r\n" if self._terminal else "\n"
             self._emit(newline.join(lines) + newline)
@@ -250,51 +241,7 @@ class Console:
         if self._in is None:  # sys.stdin is None under pythonw
             self._eof = True
             return
-        # Windows: the Proactor loop cannot wait on a console or pipe handle (add_reader is
-        # not implemented) and the Selector loop only on sockets, so a thread reads there.
-        if self._in_fd is not None and sys.platform != "win32":
-            try:
-                self._loop.add_reader(self._in_fd, self._on_readable)
-            except (OSError, ValueError, NotImplementedError):
-                # Linux epoll refuses regular files and /dev/null (EPERM); kqueue refuses
-                # some devices.
-                pass
-            else:
-                self._reader_fd = self._in_fd
-                return
-        self._thread = _ReaderThread(self._blocking_read(), self._loop, self._on_data)
-
-    def _blocking_read(self) -> Callable[[], bytes]:
-        source = self._in
-        if sys.platform == "win32" and not isinstance(source, int):
-            # The console's own reader decodes typed text from UTF-16 (os.read on its file
-            # descriptor would give the ANSI code page): one typed line per call.
-            read1 = getattr(getattr(source, "buffer", source), "read1", None)
-            if read1 is not None:
-                return lambda: bytes(read1(_CHUNK))
-        fd = self._in_fd
-        if fd is not None:
-            return lambda: os.read(fd, _CHUNK)
-        assert source is not None
-        assert not isinstance(source, int)
-        read = getattr(source, "read1", None) or source.read
-        encoding = self._encoding
-
-        def read_object() -> bytes:
-            data = read(_CHUNK)
-            return data.encode(encoding, "replace") if isinstance(data, str) else bytes(data)
-
-        return read_object
-
-    def _on_readable(self) -> None:
-        assert self._reader_fd is not None
-        try:
-            data = os.read(self._reader_fd, _CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""  # EIO: the terminal hung up
-        self._on_data(data)
+        self._reader = InputReader(self._in, self._loop, self._on_data, encoding=self._encoding)
 
     def _on_data(self, data: bytes) -> None:
         if self._state != _OPEN or self._eof:
@@ -317,7 +264,7 @@ class Console:
         self._wake()
         if self._editing:
             # The unfinished line of a hung-up terminal is dropped: Enter was never pressed.
-            self._emit_quietly(_ERASE_LINE)
+            self._emit_quietly(ERASE_LINE)
             self._restore_mode()
 
     def _queue_line(self, line: str) -> None:
@@ -333,32 +280,18 @@ class Console:
 
     def _pause_reading(self) -> None:
         self._paused = True
-        if self._reader_fd is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(self._reader_fd)
-        if self._thread is not None:
-            self._thread.pause()
+        if self._reader is not None:
+            self._reader.pause()
 
     def _resume_reading(self) -> None:
         self._paused = False
-        if self._state != _OPEN or self._eof:
-            return
-        if self._reader_fd is not None:
-            assert self._loop is not None
-            self._loop.add_reader(self._reader_fd, self._on_readable)
-        if self._thread is not None:
-            self._thread.resume()
+        if self._reader is not None and self._state == _OPEN and not self._eof:
+            self._reader.resume()
 
     def _stop_reading(self) -> None:
-        if self._reader_fd is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(self._reader_fd)
-            self._reader_fd = None
-        if self._thread is not None:
-            # A thread blocked in read() stays there until the next input or EOF (it is a
-            # daemon and delivers nothing after this); nothing portable can interrupt it.
-            self._thread.stop()
-            self._thread = None
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
 
     # Terminal mode (POSIX only: self._terminal is never true on Windows).
 
@@ -377,7 +310,7 @@ class Console:
             return
         if self._is_controlling_terminal():
             self._install_signal_handlers()
-        self._emit(_ERASE_LINE + self._input_line())
+        self._emit(self._line.draw(self._columns()))
 
     def _enter_raw_mode(self) -> None:
         assert self._in_fd is not None
@@ -453,7 +386,7 @@ class Console:
         # with the default action, which our handler replaced.
         assert self._loop is not None
         if self._editing:
-            self._emit_quietly(_ERASE_LINE)
+            self._emit_quietly(ERASE_LINE)
         self._restore_mode()
         self._loop.remove_signal_handler(signal.SIGTSTP)
         try:
@@ -472,52 +405,30 @@ class Console:
             self._enter_raw_mode()
         except termios.error:
             return
-        self._emit_quietly(_ERASE_LINE + self._input_line())
+        self._emit_quietly(self._line.draw(self._columns()))
 
     def _on_resize(self) -> None:
         # SIGWINCH: the visible part of a long input line depends on the width.
         if self._editing:
-            self._emit_quietly(_ERASE_LINE + self._input_line())
+            self._emit_quietly(self._line.draw(self._columns()))
 
     def _on_keys(self, text: str) -> None:
         if self._escape_timer is not None:
             self._escape_timer.cancel()
             self._escape_timer = None
-        out: list[str] = []
-        eof = False
-        for event in self._editor.feed(text):
-            if event is None:
-                eof = True
-                break
-            if self._editing:
-                out.append(_ERASE_LINE + self._prompt + event + "\r\n")
-                self._shown = None
-            self._queue_line(event)
-        if eof:
-            self._emit_quietly("".join(out))
+        keys = self._line.keys(text, self._columns() if self._editing else None)
+        for line in keys.lines:
+            self._queue_line(line)
+        self._emit_quietly(keys.output)
+        if keys.ended:
             self._on_eof()
-            return
-        if self._editing:
-            # Redraw only what changed: a key that changes nothing (an arrow) writes nothing.
-            previous = self._shown
-            shown = self._input_line()
-            if shown != previous:
-                out.append(_ERASE_LINE + shown)
-        self._emit_quietly("".join(out))
-        if self._editor.in_sequence:
+        elif self._line.editor.in_sequence:
             assert self._loop is not None
             self._escape_timer = self._loop.call_later(_ESCAPE_TIMEOUT, self._on_escape_timeout)
 
     def _on_escape_timeout(self) -> None:
         self._escape_timer = None
-        self._editor.abandon_sequence()
-
-    def _input_line(self) -> str:
-        # The prompt and as much of the end of the typed line as fits without wrapping (the
-        # last column is left free: writing there puts some terminals into pending wrap).
-        columns = self._columns() - 1 - _text_width(self._prompt)
-        self._shown = self._prompt + self._editor.tail(max(columns, _MIN_INPUT_COLUMNS))
-        return self._shown
+        self._line.editor.abandon_sequence()
 
     def _columns(self) -> int:
         # Asked at every redraw, so a resized terminal is followed.
@@ -569,242 +480,10 @@ class Console:
         if self._editing:
             # Leave the cursor at the start of an empty line for whatever prints next; keep a
             # typed but unsubmitted line visible (Ctrl-C pressed, say).
-            self._emit_quietly("\r\n" if self._editor.buffer else _ERASE_LINE)
+            self._emit_quietly(self._line.leave())
         self._restore_mode()
         atexit.unregister(self._restore_mode)
         self._wake()
-
-
-class _ReaderThread:
-    """A daemon thread that feeds ``on_data`` on the loop with chunks from ``read()``.
-
-    ``b""`` (end of input, or any error reading) is delivered once, last. Nothing is
-    delivered after :meth:`stop`.
-    """
-
-    def __init__(
-        self,
-        read: Callable[[], bytes],
-        loop: asyncio.AbstractEventLoop,
-        on_data: Callable[[bytes], None],
-    ) -> None:
-        self._read = read
-        self._loop = loop
-        self._on_data = on_data
-        self._may_read = threading.Event()
-        self._may_read.set()
-        self._stopped = False
-        self.thread = threading.Thread(target=self._run, name="chatcast-console-stdin", daemon=True)
-        self.thread.start()
-
-    def pause(self) -> None:
-        self._may_read.clear()
-
-    def resume(self) -> None:
-        self._may_read.set()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._may_read.set()
-
-    def _run(self) -> None:
-        while True:
-            self._may_read.wait()
-            if self._stopped:
-                return
-            try:
-                data = self._read()
-            except Exception:  # closed or unreadable stdin: end of input
-                data = b""
-            if self._stopped:
-                return
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, data)
-            except RuntimeError:  # the loop is closed
-                return
-            if not data:
-                return
-
-    def _deliver(self, data: bytes) -> None:
-        if not self._stopped:
-            self._on_data(data)
-
-
-class _LineSplitter:
-    """Sans-I/O: bytes in, complete LF-terminated lines out (a CR before the LF dropped)."""
-
-    def __init__(self, encoding: str) -> None:
-        self._encoding = encoding
-        self._buffer = bytearray()  # an unfinished line: never holds an LF
-
-    def feed(self, data: bytes) -> list[str]:
-        """Add ``data``; return the lines it completes. Each byte is searched once."""
-        end = data.find(b"\n")
-        if end < 0:
-            self._buffer += data
-            return []
-        self._buffer += data[:end]
-        lines = [self._decode(bytes(self._buffer))]
-        self._buffer.clear()
-        rest = data[end + 1 :].split(b"\n")
-        self._buffer += rest.pop()
-        lines.extend(self._decode(line) for line in rest)
-        return lines
-
-    def finish(self) -> str | None:
-        """Return the unfinished last line, if any, as a line (end of input)."""
-        if not self._buffer:
-            return None
-        line = self._decode(bytes(self._buffer))
-        self._buffer.clear()
-        return line
-
-    def _decode(self, line: bytes) -> str:
-        return line.removesuffix(b"\r").decode(self._encoding, "replace")
-
-
-_NORMAL, _ESCAPE, _CSI, _SS3 = range(4)
-
-
-class _LineEditor:
-    """Sans-I/O line editor: decoded keystrokes in, submitted lines out.
-
-    Escape sequences are parsed across calls (ECMA-48 CSI ``ESC [ params final``, SS3
-    ``ESC O x``) and dropped; ``ESC`` plus a printable character (Alt-key) is dropped too.
-    """
-
-    def __init__(self) -> None:
-        self._chars: list[str] = []
-        self._state = _NORMAL
-        self._after_cr = False
-        self._ended = False
-
-    @property
-    def buffer(self) -> str:
-        """The unfinished line."""
-        return "".join(self._chars)
-
-    @property
-    def in_sequence(self) -> bool:
-        """True while an escape sequence has started but not ended."""
-        return self._state != _NORMAL
-
-    def abandon_sequence(self) -> None:
-        """Forget an unfinished escape sequence (a lone Esc key): read what follows as keys."""
-        self._state = _NORMAL
-
-    def feed(self, text: str) -> list[str | None]:
-        """Apply keystrokes; return the submitted lines in order, ``None`` for end of input.
-
-        After ``None`` every further key is ignored.
-        """
-        events: list[str | None] = []
-        for ch in text:
-            if self._ended:
-                break
-            if self._state != _NORMAL and self._in_sequence(ch):
-                continue
-            self._key(ch, events)
-        return events
-
-    def _in_sequence(self, ch: str) -> bool:
-        # Consume ``ch`` as part of an escape sequence, or end it and return False so that
-        # ``ch`` is read as a key (a control key, or anything that cannot continue it).
-        state = self._state
-        self._state = _NORMAL
-        if state == _ESCAPE:
-            if ch in "[O\x1b":
-                self._state = {"[": _CSI, "O": _SS3, "\x1b": _ESCAPE}[ch]
-                return True
-            if ch in "\x7f\x08":  # Alt-Backspace
-                self._delete_word()
-                return True
-            return ch.isprintable()  # Alt-letter: dropped
-        if state == _CSI:
-            if " " <= ch <= "?":  # parameter and intermediate bytes
-                self._state = _CSI
-                return True
-            return "@" <= ch <= "~"  # the final byte ends it
-        return " " <= ch <= "~"  # SS3: one character
-
-    def _key(self, ch: str, events: list[str | None]) -> None:
-        after_cr, self._after_cr = self._after_cr, False
-        if ch == "\r" or ch == "\n":
-            if ch == "\n" and after_cr:
-                return  # CRLF is one Enter
-            self._after_cr = ch == "\r"
-            events.append("".join(self._chars))
-            self._chars.clear()
-        elif ch in "\x7f\x08":
-            if self._chars:
-                self._chars.pop()
-        elif ch == "\x15":  # Ctrl-U
-            self._chars.clear()
-        elif ch == "\x17":  # Ctrl-W
-            self._delete_word()
-        elif ch == "\x04":  # Ctrl-D
-            if not self._chars:
-                events.append(None)
-                self._ended = True
-        elif ch == "\x1b":
-            self._state = _ESCAPE
-        elif ch == "\t":
-            self._chars.append(" ")
-        elif unicodedata.category(ch) not in ("Cc", "Cs"):
-            self._chars.append(ch)
-
-    def _delete_word(self) -> None:
-        # As readline's unix-word-rubout: the blanks before the cursor, then the word.
-        chars = self._chars
-        while chars and chars[-1].isspace():
-            chars.pop()
-        while chars and not chars[-1].isspace():
-            chars.pop()
-
-    def tail(self, columns: int) -> str:
-        """The end of the line that fits in ``columns`` cells; ``<`` marks a hidden start."""
-        chars = self._chars
-        used = 0
-        start = len(chars)
-        while start and used + _char_width(chars[start - 1]) <= columns:
-            used += _char_width(chars[start - 1])
-            start -= 1
-        if start == 0:
-            return "".join(chars)
-        while start < len(chars) and (used + 1 > columns or _char_width(chars[start]) == 0):
-            used -= _char_width(chars[start])
-            start += 1
-        return "<" + "".join(chars[start:])
-
-
-def _char_width(ch: str) -> int:
-    # Terminal cells: 0 for combining marks and format characters, 2 for East Asian wide.
-    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-
-
-def _text_width(text: str) -> int:
-    return sum(map(_char_width, text))
-
-
-def _fileno(stream: int | IO[Any] | None) -> int | None:
-    if stream is None or isinstance(stream, int):
-        return stream
-    try:
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation, closed, fake
-        return None
-
-
-def _encoding(stream: int | IO[Any] | None) -> str:
-    encoding = getattr(stream, "encoding", None)
-    if not isinstance(encoding, str):
-        return "utf-8"
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        return "utf-8"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -27,8 +27,9 @@ import signal
 import sys
 from collections.abc import Callable
 
-from ..exceptions import MessageTooLong
-from ..message import Message, render_text, sanitize
+from .._core.commands import MULTICAST_COMMANDS, Help, Quit, Say, help_text, parse_text
+from ..exceptions import InvalidFrame, MessageTooLong
+from ..message import INFO, Message, render_text, sanitize
 from ..multicast import DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_TTL, MulticastChannel
 from .console import Console, log_to
 
@@ -289,19 +290,22 @@ async def _show_incoming(console: Console, channel: MulticastChannel, plain: boo
 
 
 async def _send_typed(console: Console, channel: MulticastChannel) -> None:
+    """Send each typed line until ``/quit`` or end of input; show ``/help`` and mistakes."""
     while (line := await console.read_line()) is not None:
         if not line:
-            continue
-        if line.startswith("/") and not line.startswith("//"):
-            command = line[1:].split(" ", 1)[0].lower()
-            if command in ("quit", "exit"):
-                return
-            console.write(
-                "* commands: /quit (or Ctrl-D) leaves; //text sends a line starting with '/'"
-            )
-            continue
-        line = line.removeprefix("/")  # "//text" sends "/text"
+            continue  # an empty datagram carries nothing: receivers skip it
         try:
-            await channel.send(line)
+            command = parse_text(line, MULTICAST_COMMANDS)
+        except InvalidFrame as exc:
+            console.write(f"! {exc}")
+            continue
+        if isinstance(command, Quit):
+            return
+        if isinstance(command, Help):
+            console.write(render_text(Message(help_text(MULTICAST_COMMANDS), kind=INFO)))
+            continue
+        assert isinstance(command, Say)  # MULTICAST_COMMANDS parses to nothing else
+        try:
+            await channel.send(command.text)
         except (MessageTooLong, OSError) as exc:
             console.write(f"! not sent: {exc}")
