@@ -1,71 +1,75 @@
-"""The asyncio datagram protocols under :class:`~chatcast.multicast.MulticastChannel`.
+"""The asyncio shell under :class:`~chatcast.multicast.MulticastChannel`: sockets in, messages out.
 
-The receive side classifies each datagram (own, oversized, not UTF-8, plain text, JSON form,
-signed form) into the channel's bounded queue with no awaits and no tasks; the send side only
-counts errors. Not public: :mod:`chatcast.multicast` is the interface.
+* :func:`open_transports` builds the two sockets (:mod:`chatcast._sockets`) and hands them to
+  the event loop.
+* :class:`Receiver` feeds each datagram the loop (or its read-ahead) gets to the sans-I/O
+  :class:`~chatcast._core.mcast.Classifier`, and puts the messages it returns in the bounded
+  queue that :meth:`~chatcast.multicast.MulticastChannel.receive` reads, with no awaits and
+  no tasks.
+* :class:`Sender` records the send transport's errors and flow control.
+
+Every decision about a datagram's content is the classifier's. Not public:
+:mod:`chatcast.multicast` is the interface.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import socket
 import time
 from typing import Any, Final
 
-from ._core import datagram as _datagram
-from ._core.datagram import Drop
-from .exceptions import InvalidFrame
-from .message import MESSAGE, Message, decode_message, parse_frame
+from . import _sockets
+from ._core.mcast import Classifier
+from ._core.mcast_config import MulticastConfig
+from ._core.wire import Message
 
-__all__ = ["INSTANCE_FIELD", "Receiver", "Sender", "SignedReceiver", "source"]
+__all__ = ["Receiver", "Sender", "open_transports"]
 
 logger = logging.getLogger("chatcast.multicast")
 
-#: The JSON field that carries the sending channel's instance id.
-INSTANCE_FIELD: Final = "instance"
 # Datagrams read per wake-up of the event loop's reader: the one asyncio reads, plus up to
-# this many more read straight from the socket (see _Receiver.datagram_received).
+# this many more read straight from the socket (see Receiver.datagram_received).
 _DRAIN: Final = 63
 # Enough for any UDP datagram, so an oversized one is seen whole and counted, not truncated.
 _RECV_SIZE: Final = 65536
-# "{": only datagrams that start with it are tried as the JSON form.
-_OPEN_BRACE: Final = 0x7B
+# Windows' completion-based loop, where reading ahead would reorder datagrams.
+_PROACTOR: Final[tuple[type, ...]] = tuple(
+    loop_class
+    for loop_class in (getattr(asyncio, "ProactorEventLoop", None),)
+    if loop_class is not None
+)
 
 
 class Receiver(asyncio.DatagramProtocol):
-    """The receive side: classifies datagrams into the bounded queue. No awaits, no tasks."""
+    """The receive side: datagrams through the classifier into the bounded queue.
 
-    def __init__(
-        self,
-        *,
-        instance: str,
-        echo: bool,
-        max_bytes: int,
-        max_queue: int,
-        drop_newest: bool,
-    ) -> None:
-        self.instance = instance
-        self.echo = echo
-        self.max_bytes = max_bytes
+    Args:
+        classifier: Decides what each datagram is, and counts it.
+        max_queue: Messages the queue holds.
+        drop_newest: On a full queue drop the arriving message instead of the oldest.
+
+    Attributes:
+        queue: Messages waiting for a reader, oldest first.
+        waiters: Futures of readers parked in :meth:`wait`, longest-waiting first.
+        sock: The receive socket while read-ahead is allowed, else ``None``.
+        overflowed: Messages dropped because the queue was full.
+        errors: Errors the OS reported on the socket.
+        closed: Done once the transport let go of the socket (``None`` before it had one).
+    """
+
+    def __init__(self, classifier: Classifier, *, max_queue: int, drop_newest: bool) -> None:
+        self.classifier = classifier
         self.max_queue = max_queue
         self.drop_newest = drop_newest
-        self.own_address: tuple[str, int] = ("", 0)
         self.sock: socket.socket | None = None
         self.queue: collections.deque[Message] = collections.deque()
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.closed: asyncio.Future[None] | None = None
-        self.received = 0
-        self.own = 0
-        self.empty = 0
-        self.oversized = 0
-        self.invalid = 0
         self.overflowed = 0
         self.errors = 0
-        # Signed-form counters (see SignedReceiver); this class never touches them.
-        self.drops = dict.fromkeys(Drop, 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.closed = asyncio.get_running_loop().create_future()
@@ -86,12 +90,30 @@ class Receiver(asyncio.DatagramProtocol):
         # at most _DRAIN, so other callbacks still get their turn. Order is kept: these are
         # the datagrams the transport would have read next. Not with a proactor loop, whose
         # overlapped read already in flight would take a datagram out of turn.
-        self._handle(data, addr)
+        # The hot path: no awaits, no tasks, one classify() call per datagram, one clock
+        # reading per batch (a batch takes well under the 5 minutes of allowed clock skew).
+        classify = self.classifier.classify
+        queue = self.queue
+        now = time.time()
         sock = self.sock
-        if sock is None:
-            return
-        handle = self._handle
-        for _ in range(_DRAIN):
+        drained = 0
+        while True:
+            message = classify(data, addr, now)
+            # Not isinstance(message, Skip): Skip's metaclass is not type, which sends
+            # isinstance() down its slow path.
+            if isinstance(message, Message):
+                if len(queue) >= self.max_queue:
+                    self.overflowed += 1
+                    if not self.drop_newest:
+                        queue.popleft()
+                        queue.append(message)
+                else:
+                    queue.append(message)
+                if self.waiters:
+                    self.wake_one()
+            if sock is None or drained == _DRAIN:
+                return
+            drained += 1
             try:
                 data, addr = sock.recvfrom(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -99,89 +121,26 @@ class Receiver(asyncio.DatagramProtocol):
             except OSError as exc:
                 self.error_received(exc)
                 return
-            handle(data, addr)
 
-    def _handle(self, data: bytes, addr: Any) -> None:
-        # The hot path: one call per datagram; no awaits, no tasks, no logging unless dropped.
-        self.received += 1
-        size = len(data)
-        if size > self.max_bytes:
-            self.oversized += 1
-            logger.debug("skipped a datagram of %d bytes from %s", size, addr)
-            return
-        if not size:
-            self.empty += 1
-            return
-        if addr[1] == self.own_address[1] and addr[0] == self.own_address[0]:
-            # From this channel's own send socket: nobody else can send from that address.
-            if not self.echo:
-                self.own += 1
-                return
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            self.invalid += 1
-            logger.debug("skipped a datagram that is not UTF-8 from %s", addr)
-            return
-        message: Message | None
-        if data[0] == _OPEN_BRACE:
-            message = self._decode_json(text, addr)
-            if message is None:
-                return
-        else:
-            if text[-1] == "\n":
-                # A terminal's line ending (nc -u, echo | socat): not part of the text.
-                text = text[:-2] if text.endswith("\r\n") else text[:-1]
-                if not text:
-                    self.empty += 1
-                    return
-            message = Message(text=text, sender=source(addr))
-        queue = self.queue
-        if len(queue) >= self.max_queue:
-            self.overflowed += 1
-            if self.drop_newest:
-                return
-            queue.popleft()
-        queue.append(message)
-        if self.waiters:
-            self.wake_one()
+    async def wait(self) -> None:
+        """Wait until a message may be in the queue (or :meth:`wake_all` is called).
 
-    def _decode_json(self, text: str, addr: Any) -> Message | None:
-        try:
-            obj = parse_frame(text)
-        except InvalidFrame:
-            # "{" typed by a human, or any other non-chatcast datagram: plain text.
-            return Message(text=text, sender=source(addr))
-        if obj.get(INSTANCE_FIELD) == self.instance and not self.echo:
-            self.own += 1
-            return None
-        try:
-            message = _decode_chat(obj)
-        except InvalidFrame as exc:
-            self.invalid += 1
-            logger.debug("skipped an invalid JSON datagram from %s: %s", addr, exc)
-            return None
-        if message.sender is None:
-            message = dataclasses.replace(message, sender=source(addr))
-        return message
-
-    def enqueue(self, message: Message) -> None:
-        """Queue ``message`` under the drop policy and wake a receiver.
-
-        (:meth:`_handle` does the same inline: one call fewer per datagram.)
+        Cancellation-safe: a reader cancelled after it was woken passes the wake-up on to
+        the next reader, so no queued message waits for nobody.
         """
-        queue = self.queue
-        if len(queue) >= self.max_queue:
-            self.overflowed += 1
-            if self.drop_newest:
-                return
-            queue.popleft()
-        queue.append(message)
-        if self.waiters:
-            self.wake_one()
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            elif self.queue:
+                self.wake_one()  # we were woken for a message we will not take
+            raise
 
     def wake_one(self) -> None:
-        """Wake the longest-waiting receiver, if any."""
+        """Wake the longest-waiting reader, if any."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -189,93 +148,11 @@ class Receiver(asyncio.DatagramProtocol):
                 return
 
     def wake_all(self) -> None:
-        """Wake every waiting receiver (the channel is closing)."""
+        """Wake every waiting reader (the channel is closing)."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-
-
-_WARN_ONCE: Final = {
-    Drop.UNSIGNED: "it is not signed (a sender without the key?)",
-    Drop.FORGED: "it is signed with another key, or was altered on the way",
-    Drop.STALE: (
-        "it is stamped %offset s from this host's clock, more than "
-        f"{_datagram.MAX_CLOCK_SKEW_MS // 1000} s: are the clocks synchronised?"
-    ),
-}
-
-
-class SignedReceiver(Receiver):
-    """The receive side of a keyed channel: only authentic, fresh datagrams get through.
-
-    A separate class, so the unkeyed hot path (:meth:`_Receiver._handle`) stays as it was.
-    """
-
-    def __init__(self, *, key: bytes, **options: Any) -> None:
-        super().__init__(**options)
-        self.verifier = _datagram.Verifier(key)
-        self.guard = _datagram.ReplayGuard()
-        self.own_sender = self.instance.encode()
-        self.warned: set[Drop] = set()
-
-    def _handle(self, data: bytes, addr: Any) -> None:
-        self.received += 1
-        size = len(data)
-        if size > self.max_bytes:
-            self.oversized += 1
-            logger.debug("skipped a datagram of %d bytes from %s", size, addr)
-            return
-        if not size:
-            self.empty += 1
-            return
-        if addr[1] == self.own_address[1] and addr[0] == self.own_address[0] and not self.echo:
-            self.own += 1
-            return
-        signed = self.verifier.verify(data)
-        if isinstance(signed, Drop):
-            self._drop(signed, addr)
-            return
-        if signed.sender == self.own_sender and not self.echo:
-            self.own += 1
-            return
-        state = self.guard.accept(signed, time.time_ns() // 1_000_000)
-        if isinstance(state, Drop):
-            self._drop(state, addr, signed)
-            return
-        # Authentic and fresh: its sequence number is spent whatever the body holds.
-        try:
-            obj = parse_frame(signed.body.decode())
-            name = obj.get("from")
-            # The signed header's sequence number and time are the message's, whatever the
-            # body says.
-            obj["seq"] = signed.seq
-            obj["ts"] = signed.time_ms / 1000
-            if name is None:
-                obj["from"] = source(addr)
-            message = _decode_chat(obj)
-        except (UnicodeDecodeError, InvalidFrame) as exc:
-            self.invalid += 1
-            logger.debug("skipped a signed datagram with an invalid body from %s: %s", addr, exc)
-            return
-        state.name = name
-        self.enqueue(message)
-
-    def _drop(
-        self, reason: Drop, addr: Any, signed: _datagram.SignedDatagram | None = None
-    ) -> None:
-        self.drops[reason] += 1
-        if reason in self.warned or reason not in _WARN_ONCE:
-            logger.debug("dropped a datagram from %s: %s", source(addr), reason.value)
-            return
-        # Once per channel and kind: these usually mean a misconfiguration (a peer without
-        # the key or with another one, a host whose clock is off), which the user must fix.
-        self.warned.add(reason)
-        hint = _WARN_ONCE[reason]
-        if signed is not None:
-            offset = (signed.time_ms - time.time_ns() // 1_000_000) / 1000
-            hint = hint.replace("%offset", f"{offset:+.0f}")
-        logger.warning("dropped a datagram from %s: %s", source(addr), hint)
 
 
 class Sender(asyncio.DatagramProtocol):
@@ -313,23 +190,50 @@ class Sender(asyncio.DatagramProtocol):
             self.resumed = None
 
 
-def source(addr: Any) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+async def open_transports(
+    config: MulticastConfig, interface: _sockets.Interface, receiver: Receiver, sender: Sender
+) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport, int]:
+    """Open the receive and send sockets and hand them to the running loop.
 
+    Sets the classifier's ``own_address`` to the send socket's address, and the receiver's
+    ``sock`` for read-ahead (but under a proactor loop).
 
-def _decode_chat(obj: dict[str, Any]) -> Message:
-    """A chat message from a datagram's JSON object.
-
-    A multicast group has no server: a datagram that claims to be a server's notice (an
-    announcement, an error, "closing", a join...) would be shown as one. Only ``message``
-    is accepted.
+    Returns:
+        The receive and send transports, and the receive buffer the OS reports.
 
     Raises:
-        InvalidFrame: Not a valid message (see :func:`~chatcast.message.decode_message`), or
-            of another kind.
+        OSError: The OS refused to bind, join or route to the group; nothing is left open.
     """
-    message = decode_message(obj)
-    if message.kind != MESSAGE:
-        raise InvalidFrame(f"{message.kind!r} is not a multicast message type")
-    return message
+    loop = asyncio.get_running_loop()
+    receive_sock = send_sock = None
+    receive_transport: asyncio.DatagramTransport | None = None
+    try:
+        receive_sock = _sockets.open_receive_socket(
+            config.group,
+            config.port,
+            interface,
+            loopback=config.loopback,
+            receive_buffer_bytes=config.receive_buffer_bytes,
+        )
+        send_sock = _sockets.open_send_socket(
+            config.group, config.port, interface, ttl=config.ttl, loopback=config.loopback
+        )
+        own = send_sock.getsockname()
+        receiver.classifier.own_address = (own[0], own[1])
+        granted = receive_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if not isinstance(loop, _PROACTOR):
+            receiver.sock = receive_sock
+        receive_transport, _ = await loop.create_datagram_endpoint(
+            lambda: receiver, sock=receive_sock
+        )
+        receive_sock = None  # the transport owns it now
+        send_transport, _ = await loop.create_datagram_endpoint(lambda: sender, sock=send_sock)
+    except BaseException:
+        receiver.sock = None
+        for sock in (receive_sock, send_sock):
+            if sock is not None:
+                sock.close()
+        if receive_transport is not None:
+            receive_transport.close()
+        raise
+    return receive_transport, send_transport, granted

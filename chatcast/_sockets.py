@@ -6,6 +6,8 @@ to ``loop.create_datagram_endpoint(sock=...)``, and the tests inspect them direc
 
 * :func:`parse_group`, :func:`check_port`, :func:`check_ttl` validate arguments and raise
   :class:`ValueError` (or :class:`TypeError`) naming the bad value and the allowed range.
+  They need no OS, so they live in :mod:`chatcast._core.mcast_config`; this module passes
+  them on, so its callers keep one import for everything socket-related.
 * :func:`resolve_interface` turns ``"127.0.0.1"``, ``"eth0"`` or ``"fe80::1%eth0"`` into an
   :class:`Interface`, or raises :class:`ValueError` when this host has no such interface.
 * :func:`open_receive_socket` returns a non-blocking socket bound to the group's port and
@@ -36,6 +38,15 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
+from ._core.mcast_config import (
+    DEFAULT_RECEIVE_BUFFER_BYTES,
+    Group,
+    check_port,
+    check_ttl,
+    needs_interface,
+    parse_group,
+)
+
 __all__ = [
     "DEFAULT_RECEIVE_BUFFER_BYTES",
     "Interface",
@@ -49,11 +60,6 @@ __all__ = [
     "set_receive_buffer",
 ]
 
-#: Receive buffer asked of the kernel by default: 4 MiB. See :func:`set_receive_buffer`.
-DEFAULT_RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
-
-#: An IPv4 or IPv6 multicast group.
-Group = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: What bind() and connect() take: (host, port) or (host, port, flowinfo, scope_id).
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
 
@@ -91,68 +97,6 @@ class Interface:
 
     def __str__(self) -> str:
         return self.spec if self.spec is not None else "the default interface"
-
-
-def parse_group(group: str) -> Group:
-    """Return ``group`` as an address object, or raise if it is not a usable multicast group.
-
-    Raises:
-        TypeError: ``group`` is not a ``str``.
-        ValueError: Not an IP address; not multicast (IPv4 ``224.0.0.0/4``, IPv6
-            ``ff00::/8``); an IPv6 group with a ``%zone`` (give ``interface`` instead); an IPv6
-            group of reserved scope 0 or 15 (RFC 4291 2.7).
-    """
-    if not isinstance(group, str):
-        raise TypeError(f"group must be a str, got {type(group).__name__}")
-    try:
-        address = ipaddress.ip_address(group)
-    except ValueError:
-        raise ValueError(
-            f"group must be an IPv4 or IPv6 multicast address, got {group!r}"
-        ) from None
-    if not address.is_multicast:
-        raise ValueError(
-            f"{group!r} is not a multicast group: use 224.0.0.0 to 239.255.255.255 (IPv4) "
-            "or ff00::/8 (IPv6)"
-        )
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id is not None:
-            raise ValueError(f"give the interface of {group!r} with interface=..., not as a %zone")
-        if _ipv6_scope(address) in (0x0, 0xF):
-            raise ValueError(f"{group!r} has a reserved multicast scope (RFC 4291 2.7)")
-    return address
-
-
-def check_port(port: int) -> int:
-    """Return ``port`` if it is a usable UDP port (1-65535).
-
-    Raises:
-        TypeError: Not an ``int``.
-        ValueError: Out of range. Port 0 is refused: nobody could send to the port the OS
-            would pick.
-    """
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, got {type(port).__name__}")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be in 1..65535, got {port}")
-    return port
-
-
-def check_ttl(ttl: int) -> int:
-    """Return ``ttl`` if it is a usable multicast TTL / hop limit (0-255).
-
-    0 keeps datagrams on this host, 1 on the local network segment, each further hop needs a
-    multicast router.
-
-    Raises:
-        TypeError: Not an ``int``.
-        ValueError: Out of range.
-    """
-    if isinstance(ttl, bool) or not isinstance(ttl, int):
-        raise TypeError(f"ttl must be an int, got {type(ttl).__name__}")
-    if not 0 <= ttl <= 255:
-        raise ValueError(f"ttl must be in 0..255, got {ttl}")
-    return ttl
 
 
 def resolve_interface(interface: str | None, family: socket.AddressFamily) -> Interface:
@@ -297,20 +241,6 @@ def _bsd_ipv4_address_of(name: str) -> str | None:  # pragma: no cover - BSD and
     finally:
         probe.close()
     return socket.inet_ntoa(reply[20:24])
-
-
-def _ipv6_scope(group: ipaddress.IPv6Address) -> int:
-    # RFC 4291 2.7: the low 4 bits of the second byte.
-    return group.packed[1] & 0x0F
-
-
-def needs_interface(group: Group) -> bool:
-    """True for IPv6 groups of interface-local (1) or link-local (2) scope.
-
-    Such a group means nothing without its link: sockets name it with the interface index as
-    the scope id, so an interface must be given.
-    """
-    return isinstance(group, ipaddress.IPv6Address) and _ipv6_scope(group) <= 2
 
 
 def _family(group: Group) -> socket.AddressFamily:
