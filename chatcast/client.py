@@ -128,7 +128,11 @@ class BroadcastClient:
         # The protocol's state (name, room, welcome, requests, heartbeat) lives in the core;
         # this shell owns the streams, the tasks and the queue of received messages.
         self._protocol = ClientProtocol(
-            name=name, room=room, token=token, max_line_bytes=max_line_bytes
+            name=name,
+            room=room,
+            token=token,
+            max_line_bytes=max_line_bytes,
+            tls=self.ssl is not None,
         )
         # Received messages, bounded by _deliver/_put; the end of the stream comes after them.
         self._inbox: collections.deque[Message] = collections.deque()
@@ -143,7 +147,7 @@ class BroadcastClient:
         self._writer: asyncio.StreamWriter | None = None
         self._heard = 0.0  # loop time of the last read from the server
         self._silent = False  # the heartbeat gave up on the server
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
         self._sent = 0
         self._received = 0
@@ -295,7 +299,7 @@ class BroadcastClient:
     async def _request(self, kind: RequestKind, data: bytes) -> Any:
         writer = self._writable()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        writer.write(data)
+        self._write(writer, data)
         # The server answers requests in the order it reads them: queue this one exactly
         # when its frame is on the wire (not before a send that may fail).
         ticket = self._protocol.expect_answer(kind)
@@ -313,7 +317,7 @@ class BroadcastClient:
 
     async def _send_frame(self, data: bytes) -> None:
         writer = self._writable()
-        writer.write(data)
+        self._write(writer, data)
         await self._drain(writer)
 
     def _writable(self) -> asyncio.StreamWriter:
@@ -323,7 +327,15 @@ class BroadcastClient:
         return writer
 
     @staticmethod
+    def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+        try:
+            writer.write(data)
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from exc
+
+    @staticmethod
     async def _drain(writer: asyncio.StreamWriter) -> None:
+        """Wait while this connection's send buffer is full."""
         try:
             await writer.drain()
         except (ConnectionError, OSError) as exc:
@@ -414,7 +426,6 @@ class BroadcastClient:
                 ssl_handshake_timeout=self.connect_timeout if self.ssl else None,
             )
             try:
-                protocol.tls = self.ssl is not None
                 writer.write(protocol.connect())
                 early: list[Message] = []
                 while not protocol.open:
@@ -523,18 +534,22 @@ class BroadcastClient:
             else:
                 future.set_result(answer.value)
 
-    def _check_silence(self, writer: asyncio.StreamWriter) -> None:
+    def _check_silence(self, writer: asyncio.StreamWriter, again: bool = False) -> None:
         """The heartbeat timer: ping a silent server, give up on one that does not answer."""
         if self._writer is not writer:
             return
         loop = asyncio.get_running_loop()
         delay = self._protocol.check_silence(loop.time() - self._heard)
         self._flush(writer)
-        if delay is None:
+        if delay is not None:
+            self._watchdog = loop.call_later(delay, self._check_silence, writer)
+        elif not again:
+            # After a stall the loop runs due timers in the same pass as the reads that were
+            # waiting, before the reader task has seen them: look again once it has.
+            self._watchdog = loop.call_soon(self._check_silence, writer, True)
+        else:
             self._silent = True
             writer.transport.abort()  # the reader sees the end and reports the silence
-        else:
-            self._watchdog = loop.call_later(delay, self._check_silence, writer)
 
     async def _deliver(self, messages: list[Message]) -> None:
         for message in messages:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -285,8 +287,8 @@ async def test_heartbeat_answered_keeps_the_connection() -> None:
     async def alive(peer: TextPeer) -> None:
         nonlocal pongs
         await peer.line()
-        peer.send(_welcome(heartbeat=0.05))
-        while pongs < 4:
+        peer.send(_welcome(heartbeat=0.4))
+        while pongs < 2:
             assert await peer.line() == '{"type":"ping"}'
             peer.send(b'{"type":"pong"}\n')
             pongs += 1
@@ -365,6 +367,25 @@ async def test_who_fails_when_the_connection_ends_before_the_answer() -> None:
                     await client.who()
         finally:
             await client.close()
+
+
+@pytest.mark.timeout(90)
+def test_receive_benchmark_runs() -> None:
+    """`python -m benchmarks.client_receive --quick` receives every message, both ways."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.client_receive", "--quick"],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout.partition("RESULT ")[2])
+    assert [row["rate"] for row in rows] == [50_000.0, 0.0]
+    assert all(row["bare_us_per_message"] > 0 and row["ratio"] > 0 for row in rows)
 
 
 # -- real peers nobody here wrote ---------------------------------------------------------

@@ -244,7 +244,9 @@ class ClientProtocol:
         Raises:
             ConnectionClosed: During the hello, with the server's reason if it gave one.
         """
-        state, self._state = self._state, self._state if self.closed else _State.IDLE
+        state = self._state
+        if state is not _State.CLOSED:
+            self._state = _State.IDLE
         if state is _State.HELLO:
             if self._refusal is not None:
                 raise ConnectionClosed(self._refusal)
@@ -270,7 +272,7 @@ class ClientProtocol:
         return lost
 
     def close(self, reason: str = "") -> bytes:
-        """Close the client for good; return the goodbye frame to send, if a connection is up.
+        """Close the client for good; return the goodbye frame (to send if a connection is up).
 
         Afterwards every frame-building method raises
         :class:`~chatcast.exceptions.ChannelClosed`.
@@ -407,26 +409,29 @@ class ClientProtocol:
             # The common case, a chat message, decoded with one json.loads and checked field
             # by field; anything unusual (a \u escape that may hide a lone surrogate, an int
             # timestamp, extra fields) takes the full path, which refuses what it must.
-            if frame.__class__ is str and frame.startswith('{"type":"message",'):
-                if "\\u" not in frame:
-                    try:
-                        obj = loads(frame)
-                    except (ValueError, RecursionError):
-                        obj = None
-                    if obj.__class__ is dict and len(obj) == 5:
-                        text = obj.get("text")
-                        sender = obj.get("from")
-                        room = obj.get("room")
-                        ts = obj.get("ts")
-                        if (
-                            text.__class__ is str
-                            and sender.__class__ is str
-                            and room.__class__ is str
-                            and ts.__class__ is float
-                            and ts - ts == 0.0  # finite
-                        ):
-                            append(_chat(text, sender, room, ts))
-                            continue
+            if (
+                frame.__class__ is str
+                and frame.startswith('{"type":"message",')
+                and "\\u" not in frame
+            ):
+                try:
+                    # A JSON text that starts with "{" is an object: a dict.
+                    obj = loads(frame)
+                    text, sender, room, ts = obj["text"], obj["from"], obj["room"], obj["ts"]
+                except (ValueError, RecursionError, KeyError):
+                    pass  # the full path says what is wrong
+                else:
+                    if (
+                        len(obj) == 5  # nothing but type, from, text, room and ts
+                        and obj["type"] == MESSAGE  # not a later duplicate "type"
+                        and text.__class__ is str
+                        and sender.__class__ is str
+                        and room.__class__ is str
+                        and ts.__class__ is float
+                        and ts - ts == 0.0  # finite
+                    ):
+                        append(_chat(text, sender, room, ts))
+                        continue
             message = self._frame(frame)
             if message is not None:
                 append(message)

@@ -360,6 +360,8 @@ BAD_FRAMES = [
     pytest.param(b'{"type":"message","from":"b","text":"\\ud800","room":"l","ts":1.0}',
                  id="lone-surrogate"),
     pytest.param(b'{"type":"message","from":"b","text":"x","room":"l","seq":"1"}', id="str-seq"),
+    pytest.param(b'{"type":"message","from":"b","text":"x","room":"l","ts":1.0,"type":"x"}',
+                 id="second-type"),
 ]  # fmt: skip
 
 
