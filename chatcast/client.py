@@ -312,6 +312,7 @@ class BroadcastClient:
             # answers it all the same, and that answer must not go to the next request.
             if not future.done():
                 future.cancel()
+            if future.cancelled():
                 self._requests.pop(ticket, None)
                 self._protocol.cancel(ticket)
 

@@ -157,6 +157,16 @@ def test_junk_before_the_welcome_is_skipped() -> None:
     assert protocol.open
 
 
+def test_odd_heartbeats_and_a_late_welcome() -> None:
+    """A heartbeat that is not a positive number is ignored; a second welcome updates."""
+    protocol = ClientProtocol()
+    protocol.connect()
+    protocol.receive_data(welcome(heartbeat=-1))
+    assert protocol.heartbeat == 30.0
+    protocol.receive_data(frame(type="welcome", name="bob", heartbeat=True))
+    assert (protocol.name, protocol.room, protocol.heartbeat) == ("bob", "lobby", 30.0)
+
+
 # -- requests and answers -------------------------------------------------------------------
 
 
@@ -192,12 +202,12 @@ def test_unexpected_and_malformed_answers() -> None:
     protocol.receive_data(frame(type="rooms", rooms={}))
     assert protocol.answers_received() == []
     assert protocol.bad_frames == 1
-    ticket = protocol.expect_answer("who")
-    protocol.receive_data(frame(type="who", names=[1, 2]))
-    (answer,) = protocol.answers_received()
-    assert answer.ticket == ticket
-    assert isinstance(answer.value, InvalidFrame)
-    assert protocol.bad_frames == 2
+    who, rooms = protocol.expect_answer("who"), protocol.expect_answer("rooms")
+    protocol.receive_data(frame(type="who", names=[1, 2]) + frame(type="rooms", rooms=[]))
+    answers = protocol.answers_received()
+    assert [answer.ticket for answer in answers] == [who, rooms]
+    assert all(isinstance(answer.value, InvalidFrame) for answer in answers)
+    assert protocol.bad_frames == 3
 
 
 def test_missing_answer_fields_mean_empty() -> None:
