@@ -138,7 +138,7 @@ class BroadcastClient:
         self._inbox: collections.deque[Message] = collections.deque()
         self._queue_size = queue_size
         self._readable = asyncio.Event()  # set when the inbox has messages or the end
-        self._space = asyncio.Event()  # set when the inbox drops below queue_size
+        self._space = asyncio.Event()  # set when a full inbox is down to half
         self._reading_paused = False
         self._ending: ChatcastError | None = None
         self._early: list[Message] = []  # read with the welcome, delivered by the reader
@@ -363,7 +363,8 @@ class BroadcastClient:
             self._readable.clear()
             await self._readable.wait()  # nothing is taken until it returns: cancel-safe
         message = inbox.popleft()
-        if self._reading_paused and len(inbox) < self._queue_size:
+        if self._reading_paused and len(inbox) <= self._queue_size // 2:
+            self._reading_paused = False
             self._space.set()
         return message
 
@@ -553,19 +554,26 @@ class BroadcastClient:
             writer.transport.abort()  # the reader sees the end and reports the silence
 
     async def _deliver(self, messages: list[Message]) -> None:
-        for message in messages:
-            await self._put(message)
+        """Put ``messages`` in the inbox; while it is full, stop reading (TCP backpressure)."""
+        inbox, size = self._inbox, self._queue_size
+        start = 0
+        while start < len(messages):
+            room = size - len(inbox)
+            if room <= 0:
+                # Until the application has taken half: one wake-up for many messages, not
+                # a switch between reader and application per message.
+                self._reading_paused = True
+                self._space.clear()
+                await self._space.wait()
+                continue
+            batch = messages[start : start + room]
+            inbox.extend(batch)
+            start += len(batch)
+            self._received += len(batch)
+            self._readable.set()
 
     async def _put(self, message: Message) -> None:
-        # Backpressure: while the application is behind, stop reading from the socket.
-        while len(self._inbox) >= self._queue_size:
-            self._reading_paused = True
-            self._space.clear()
-            await self._space.wait()
-        self._reading_paused = False
-        self._received += 1
-        self._inbox.append(message)
-        self._readable.set()
+        await self._deliver([message])
 
     async def _drop_connection(self) -> None:
         writer = self._writer
