@@ -541,6 +541,9 @@ class BroadcastClient:
         if self._writer is not writer:
             return
         loop = asyncio.get_running_loop()
+        if self._reading_paused:
+            # Not reading (the application is behind): the server's silence proves nothing.
+            self._heard = loop.time()
         delay = self._protocol.check_silence(loop.time() - self._heard)
         self._flush(writer)
         if delay is not None:

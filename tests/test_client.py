@@ -306,6 +306,30 @@ async def test_heartbeat_answered_keeps_the_connection() -> None:
             await client.close()
 
 
+async def test_a_paused_reader_does_not_take_the_server_for_silent() -> None:
+    """While the application is behind (queue full) the client neither pings nor gives up."""
+    quiet = asyncio.Event()
+
+    async def patient(peer: TextPeer) -> None:
+        await peer.line()
+        peer.send(_welcome(heartbeat=0.1) + b"".join(_chat(str(i)) for i in range(3)))
+        with pytest.raises(TimeoutError):
+            await peer.line(seconds=0.5)  # five heartbeats, and no ping
+        quiet.set()
+        await peer.eof()
+
+    async with scripted(patient) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice", queue_size=1)
+        await client.connect()
+        try:
+            async with asyncio.timeout(timeout(5)):
+                await quiet.wait()
+                assert [(await client.receive()).text for _ in range(3)] == ["0", "1", "2"]
+            assert client.connected
+        finally:
+            await client.close()
+
+
 async def test_messages_with_the_welcome_and_a_small_queue_arrive_in_order() -> None:
     """Frames read with the welcome come first; a full queue pauses reading, loses nothing."""
 
