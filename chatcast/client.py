@@ -15,40 +15,23 @@ import random
 import ssl as ssl_module
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from ._core import commands as proto
-from ._core.framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
+from ._core.client import AUTH_REASONS, ClientProtocol, RequestKind
+from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from .exceptions import (
     AuthenticationError,
     ChannelClosed,
     ChatcastError,
     ConnectionClosed,
     InvalidFrame,
-    MessageTooLong,
-    ProtocolError,
 )
-from .message import (
-    CLOSING,
-    ERROR,
-    INFO,
-    JOIN,
-    NICK,
-    Message,
-    decode_message,
-    dump_frame,
-    parse_frame,
-)
+from .message import INFO, Message
 
 __all__ = ["BroadcastClient", "ClientStatistics"]
 
 log = logging.getLogger("chatcast.client")
-
-_AUTH_REASONS: Final = (
-    "authentication failed",
-    "authentication required",
-    "authentication timeout",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +51,6 @@ class ClientStatistics:
     received: int
     errors: int
     reconnects: int
-
-
-@dataclass(frozen=True, slots=True)
-class _End:
-    """Queue sentinel: the stream of messages is over, for this reason."""
-
-    error: ChatcastError
 
 
 class BroadcastClient:
@@ -142,9 +118,6 @@ class BroadcastClient:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.host = host
         self.port = port
-        self.name = name
-        self.room = room
-        self.token = token
         self.ssl = ssl_module.create_default_context() if ssl is True else ssl or None
         self.server_hostname = server_hostname
         self.reconnect = reconnect
@@ -152,25 +125,71 @@ class BroadcastClient:
         self.reconnect_max_delay = reconnect_max_delay
         self.connect_timeout = connect_timeout
         self.max_line_bytes = max_line_bytes
-        #: The server's welcome text, once connected.
-        self.welcome: str | None = None
-        self._heartbeat = 30.0
-        # Unbounded queue, bounded by _put: the end-of-stream sentinel must always fit.
-        self._queue: asyncio.Queue[Message | _End] = asyncio.Queue()
+        # The protocol's state (name, room, welcome, requests, heartbeat) lives in the core;
+        # this shell owns the streams, the tasks and the queue of received messages.
+        self._protocol = ClientProtocol(
+            name=name,
+            room=room,
+            token=token,
+            max_line_bytes=max_line_bytes,
+            tls=self.ssl is not None,
+        )
+        # Received messages, bounded by _deliver/_put; the end of the stream comes after them.
+        self._inbox: collections.deque[Message] = collections.deque()
         self._queue_size = queue_size
-        self._space = asyncio.Event()
+        self._readable = asyncio.Event()  # set when the inbox has messages or the end
+        self._space = asyncio.Event()  # set when a full inbox is down to half
+        self._reading_paused = False
+        self._ending: ChatcastError | None = None
+        self._early: list[Message] = []  # read with the welcome, delivered by the reader
+        self._requests: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._decoder = LineDecoder(max_line_bytes)
-        self._leftover: list[str | ProtocolError] = []
-        self._pending: collections.deque[tuple[str, asyncio.Future[Any]]] = collections.deque()
+        self._heard = 0.0  # loop time of the last read from the server
+        self._silent = False  # the heartbeat gave up on the server
+        self._watchdog: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._ended = False
         self._sent = 0
         self._received = 0
-        self._errors = 0
         self._reconnects = 0
+
+    # -- what the protocol knows --------------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """My name: the one asked for, then the one the server confirmed (welcome, nick)."""
+        return self._protocol.name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._protocol.name = value
+
+    @property
+    def room(self) -> str | None:
+        """My room: the one asked for, then the one the server confirmed."""
+        return self._protocol.room
+
+    @room.setter
+    def room(self, value: str | None) -> None:
+        self._protocol.room = value
+
+    @property
+    def token(self) -> str | None:
+        """The token the hello presents."""
+        return self._protocol.token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._protocol.token = value
+
+    @property
+    def welcome(self) -> str | None:
+        """The server's welcome text, once connected."""
+        return self._protocol.welcome
+
+    @welcome.setter
+    def welcome(self, value: str | None) -> None:
+        self._protocol.welcome = value
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -207,15 +226,13 @@ class BroadcastClient:
         Afterwards :meth:`send` and :meth:`receive` raise :class:`ChannelClosed` (messages
         already received are still returned first).
         """
-        if self._closed:
+        if self._protocol.closed:
             return
-        self._closed = True
+        goodbye = self._protocol.close(reason)
         writer = self._writer
         if writer is not None and not writer.is_closing():
             with contextlib.suppress(OSError):
-                writer.write(
-                    dump_frame({"type": "quit", "reason": reason} if reason else {"type": "quit"})
-                )
+                writer.write(goodbye)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -238,16 +255,7 @@ class BroadcastClient:
             ConnectionClosed: Not connected (also while reconnecting).
             ChannelClosed: :meth:`close` was called.
         """
-        try:
-            proto.check_text(text)
-            if to is not None:
-                proto.check_name(to, "recipient")
-        except InvalidFrame as exc:
-            raise ValueError(str(exc)) from None
-        frame: dict[str, Any] = {"type": "message", "text": text}
-        if to is not None:
-            frame["to"] = to
-        await self._send_frame(frame)
+        await self._send_frame(self._protocol.message(text, to=to))
         self._sent += 1
 
     async def join(self, room: str) -> None:
@@ -257,11 +265,7 @@ class BroadcastClient:
             ValueError: Not a valid room name.
             ConnectionClosed / ChannelClosed: As for :meth:`send`.
         """
-        try:
-            proto.check_name(room, "room")
-        except InvalidFrame as exc:
-            raise ValueError(str(exc)) from None
-        await self._send_frame({"type": "join", "room": room})
+        await self._send_frame(self._protocol.join(room))
         self.room = room
 
     async def nick(self, name: str) -> None:
@@ -273,11 +277,7 @@ class BroadcastClient:
             ValueError: Not a valid name.
             ConnectionClosed / ChannelClosed: As for :meth:`send`.
         """
-        try:
-            proto.check_name(name)
-        except InvalidFrame as exc:
-            raise ValueError(str(exc)) from None
-        await self._send_frame({"type": "nick", "name": name})
+        await self._send_frame(self._protocol.nick(name))
 
     async def who(self, room: str | None = None) -> list[str]:
         """Return the names in ``room`` (default: my room), as the server sees them now.
@@ -288,46 +288,56 @@ class BroadcastClient:
             ConnectionClosed / ChannelClosed: As for :meth:`send`, or if the connection
                 ends before the answer.
         """
-        frame: dict[str, Any] = {"type": "who"}
-        if room is not None:
-            frame["room"] = room
-        names: list[str] = await self._request("who", frame)
+        names: list[str] = await self._request("who", self._protocol.who(room))
         return names
 
     async def rooms(self) -> dict[str, int]:
         """Return every room with members, and how many (see :meth:`who` for errors)."""
-        rooms: dict[str, int] = await self._request("rooms", {"type": "rooms"})
+        rooms: dict[str, int] = await self._request("rooms", self._protocol.rooms())
         return rooms
 
-    async def _request(self, kind: str, frame: dict[str, Any]) -> Any:
+    async def _request(self, kind: RequestKind, data: bytes) -> Any:
+        writer = self._writable()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._write(writer, data)
+        # The server answers requests in the order it reads them: queue this one exactly
+        # when its frame is on the wire (not before a send that may fail).
+        ticket = self._protocol.expect_answer(kind)
+        self._requests[ticket] = future
         try:
-            await self._send_frame(frame, pending=(kind, future))
+            await self._drain(writer)
             return await future
         finally:
-            # A cancelled request keeps its place in the queue: the server answers it all the
-            # same, and that answer must not go to the next request.
+            # A cancelled request keeps its place in the protocol's queue: the server
+            # answers it all the same, and that answer must not go to the next request.
             if not future.done():
                 future.cancel()
+            if future.cancelled():
+                self._requests.pop(ticket, None)
+                self._protocol.cancel(ticket)
 
-    async def _send_frame(
-        self, frame: dict[str, Any], *, pending: tuple[str, asyncio.Future[Any]] | None = None
-    ) -> None:
-        """Write ``frame``; ``pending`` waits for the server's answer once it is written."""
-        if self._closed:
-            raise ChannelClosed("client is closed")
-        data = dump_frame(frame)
-        if len(data) - 1 > self.max_line_bytes:
-            raise MessageTooLong(len(data) - 1, self.max_line_bytes)
+    async def _send_frame(self, data: bytes) -> None:
+        writer = self._writable()
+        self._write(writer, data)
+        await self._drain(writer)
+
+    def _writable(self) -> asyncio.StreamWriter:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise ConnectionClosed("not connected" + (" (reconnecting)" if self.reconnect else ""))
+        return writer
+
+    @staticmethod
+    def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
         try:
             writer.write(data)
-            if pending is not None:
-                # The server answers requests in the order it reads them: queue this one
-                # exactly when its frame is on the wire (not before a send that may fail).
-                self._pending.append(pending)
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from exc
+
+    @staticmethod
+    async def _drain(writer: asyncio.StreamWriter) -> None:
+        """Wait while this connection's send buffer is full."""
+        try:
             await writer.drain()
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(f"connection lost: {exc}") from exc
@@ -346,12 +356,17 @@ class BroadcastClient:
                 ``reason`` is what the server said, or what the network did.
             ChannelClosed: :meth:`close` was called and every message before it was read.
         """
-        item = await self._queue.get()
-        self._space.set()
-        if isinstance(item, _End):
-            self._queue.put_nowait(item)  # every later receive() raises the same
-            raise item.error
-        return item
+        inbox = self._inbox
+        while not inbox:
+            if self._ending is not None:
+                raise self._ending  # every later receive() raises the same
+            self._readable.clear()
+            await self._readable.wait()  # nothing is taken until it returns: cancel-safe
+        message = inbox.popleft()
+        if self._reading_paused and len(inbox) <= self._queue_size // 2:
+            self._reading_paused = False
+            self._space.set()
+        return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -376,7 +391,7 @@ class BroadcastClient:
             connected=self.connected,
             sent=self._sent,
             received=self._received,
-            errors=self._errors,
+            errors=self._protocol.errors,
             reconnects=self._reconnects,
         )
 
@@ -403,6 +418,7 @@ class BroadcastClient:
             ) from exc
 
     async def _connect_and_hello(self) -> None:
+        protocol = self._protocol
         async with asyncio.timeout(self.connect_timeout):
             reader, writer = await asyncio.open_connection(
                 self.host,
@@ -411,68 +427,23 @@ class BroadcastClient:
                 server_hostname=self.server_hostname if self.ssl else None,
                 ssl_handshake_timeout=self.connect_timeout if self.ssl else None,
             )
-            self._decoder = LineDecoder(self.max_line_bytes)
             try:
-                hello: dict[str, Any] = {"type": "hello", "version": proto.PROTOCOL_VERSION}
-                if self.name is not None:
-                    hello["name"] = self.name
-                if self.room is not None:
-                    hello["room"] = self.room
-                if self.token is not None:
-                    hello["token"] = self.token
-                writer.write(dump_frame(hello))
-                await self._await_welcome(reader)
+                writer.write(protocol.connect())
+                early: list[Message] = []
+                while not protocol.open:
+                    data = await reader.read(65536)
+                    if not data:
+                        raise ConnectionClosed(protocol.receive_eof())
+                    early += protocol.receive_data(data)  # raises if refused
             except BaseException:
+                protocol.connection_lost()
                 writer.close()
                 with contextlib.suppress(OSError, TimeoutError):
                     async with asyncio.timeout(1):
                         await writer.wait_closed()
                 raise
+        self._early = early  # read with the welcome: delivered first by the reader
         self._reader, self._writer = reader, writer
-
-    async def _await_welcome(self, reader: asyncio.StreamReader) -> None:
-        text_reason: str | None = None
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                if text_reason is None and self.welcome is None and not self.ssl:
-                    # Not a word: a TLS port drops a plain hello like this.
-                    text_reason = "server closed the connection at once (does it expect TLS?)"
-                raise ConnectionClosed(text_reason or "server closed the connection")
-            frames = self._decoder.feed(data)
-            for index, frame in enumerate(frames):
-                if isinstance(frame, ProtocolError):
-                    raise ConnectionClosed(f"bad frame from server: {frame}")
-                if not frame.startswith("{"):
-                    # Text-mode lines sent before our hello was read: the banner, or a
-                    # "! reason" when the server refuses us (e.g. full).
-                    if frame.startswith("! "):
-                        text_reason = frame[2:]
-                    elif self.welcome is None:
-                        self.welcome = frame
-                    continue
-                try:
-                    obj = parse_frame(frame)
-                except InvalidFrame:
-                    continue
-                if obj["type"] == "welcome":
-                    self._welcomed(obj)
-                    self._leftover = frames[index + 1 :]  # read with the welcome: keep them
-                    return
-                if obj["type"] == "error":
-                    reason = str(obj.get("text", "refused"))
-                    if reason in _AUTH_REASONS:
-                        raise AuthenticationError(reason)
-                    raise ConnectionClosed(reason)
-
-    def _welcomed(self, obj: dict[str, Any]) -> None:
-        self.name = str(obj.get("name") or self.name)
-        self.room = str(obj.get("room") or self.room)
-        if isinstance(obj.get("text"), str):
-            self.welcome = obj["text"]
-        heartbeat = obj.get("heartbeat")
-        if isinstance(heartbeat, int | float) and heartbeat > 0:
-            self._heartbeat = float(heartbeat)
         log.debug("connected to %s:%d as %s in %s", self.host, self.port, self.name, self.room)
 
     async def _run(self) -> None:
@@ -481,9 +452,9 @@ class BroadcastClient:
         while True:
             reason = await self._read_loop()
             await self._drop_connection()
-            if self._closed:
+            if self._protocol.closed:
                 return
-            if not self.reconnect or reason in _AUTH_REASONS:
+            if not self.reconnect or reason in AUTH_REASONS:
                 self._end(ConnectionClosed(reason))
                 return
             await self._put(Message(f"disconnected: {reason}; reconnecting", kind=INFO))
@@ -505,102 +476,117 @@ class BroadcastClient:
                 break
 
     async def _read_loop(self) -> str:
-        """Handle frames until the connection ends; return why it ended."""
-        reader, writer = self._reader, self._writer
+        """Feed the protocol until the connection ends; return why it ended."""
+        reader, writer, protocol = self._reader, self._writer, self._protocol
         assert reader is not None
         assert writer is not None
-        reason = "connection closed by server"
-        silent = False
-        frames, self._leftover = self._leftover, []
-        for frame in frames:
-            if isinstance(frame, str):
-                ended = await self._handle(frame, writer)
-                reason = ended or reason
-        while True:
-            try:
-                async with asyncio.timeout(self._heartbeat * (0.5 if silent else 1.0)):
+        loop = asyncio.get_running_loop()
+        now = loop.time
+        self._heard = now()
+        self._silent = False
+        # The heartbeat is one timer re-armed from the time of the last read, not a timeout
+        # around every read: reads stay cheap when the server is busy.
+        self._watchdog = loop.call_later(protocol.heartbeat, self._check_silence, writer)
+        try:
+            early, self._early = self._early, []
+            self._flush(writer)
+            await self._deliver(early)
+            while True:
+                try:
+                    # Whole reads, not a readline per frame: one wake-up for every frame
+                    # that has arrived, decoded in one pass.
                     data = await reader.read(65536)
-            except TimeoutError:
-                if silent:
-                    return "server stopped answering (heartbeat timeout)"
-                silent = True  # nothing for a while: ask, and wait half as long again
-                with contextlib.suppress(OSError):
-                    writer.write(b'{"type":"ping"}\n')
-                continue
-            except (ConnectionError, OSError) as exc:
-                return f"connection lost: {exc}"
-            silent = False
-            if not data:
-                return reason
-            for frame in self._decoder.feed(data):
-                if isinstance(frame, ProtocolError):
-                    log.warning("bad frame from server: %s", frame)
-                    continue
-                ended = await self._handle(frame, writer)
-                if ended is not None:
-                    reason = ended
-            if reason in _AUTH_REASONS:
-                return reason
+                except (ConnectionError, OSError) as exc:
+                    return f"connection lost: {exc}"
+                if not data:
+                    if self._silent:
+                        return "server stopped answering (heartbeat timeout)"
+                    return protocol.receive_eof()
+                self._heard = now()
+                messages = protocol.receive_data(data)
+                self._flush(writer)
+                inbox = self._inbox
+                if len(inbox) + len(messages) <= self._queue_size:
+                    # The usual case, without a wait: the whole read into the inbox at once.
+                    if messages:
+                        inbox.extend(messages)
+                        self._received += len(messages)
+                        self._readable.set()
+                else:
+                    await self._deliver(messages)
+                if protocol.refused:
+                    return protocol.end_reason
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
 
-    async def _handle(self, frame: str, writer: asyncio.StreamWriter) -> str | None:
-        """Handle one frame; return the reason to report if the connection ends next."""
-        try:
-            obj = parse_frame(frame)
-        except InvalidFrame:
-            return None  # a stray text-mode line: not for us
-        kind = obj["type"]
-        if kind == "ping":
-            writer.write(b'{"type":"pong"}\n')
-            return None
-        if kind in ("who", "rooms"):
-            value = obj.get("names" if kind == "who" else "rooms")
-            # One answer per request, in order: it belongs to the oldest request, answered
-            # or not (a cancelled one is simply not told).
-            if not self._pending or self._pending[0][0] != kind:
-                log.warning("unexpected %r answer from server", kind)
-                return None
-            _, future = self._pending.popleft()
-            if not future.done():
-                future.set_result(value if value is not None else ([] if kind == "who" else {}))
-            return None
-        if kind in ("pong", "welcome"):
-            if kind == "welcome":
-                self._welcomed(obj)
-            return None
-        try:
-            message = decode_message(obj)
-        except InvalidFrame as exc:
-            log.warning("unexpected frame from server: %s", exc)
-            return None
-        if message.kind == NICK and message.sender == self.name:
-            self.name = message.text
-        elif message.kind == JOIN and message.sender == self.name:
-            self.room = message.room
-        await self._put(message)
-        if message.kind == CLOSING:
-            return f"closed by server: {message.text}"
-        if message.kind == ERROR:
-            # If the server closes the connection next, this was the reason.
-            self._errors += 1
-            return message.text
-        return None
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Write what the protocol wants sent, and hand out the answers it received."""
+        data = self._protocol.data_to_send()
+        if data:
+            with contextlib.suppress(OSError):
+                writer.write(data)
+        for answer in self._protocol.answers_received():
+            future = self._requests.pop(answer.ticket, None)
+            if future is None or future.done():
+                continue
+            if isinstance(answer.value, InvalidFrame):
+                future.set_exception(answer.value)
+            else:
+                future.set_result(answer.value)
+
+    def _check_silence(self, writer: asyncio.StreamWriter, again: bool = False) -> None:
+        """The heartbeat timer: ping a silent server, give up on one that does not answer."""
+        if self._writer is not writer:
+            return
+        loop = asyncio.get_running_loop()
+        if self._reading_paused:
+            # Not reading (the application is behind): the server's silence proves nothing.
+            self._heard = loop.time()
+        delay = self._protocol.check_silence(loop.time() - self._heard)
+        self._flush(writer)
+        if delay is not None:
+            self._watchdog = loop.call_later(delay, self._check_silence, writer)
+        elif not again:
+            # After a stall the loop runs due timers in the same pass as the reads that were
+            # waiting, before the reader task has seen them: look again once it has.
+            self._watchdog = loop.call_soon(self._check_silence, writer, True)
+        else:
+            self._silent = True
+            writer.transport.abort()  # the reader sees the end and reports the silence
+
+    async def _deliver(self, messages: list[Message]) -> None:
+        """Put ``messages`` in the inbox; while it is full, stop reading (TCP backpressure)."""
+        inbox, size = self._inbox, self._queue_size
+        start = 0
+        while start < len(messages):
+            room = size - len(inbox)
+            if room <= 0:
+                # Until the application has taken half: one wake-up for many messages, not
+                # a switch between reader and application per message.
+                self._reading_paused = True
+                self._space.clear()
+                await self._space.wait()
+                continue
+            batch = messages[start : start + room]
+            inbox.extend(batch)
+            start += len(batch)
+            self._received += len(batch)
+            self._readable.set()
 
     async def _put(self, message: Message) -> None:
-        # Backpressure: while the application is behind, stop reading from the socket.
-        while self._queue.qsize() >= self._queue_size:
-            self._space.clear()
-            await self._space.wait()
-        self._received += 1
-        self._queue.put_nowait(message)
+        await self._deliver([message])
 
     async def _drop_connection(self) -> None:
         writer = self._writer
         self._writer = self._reader = None
-        while self._pending:
-            _, future = self._pending.popleft()
-            if not future.done():
+        for ticket in self._protocol.connection_lost():
+            future = self._requests.pop(ticket, None)
+            if future is not None and not future.done():
                 future.set_exception(ConnectionClosed("connection closed"))
                 future.exception()  # retrieved: nobody may be waiting any more
+        self._requests.clear()  # what is left was given up on by its caller
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
@@ -608,7 +594,6 @@ class BroadcastClient:
                     await writer.wait_closed()
 
     def _end(self, error: ChatcastError) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        self._queue.put_nowait(_End(error))
+        if self._ending is None:
+            self._ending = error
+            self._readable.set()

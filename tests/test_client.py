@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import shutil
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ from chatcast.client import BroadcastClient
 from chatcast.exceptions import ChannelClosed, ConnectionClosed, MessageTooLong
 from chatcast.message import ANNOUNCEMENT, CLOSING, INFO, JOIN, MESSAGE, NICK
 from chatcast.server import BroadcastServer
-from tests.conftest import receive_kind
+from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
 
 Factory = Callable[..., Any]
@@ -208,6 +212,204 @@ def test_constructor_validation() -> None:
         BroadcastClient(port=0)
     with pytest.raises(ValueError, match="reconnect_delay"):
         BroadcastClient(reconnect_delay=5, reconnect_max_delay=1)
+
+
+# -- against a scripted server -------------------------------------------------------------
+
+Script = Callable[[TextPeer], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[int]:
+    """A one-connection server on 127.0.0.1:0 that runs ``script``; yields its port."""
+    done: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        done.append(task)
+        peer = TextPeer(reader, writer)
+        try:
+            await script(peer)
+        finally:
+            await peer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in done:
+            task.cancel()
+        await asyncio.gather(*done, return_exceptions=True)
+        await server.wait_closed()
+
+
+def _frame(**obj: Any) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+def _welcome(heartbeat: float = 30.0) -> bytes:
+    return _frame(type="welcome", name="alice", room="lobby", text="hi", heartbeat=heartbeat)
+
+
+def _chat(text: str) -> bytes:
+    return _frame(type="message", **{"from": "bob"}, text=text, room="lobby", ts=1.5)
+
+
+async def test_heartbeat_pings_a_silent_server_then_gives_up() -> None:
+    """A silent server gets a ping after a heartbeat; no answer within half one more: closed."""
+    pinged = asyncio.Event()
+
+    async def silent(peer: TextPeer) -> None:
+        await peer.line()  # the hello
+        peer.send(_welcome(heartbeat=0.2))
+        assert await peer.line(seconds=5) == '{"type":"ping"}'
+        pinged.set()
+        await peer.eof(seconds=5)
+
+    async with scripted(silent) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice")
+        await client.connect()
+        try:
+            with pytest.raises(ConnectionClosed, match="heartbeat timeout"):
+                async with asyncio.timeout(timeout(5)):
+                    await client.receive()
+            assert pinged.is_set()
+        finally:
+            await client.close()
+
+
+async def test_heartbeat_answered_keeps_the_connection() -> None:
+    """A server that answers the client's pings stays connected past many heartbeats."""
+    pongs = 0
+
+    async def alive(peer: TextPeer) -> None:
+        nonlocal pongs
+        await peer.line()
+        peer.send(_welcome(heartbeat=0.4))
+        while pongs < 2:
+            assert await peer.line() == '{"type":"ping"}'
+            peer.send(b'{"type":"pong"}\n')
+            pongs += 1
+        peer.send(_chat("still here"))
+        await peer.eof()
+
+    async with scripted(alive) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice")
+        await client.connect()
+        try:
+            async with asyncio.timeout(timeout(5)):
+                assert (await client.receive()).text == "still here"
+            assert client.connected
+        finally:
+            await client.close()
+
+
+async def test_a_paused_reader_does_not_take_the_server_for_silent() -> None:
+    """While the application is behind (queue full) the client neither pings nor gives up."""
+    quiet = asyncio.Event()
+
+    async def patient(peer: TextPeer) -> None:
+        await peer.line()
+        peer.send(_welcome(heartbeat=0.1) + b"".join(_chat(str(i)) for i in range(3)))
+        with pytest.raises(TimeoutError):
+            await peer.line(seconds=0.5)  # five heartbeats, and no ping
+        quiet.set()
+        await peer.eof()
+
+    async with scripted(patient) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice", queue_size=1)
+        await client.connect()
+        try:
+            async with asyncio.timeout(timeout(5)):
+                await quiet.wait()
+                assert [(await client.receive()).text for _ in range(3)] == ["0", "1", "2"]
+            assert client.connected
+        finally:
+            await client.close()
+
+
+async def test_messages_with_the_welcome_and_a_small_queue_arrive_in_order() -> None:
+    """Frames read with the welcome come first; a full queue pauses reading, loses nothing."""
+
+    async def burst(peer: TextPeer) -> None:
+        await peer.line()
+        peer.send(_welcome() + _chat("0") + b'{"type":"ping"}\n')
+        assert await peer.line() == '{"type":"pong"}'
+        peer.send(b"".join(_chat(str(i)) for i in range(1, 200)))
+        await peer.eof()
+
+    async with scripted(burst) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice", queue_size=3)
+        await client.connect()
+        try:
+            async with asyncio.timeout(timeout(5)):
+                got = [(await client.receive()).text for _ in range(200)]
+            assert got == [str(i) for i in range(200)]
+            assert client.statistics().received == 200
+        finally:
+            await client.close()
+
+
+async def test_hostile_frames_from_the_server_are_skipped() -> None:
+    """Broken frames from a server are skipped; the good ones around them arrive."""
+
+    async def hostile(peer: TextPeer) -> None:
+        await peer.line()
+        peer.send(_welcome() + _chat("before"))
+        peer.send(b"\xff\xfe\n" + b"x" * 2000 + b'\n{"type":"message","text":5}\n')
+        peer.send(b'{"type":"message","from":"b","text":"\\ud800","room":"l","ts":1.0}\n')
+        peer.send(_frame(type="who", names=["nobody asked"]) + _chat("after"))
+        await peer.eof()
+
+    async with scripted(hostile) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice", max_line_bytes=1024)
+        await client.connect()
+        try:
+            async with asyncio.timeout(timeout(5)):
+                assert (await client.receive()).text == "before"
+                assert (await client.receive()).text == "after"
+        finally:
+            await client.close()
+
+
+async def test_who_fails_when_the_connection_ends_before_the_answer() -> None:
+    """A request still waiting when the connection ends raises ConnectionClosed."""
+
+    async def hang_up(peer: TextPeer) -> None:
+        await peer.line()
+        peer.send(_welcome())
+        assert json.loads(await peer.line()) == {"type": "who"}
+
+    async with scripted(hang_up) as port:
+        client = BroadcastClient("127.0.0.1", port, name="alice")
+        await client.connect()
+        try:
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(timeout(5)):
+                    await client.who()
+        finally:
+            await client.close()
+
+
+@pytest.mark.timeout(90)
+def test_receive_benchmark_runs() -> None:
+    """`python -m benchmarks.client_receive --quick` receives every message, both ways."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.client_receive", "--quick"],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout.partition("RESULT ")[2])
+    assert [row["rate"] for row in rows] == [50_000.0, 0.0]
+    assert all(row["bare_us_per_message"] > 0 and row["ratio"] > 0 for row in rows)
 
 
 # -- real peers nobody here wrote ---------------------------------------------------------
