@@ -268,6 +268,24 @@ def hotpath(cfg: Config) -> list[Row]:
     return rows
 
 
+def client(cfg: Config) -> list[Row]:
+    """The client's receive path against a bare readline + json.loads loop
+    (see :mod:`benchmarks.client_receive`)."""
+    child = Child(
+        ["-m", "benchmarks.client_receive", *(["--quick"] if cfg.quick else ["--repeat=3"])]
+    )
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=900))
+    finally:
+        child.stop()
+    for row in rows:
+        row["server"] = "BroadcastClient"
+        row["all_counted"] = True  # each receiver stops only at its N-th message
+        paced = f"{row['rate']:,.0f}/s" if row["rate"] else "unpaced"
+        _progress(row, f"{paced}: {row['ratio']:.2f} x the bare loop")
+    return rows
+
+
 def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
     """Workload 4: a raw blocking sender into a raw receiver or a MulticastChannel."""
     rows: list[Row] = []
@@ -582,6 +600,17 @@ def _ratios(rows: list[Row]) -> list[Row]:
                 }
             )
     out += _cross_ratios(rows)
+    for r in rows:
+        if r["workload"] == "client_receive":
+            paced = f"{r['rate']:,.0f}/s" if r["rate"] else "unpaced"
+            out.append(
+                {
+                    "what": f"client receive {paced}: CPU/msg BroadcastClient / bare loop",
+                    "ratio": r["ratio"],
+                    "target": 1.3,
+                    "met": r["ratio"] <= 1.3,
+                }
+            )
     mc = [r for r in rows if r["workload"] == "multicast"]
     raw = next((r for r in mc if r["server"] == "raw blocking" and not r["paced_rate"]), None)
     for r in mc:
@@ -767,6 +796,19 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['server']:<24}{r['subscribers']:>6}{r['lines_per_read']:>11}"
                 f"{r['us_per_read']:>10.1f}{r['us_per_message']:>9.2f}{r['ns_per_delivery']:>12.1f}"
             )
+    received = [r for r in rows if r["workload"] == "client_receive"]
+    if received:
+        lines.append("")
+        lines.append("Client receive path (CPU per message in the receiving process)")
+        lines.append(
+            f"{'rate':<12}{'messages':>10}{'bare us/msg':>13}{'client us/msg':>15}{'ratio':>8}"
+        )
+        for r in received:
+            paced = f"{r['rate']:,.0f}/s" if r["rate"] else "unpaced"
+            lines.append(
+                f"{paced:<12}{r['messages']:>10}{r['bare_us_per_message']:>13.2f}"
+                f"{r['client_us_per_message']:>15.2f}{r['ratio']:>8.2f}"
+            )
     mc = [r for r in rows if r["workload"] == "multicast"]
     if mc:
         lines.append("")
@@ -825,7 +867,7 @@ def _chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
-WORKLOADS = ("burst", "paced", "scale", "multicast", "hotpath", "cross")
+WORKLOADS = ("burst", "paced", "scale", "multicast", "hotpath", "client", "cross")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -882,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         ("scale", lambda: scale(cfg, servers)),
         ("multicast", lambda: multicast(cfg, args.uvloop)),
         ("hotpath", lambda: hotpath(cfg)),
+        ("client", lambda: client(cfg)),
         ("cross", lambda: cross(cfg)),
     ]
     skipped: dict[str, str] = {}

@@ -287,6 +287,7 @@ class BroadcastClient:
         Raises:
             ConnectionClosed / ChannelClosed: As for :meth:`send`, or if the connection
                 ends before the answer.
+            InvalidFrame: The server's answer is malformed (not a list of names).
         """
         names: list[str] = await self._request("who", self._protocol.who(room))
         return names
