@@ -5,7 +5,7 @@ the sans-I/O hub (:meth:`~chatcast._core.hub.Hub.receive`), tell the hub of back
 of the end, and, for TLS, hold what arrives before the server takes the new transport over.
 It is given what it needs (an :class:`Acceptor`: the hub, and the server's accept and loss
 callbacks), never the server itself. The peer's state is the hub's: :class:`Connection` is a
-:class:`~chatcast._core.hub.Peer` so that a connection costs one object, not two.
+:class:`~chatcast._core.peer.Peer` so that a connection costs one object, not two.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from typing import Any
 
 from .._core.commands import (
     CLIENT_COMMANDS,
-    OPERATOR_COMMANDS,
     Command,
     Help,
     Join,
@@ -41,6 +40,7 @@ from ..message import (
 )
 from ..server import DEFAULT_WELCOME, BroadcastServer
 from .console import Console, log_to
+from .operator import announcements
 
 __all__ = ["add_parser"]
 
@@ -279,37 +279,20 @@ async def _operator(
     :data:`OPERATOR_COMMANDS`: ``/quit`` (or ``/exit``) stops the server, ``/help`` lists
     them, and a mistyped command is answered here, never announced (``//text`` announces
     ``/text``). At end of input, keep serving."""
-    while True:
-        line = await console.read_line()
-        if line is None:
-            if worker:
-                stop.set()  # the parent is gone
-            return  # stdin closed (e.g. run in the background): serve until a signal
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            command = parse_text(line, OPERATOR_COMMANDS)
-        except InvalidFrame as exc:
-            console.write(f"! {exc}")
-            continue
-        if isinstance(command, Quit):
-            stop.set()
-            return
-        if isinstance(command, Help):
-            console.write(render_text(Message(help_text(OPERATOR_COMMANDS), kind=INFO)))
-        elif isinstance(command, Say):
-            count = await server.broadcast(command.text)
-            connected = server.statistics().backplane_connected
-            where = (
-                ""
-                if connected is None
-                else " here, and to the other servers"
-                if connected
-                else " here only: the backplane is down"
-            )
-            noun = "client" if count == 1 else "clients"
-            console.write(f"[server] {command.text}  (to {count} {noun}{where})")
+    async for _, text in announcements(console, stop):
+        count = await server.broadcast(text)
+        connected = server.statistics().backplane_connected
+        where = (
+            ""
+            if connected is None
+            else " here, and to the other servers"
+            if connected
+            else " here only: the backplane is down"
+        )
+        noun = "client" if count == 1 else "clients"
+        console.write(f"[server] {text}  (to {count} {noun}{where})")
+    if worker:
+        stop.set()  # the parent is gone (or said /quit); stdin closed otherwise: serve on
 
 
 async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -> None:

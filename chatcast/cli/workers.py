@@ -24,10 +24,8 @@ import signal
 import socket
 import sys
 
-from .._core.commands import OPERATOR_COMMANDS, Help, Quit, help_text, parse_text
-from ..exceptions import InvalidFrame
-from ..message import INFO, Message, render_text
 from .console import Console
+from .operator import announcements
 
 __all__ = ["run_workers"]
 
@@ -145,24 +143,7 @@ async def _forward(
     """Lines typed on the parent's terminal become announcements (sent by the first worker);
     ``/quit`` stops them all, as it stops a single server; ``/help`` lists the commands."""
     assert worker.stdin is not None
-    while True:
-        line = await console.read_line()
-        if line is None:
-            return
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            command = parse_text(line, OPERATOR_COMMANDS)
-        except InvalidFrame as exc:
-            console.write(f"! {exc}")
-            continue
-        if isinstance(command, Quit):
-            stop.set()
-            return
-        if isinstance(command, Help):
-            console.write(render_text(Message(help_text(OPERATOR_COMMANDS), kind=INFO)))
-        else:
-            # As typed ("//text" too): the worker parses it again, as if typed there.
-            worker.stdin.write(line.encode() + b"\n")
-            await worker.stdin.drain()
+    async for line, _ in announcements(console, stop):
+        # As typed ("//text" too): the worker parses it again, as if typed there.
+        worker.stdin.write(line.encode() + b"\n")
+        await worker.stdin.drain()
