@@ -85,6 +85,9 @@ class _Clock:
         self.timers.append((delay, callback, args))
         return _Timer()
 
+    def call_soon(self, callback: Any, *args: Any) -> Any:
+        return self.call_later(0.0, callback, *args)
+
 
 def _chatcast(subscribers: int, lines_per_read: int, reads: int, json_subs: bool) -> float:
     """chatcast's sans-I/O hub, driven directly: no event loop, no listening socket."""

@@ -21,7 +21,7 @@ import ssl as ssl_module
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 from ._cluster import Cluster
 from ._connection import Acceptor, Connection
@@ -37,6 +37,41 @@ from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 __all__ = ["DEFAULT_WELCOME", "BroadcastServer", "EventStream", "ServerStatistics"]
 
 log = logging.getLogger("chatcast.server")
+
+T = TypeVar("T")
+
+
+class _Setting(Generic[T]):
+    """A server attribute that reads one field of its frozen ``config`` (``server.rate``).
+
+    Settings are fixed once the server is made: assigning one raises, rather than seeming to
+    work and changing nothing.
+    """
+
+    def __init__(self, field: str | None = None) -> None:
+        self._field = field
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._field = self._field or name
+
+    @overload
+    def __get__(self, server: None, owner: type) -> _Setting[T]: ...
+
+    @overload
+    def __get__(self, server: BroadcastServer, owner: type) -> T: ...
+
+    def __get__(self, server: BroadcastServer | None, owner: type) -> T | _Setting[T]:
+        if server is None:
+            return self
+        value: T = getattr(server.config, self._field or self._name)
+        return value
+
+    def __set__(self, server: BroadcastServer, value: T) -> None:
+        raise AttributeError(
+            f"{self._name} is fixed once the server is made: pass {self._name}= to "
+            "BroadcastServer(...)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +175,9 @@ class BroadcastServer:
             :class:`~chatcast.backplane.RedisBackplane`) so that all act as one chat.
 
     Attributes:
-        config: The settings above, validated and frozen (``server.config.rate``, ...);
-            ``host``, ``welcome``, ``max_line_bytes`` and ``max_buffer_bytes`` are also
-            readable on the server itself.
+        config: The settings above, validated and frozen. Each is also readable on the
+            server itself (``server.rate``; ``server.burst`` is the bucket size in use);
+            assigning one raises :class:`AttributeError`.
         ssl: The TLS context, or ``None``.
 
     Raises:
@@ -230,27 +265,30 @@ class BroadcastServer:
         self._connections_total = 0
         self._rejected = 0
 
-    # -- settings read back -----------------------------------------------------------------
+    # -- settings read back (read-only: ``config`` is frozen) --------------------------------
 
-    @property
-    def host(self) -> str | None:
-        """The address it listens on (``None``: every address)."""
-        return self.config.host
-
-    @property
-    def welcome(self) -> str:
-        """The first line every connection receives."""
-        return self.config.welcome
-
-    @property
-    def max_line_bytes(self) -> int:
-        """The largest frame a client may send."""
-        return self.config.max_line_bytes
-
-    @property
-    def max_buffer_bytes(self) -> int:
-        """Unsent output allowed per client before it is a slow consumer."""
-        return self.config.max_buffer_bytes
+    host: _Setting[str | None] = _Setting()
+    welcome: _Setting[str] = _Setting()
+    default_room: _Setting[str] = _Setting()
+    max_clients: _Setting[int | None] = _Setting()
+    max_per_address: _Setting[int | None] = _Setting()
+    max_line_bytes: _Setting[int] = _Setting()
+    max_buffer_bytes: _Setting[int] = _Setting()
+    slow_consumer: _Setting[str] = _Setting()
+    line_timeout: _Setting[float] = _Setting()
+    join_grace: _Setting[float] = _Setting()
+    heartbeat_interval: _Setting[float] = _Setting()
+    heartbeat_timeout: _Setting[float] = _Setting()
+    idle_timeout: _Setting[float | None] = _Setting()
+    keepalive: _Setting[bool] = _Setting()
+    auth_timeout: _Setting[float] = _Setting()
+    rate: _Setting[float | None] = _Setting()
+    burst: _Setting[float] = _Setting("bucket")  # the bucket size in use, default included
+    ssl_handshake_timeout: _Setting[float] = _Setting()
+    max_handshakes: _Setting[int] = _Setting()
+    close_timeout: _Setting[float] = _Setting()
+    reuse_port: _Setting[bool] = _Setting()
+    notice_limit: _Setting[int | None] = _Setting()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -589,3 +627,6 @@ class _LoopClock:
         self, delay: float, callback: Callable[..., object], *args: Any
     ) -> asyncio.TimerHandle:
         return (self.loop or asyncio.get_running_loop()).call_later(delay, callback, *args)
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> asyncio.Handle:
+        return (self.loop or asyncio.get_running_loop()).call_soon(callback, *args)

@@ -679,3 +679,14 @@ async def test_who_lists_a_silent_guest_at_once(server: BroadcastServer, connect
     assert names[0] == "alice"
     assert names[1].startswith("guest")
     await peer.close()
+
+
+def test_settings_read_back_and_are_fixed() -> None:
+    """Every constructor setting reads back on the server; assigning one raises."""
+    server = BroadcastServer("127.0.0.1", 0, rate=2.0, join_grace=0.25, notice_limit=None)
+    assert (server.rate, server.burst, server.join_grace) == (2.0, 4.0, 0.25)
+    assert server.notice_limit is None
+    assert server.config.burst is None  # as given; server.burst is the bucket in use
+    with pytest.raises(AttributeError, match="join_grace is fixed"):
+        server.join_grace = 5.0
+    assert server.join_grace == 0.25

@@ -256,8 +256,7 @@ class Hub:
         peer.write = discard
         self.slow_consumers += 1
         limit = self.config.max_buffer_bytes
-        self.clock.call_later(
-            0,
+        self.clock.call_soon(
             self.disconnect,
             peer,
             Message(f"slow consumer: more than {limit} bytes unread", kind=ERROR),

@@ -22,11 +22,15 @@ class Timer(Protocol):
 
 
 class Clock(Protocol):
-    """Monotonic time and timers (``asyncio.AbstractEventLoop`` is one)."""
+    """Monotonic time, timers and next-turn calls (``asyncio.AbstractEventLoop`` is one)."""
 
     def time(self) -> float: ...
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer: ...
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> object:
+        """Call ``callback(*args)`` on the next turn, before timers and new input."""
+        ...
 
 
 class Transport(Protocol):

@@ -46,6 +46,9 @@ class FakeClock:
         heapq.heappush(self._timers, (self.now + delay, next(self._order), timer, callback, args))
         return timer
 
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> FakeTimer:
+        return self.call_later(0.0, callback, *args)
+
     def advance(self, seconds: float) -> None:
         until = self.now + seconds
         while self._timers and self._timers[0][0] <= until:
@@ -301,7 +304,8 @@ def test_slow_consumer_is_disconnected_without_stalling_the_room() -> None:
     assert fast_out.lines()[-1] == "alice: still flowing"
     assert "alice: still flowing" not in slow_out.lines()  # its writer was swapped out
     assert chat.hub.slow_consumers == 1
-    chat.clock.advance(0)  # the drop happens on the next turn, not inside the fan-out
+    assert not slow.closing  # not inside the fan-out...
+    chat.clock.advance(0)  # ...but on the next turn
     assert slow.closing
     assert slow_out.eof
     assert slow_out.lines()[-1].startswith("! slow consumer: more than")
@@ -317,6 +321,7 @@ def test_drop_oldest_keeps_a_bounded_backlog_and_says_how_many() -> None:
     assert slow.backlog is not None
     assert slow.backlog.size <= 64 * 1024
     assert chat.hub.dropped > 0
+    assert chat.hub.slow_consumers == 1  # one episode of falling behind, however long
     slow_out.chunks.clear()
     chat.hub.resumed(slow)
     lines = slow_out.lines()
@@ -329,9 +334,20 @@ def test_drop_oldest_keeps_a_bounded_backlog_and_says_how_many() -> None:
 def test_heartbeat_ping_then_timeout() -> None:
     chat = Chat(heartbeat_interval=30.0, heartbeat_timeout=10.0)
     alice, out = chat.json_peer("alice")
-    chat.clock.advance(31)
+    chat.clock.advance(29)
     chat.hub.tick()
-    assert out.frames()[-1] == {"type": "ping"}
+    assert out.chunks == []  # not idle long enough
+    chat.clock.advance(2)
+    chat.hub.tick()
+    assert out.frames() == [{"type": "ping"}]
+    chat.hub.receive(alice, b'{"type":"pong"}\n')  # answered: no timeout, no second ping yet
+    chat.clock.advance(11)
+    chat.hub.tick()
+    assert not alice.closing
+    assert out.frames() == [{"type": "ping"}]
+    chat.clock.advance(20)
+    chat.hub.tick()
+    assert out.frames() == [{"type": "ping"}, {"type": "ping"}]  # idle again: pinged again
     chat.clock.advance(11)
     chat.hub.tick()
     assert alice.closing
@@ -362,6 +378,12 @@ def test_text_auth_then_chat() -> None:
     assert transport.lines()[-1] == "* authenticated"
     assert peer.authenticated
     assert peer.room == "lobby"
+    other, other_out = chat.connect()
+    chat.hub.receive(other, b"/auth sekret\n/nick budi\n")
+    chat.clock.advance(NOTICE_DELAY)
+    other_out.chunks.clear()
+    chat.hub.receive(peer, b"halo\n")
+    assert other_out.lines()[-1] == f"{peer.name}: halo"
 
 
 def test_private_messages_and_unknown_names() -> None:
@@ -462,3 +484,131 @@ def test_garbage_is_an_error_never_a_crash() -> None:
     errors = [line for line in out.lines() if line.startswith("!")]
     assert len(errors) == 3
     assert not alice.closing
+
+
+def test_a_silent_guest_is_announced_after_the_join_grace() -> None:
+    chat = Chat(join_grace=0.5)
+    _, watcher_out = chat.text_peer("watcher")
+    chat.clock.advance(1)
+    watcher_out.chunks.clear()
+    guest, _ = chat.connect()  # says nothing: it only listens, like the lab's receivers
+    chat.clock.advance(0.4)
+    assert watcher_out.chunks == []
+    assert guest.name in chat.hub.who("lobby")  # listed (and receiving) from the start
+    chat.clock.advance(0.1 + NOTICE_DELAY)
+    assert watcher_out.lines() == [f"* {guest.name} joined lobby"]
+
+
+def test_a_closed_peer_lingers_then_closes_then_aborts() -> None:
+    """Lingering close: FIN after the output, close after 2 s, abort after close_timeout."""
+    chat = Chat(close_timeout=5.0)
+    alice, out = chat.text_peer("alice")
+    chat.hub.receive(alice, b"/quit\n")
+    assert out.eof
+    assert not out.closed
+    chat.clock.advance(2.0)
+    assert out.closed
+    assert not out.aborted
+    chat.clock.advance(3.0)
+    assert out.aborted  # a peer that never read is not kept for ever
+
+
+def test_a_refusal_is_said_then_the_connection_closes() -> None:
+    chat = Chat()
+    peer = Peer(chat.config.max_line_bytes)
+    transport = FakeTransport()
+    peer.attach(transport, "127.0.0.1:40999")
+    chat.hub.add(peer)
+    chat.hub.refuse(peer, "server full (1 clients)")
+    assert transport.lines() == ["! server full (1 clients)"]
+    assert transport.eof
+    assert chat.released == [peer]
+    silent_peer = Peer(chat.config.max_line_bytes)
+    silent = FakeTransport()
+    silent_peer.attach(silent, "127.0.0.1:41000")
+    chat.hub.add(silent_peer)
+    chat.hub.refuse(silent_peer, "server full", say=False)  # no TLS session to say it in
+    assert silent.chunks == []
+    assert silent.closed
+
+
+class FakeCluster:
+    """A ClusterLink whose name claims are answered when the test says so."""
+
+    def __init__(self) -> None:
+        self.remote: dict[str, str] = {}
+        self.claims: list[tuple[str, Callable[[bool], None]]] = []
+        self.released: list[str] = []
+        self.batches: list[tuple[str, str, list[str]]] = []
+
+    def batch(self, sender: str, room: str, texts: list[str], timestamp: float) -> None:
+        self.batches.append((sender, room, list(texts)))
+
+    def notice(self, message: Message) -> None:
+        pass
+
+    def announcement(self, message: Message) -> None:
+        pass
+
+    def private(self, message: Message) -> bool:
+        return False
+
+    def moved(self, name: str, room: str) -> None:
+        pass
+
+    def release(self, name: str) -> None:
+        self.released.append(name)
+
+    def guest_suffix(self) -> str:
+        return "-abc"
+
+    def claim(self, claimant: object, name: str, room: str, then: Callable[[bool], None]) -> None:
+        self.claims.append((name, then))
+
+
+def _cluster_chat() -> tuple[Chat, FakeCluster]:
+    chat = Chat()
+    cluster = FakeCluster()
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)
+    return chat, cluster
+
+
+def test_a_name_claim_pauses_reading_and_keeps_frames_in_order() -> None:
+    chat, cluster = _cluster_chat()
+    _, bob_out = chat.json_peer("bob")  # bob's own claim is pending...
+    ((_, answer),) = cluster.claims
+    answer(True)  # ...and granted
+    chat.clock.advance(NOTICE_DELAY)
+    bob_out.chunks.clear()
+    alice, alice_out = chat.connect()
+    chat.hub.receive(alice, b'{"type":"hello","name":"alice"}\n{"type":"message","text":"1"}\n')
+    assert alice.transport is not None
+    transport = alice_out
+    assert not transport.reading  # paused while Redis decides
+    chat.hub.receive(alice, b'{"type":"message","text":"2"}\n')  # already read: it waits too
+    assert cluster.batches == []
+    name, answer = cluster.claims[-1]
+    assert name == "alice"
+    answer(True)
+    assert transport.reading
+    assert alice.name == "alice"
+    sent = [text for _, _, texts in cluster.batches for text in texts]
+    assert sent == ["1", "2"]  # in order, after the claim
+    chat.clock.advance(NOTICE_DELAY)
+    assert [f["text"] for f in bob_out.frames() if f["type"] == "message"] == ["1", "2"]
+
+
+def test_a_name_taken_elsewhere_is_refused_and_a_late_grant_released() -> None:
+    chat, cluster = _cluster_chat()
+    alice, out = chat.connect()
+    chat.hub.receive(alice, b'{"type":"hello","name":"alice"}\n')
+    _, answer = cluster.claims[-1]
+    answer(False)
+    assert out.frames()[-1]["reason"] == "name 'alice' is taken"
+    assert alice.closing
+    late, _ = chat.connect()
+    chat.hub.receive(late, b'{"type":"hello","name":"carol"}\n')
+    _, answer = cluster.claims[-1]
+    chat.hub.lost(late, ConnectionResetError())  # gone before Redis answered
+    answer(True)
+    assert cluster.released[-1] == "carol"  # the name it was granted goes back at once
