@@ -231,7 +231,12 @@ class Hub:
         peer.write = discard
         close_timeout = self.config.close_timeout
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError as exc:  # the peer is already gone (ENOTCONN after a reset)
+                log.debug("closing %s: %s", peer.address, exc)
+                transport.abort()
+                return
             self.clock.call_later(min(2.0, close_timeout), transport.close)
         else:
             transport.close()  # TLS: close_notify, then close

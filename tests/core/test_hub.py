@@ -612,3 +612,17 @@ def test_a_name_taken_elsewhere_is_refused_and_a_late_grant_released() -> None:
     chat.hub.lost(late, ConnectionResetError())  # gone before Redis answered
     answer(True)
     assert cluster.released[-1] == "carol"  # the name it was granted goes back at once
+
+
+def test_closing_a_peer_that_is_already_gone_aborts_quietly() -> None:
+    """write_eof() on a reset connection raises ENOTCONN: the hub aborts, nothing escapes."""
+    chat = Chat()
+    alice, out = chat.text_peer("alice")
+
+    def gone() -> None:
+        raise OSError(107, "Transport endpoint is not connected")
+
+    out.write_eof = gone  # type: ignore[method-assign]
+    chat.hub.disconnect(alice, None)
+    assert out.aborted
+    assert alice.closing
