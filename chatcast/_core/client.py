@@ -483,8 +483,8 @@ class ClientProtocol:
         if isinstance(frame, ProtocolError):
             self._bad(f"bad frame from server: {frame}")
             return None
-        if not frame.startswith("{"):
-            return None  # a stray text-mode line: not for us
+        if not frame.startswith("{") and not frame.lstrip().startswith("{"):
+            return None  # a stray text-mode line: not for us (JSON may start with blanks)
         try:
             obj = parse_frame(frame)
         except InvalidFrame as exc:

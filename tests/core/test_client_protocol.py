@@ -469,3 +469,11 @@ def test_reconnect_starts_afresh() -> None:
         Message("again", "bob", MESSAGE, "lobby", 1764000000.5)
     ]
     assert protocol.bad_frames == 0
+
+
+def test_a_frame_with_leading_blanks_is_still_json() -> None:
+    """JSON allows whitespace before the object; such a frame is delivered, not dropped."""
+    protocol = opened()
+    (message,) = protocol.receive_data(b"  " + chat("spaced"))
+    assert (message.sender, message.text) == ("bob", "spaced")
+    assert protocol.receive_data(b"* a stray text line\n") == []
