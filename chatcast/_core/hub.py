@@ -52,6 +52,14 @@ __all__ = ["Hub"]
 
 log = logging.getLogger("chatcast.server")
 
+
+def _shown(name: str) -> str:
+    """A name as quoted back in an error: no longer than any name can be (a 64 KiB "name"
+    must not come back whole)."""
+    limit = proto.MAX_NAME_LENGTH
+    return name if len(name) <= limit else name[:limit] + "..."
+
+
 # Frames flood control lets through: heartbeats, and leaving.
 _UNMETERED: Final = (proto.Ping, proto.Pong, proto.Quit)
 
@@ -778,7 +786,7 @@ class Hub:
         target = self._names.get(proto.name_key(to))
         if target is None or target.closing or not target.authenticated:
             if self.cluster is None or not self.cluster.private(message):
-                raise InvalidFrame(f"no such user: {to}")
+                raise InvalidFrame(f"no such user: {_shown(to)}")
             self.messages_in += 1
             self.rooms.publish(message)
             return

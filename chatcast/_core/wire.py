@@ -178,8 +178,10 @@ def parse_frame(frame: str) -> dict[str, Any]:
     """
     try:
         obj = json.loads(frame)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: "[[[[..." nested past the interpreter's limit.
+    except RecursionError:
+        # "[[[[..." nested past the interpreter's limit: say so in the protocol's words.
+        raise InvalidFrame("not a JSON frame: nested too deeply") from None
+    except ValueError as exc:
         raise InvalidFrame(f"not a JSON frame: {_short(exc)}") from None
     # json.loads turns an unpaired "\ud800" escape into a lone surrogate, which no UTF-8
     # encoder accepts: relaying it would raise UnicodeEncodeError in whoever re-encodes it

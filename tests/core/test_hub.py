@@ -626,3 +626,15 @@ def test_closing_a_peer_that_is_already_gone_aborts_quietly() -> None:
     chat.hub.disconnect(alice, None)
     assert out.aborted
     assert alice.closing
+
+
+def test_errors_quote_no_more_than_a_name() -> None:
+    """An unknown recipient of 5,000 characters is not echoed back whole; deep JSON nesting
+    is reported in the protocol's words."""
+    chat = Chat()
+    alice, out = chat.text_peer("alice")
+    chat.hub.receive(alice, b"/msg " + b"z" * 5000 + b" hi\n")
+    assert out.lines()[-1] == "! no such user: " + "z" * 32 + "..."
+    bob, bob_out = chat.json_peer("bob")
+    chat.hub.receive(bob, b"[" * 30000 + b"]" * 30000 + b"\n")
+    assert bob_out.frames()[-1]["reason"] == "not a JSON frame: nested too deeply"
