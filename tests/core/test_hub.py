@@ -119,11 +119,16 @@ class Chat:
         )
         self._ports = itertools.count(40000)
 
-    def connect(self) -> tuple[Peer, FakeTransport]:
+    def accept(self) -> tuple[Peer, FakeTransport]:
+        """A peer counted as connected, not greeted yet (as before TLS or a refusal)."""
         peer = Peer(self.config.max_line_bytes)
         transport = FakeTransport()
         peer.attach(transport, f"127.0.0.1:{next(self._ports)}")
         self.hub.add(peer)
+        return peer, transport
+
+    def connect(self) -> tuple[Peer, FakeTransport]:
+        peer, transport = self.accept()
         self.hub.greet(peer)
         return peer, transport
 
@@ -515,18 +520,12 @@ def test_a_closed_peer_lingers_then_closes_then_aborts() -> None:
 
 def test_a_refusal_is_said_then_the_connection_closes() -> None:
     chat = Chat()
-    peer = Peer(chat.config.max_line_bytes)
-    transport = FakeTransport()
-    peer.attach(transport, "127.0.0.1:40999")
-    chat.hub.add(peer)
+    peer, transport = chat.accept()
     chat.hub.refuse(peer, "server full (1 clients)")
     assert transport.lines() == ["! server full (1 clients)"]
     assert transport.eof
     assert chat.released == [peer]
-    silent_peer = Peer(chat.config.max_line_bytes)
-    silent = FakeTransport()
-    silent_peer.attach(silent, "127.0.0.1:41000")
-    chat.hub.add(silent_peer)
+    silent_peer, silent = chat.accept()
     chat.hub.refuse(silent_peer, "server full", say=False)  # no TLS session to say it in
     assert silent.chunks == []
     assert silent.closed
