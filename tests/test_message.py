@@ -17,6 +17,7 @@ from chatcast.message import (
     ANNOUNCEMENT,
     CLOSING,
     ERROR,
+    GAP,
     INFO,
     JOIN,
     KINDS,
@@ -81,9 +82,36 @@ def test_message_defaults_equality_and_hash() -> None:
 
 
 def test_kinds() -> None:
-    """KINDS is exactly the nine documented kinds."""
-    assert {MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING} == KINDS
-    assert len(KINDS) == 9
+    """KINDS is exactly the ten documented kinds."""
+    assert {MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING, GAP} == KINDS
+    assert len(KINDS) == 10
+
+
+def test_ids_history_and_gaps_round_trip() -> None:
+    """id, history and missed survive the JSON form; a gap reads as a count in text."""
+    live = Message("hi", "alice", MESSAGE, "lobby", 1.0, id=7)
+    old = Message("hi", "alice", MESSAGE, "lobby", 1.0, id=7, history=True)
+    gap = Message("", None, GAP, "lobby", id=9, missed=12)
+    for message in (live, old, gap):
+        assert decode_message(encode_message(message).decode().rstrip("\n")) == message
+    assert '"history"' not in encode_message(live).decode()
+    assert render_text(gap) == "* 12 message(s) missed in lobby (no longer available)"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"message","text":"x","id":-1}',
+        '{"type":"message","text":"x","id":"7"}',
+        '{"type":"message","text":"x","id":true}',
+        '{"type":"gap","text":"","missed":1.5}',
+        '{"type":"message","text":"x","history":"yes"}',
+    ],
+)
+def test_bad_ids_are_refused(frame: str) -> None:
+    """A malformed id, count or history flag is a clear InvalidFrame."""
+    with pytest.raises(InvalidFrame):
+        decode_message(frame)
 
 
 # -- JSON form -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "ANNOUNCEMENT",
     "CLOSING",
     "ERROR",
+    "GAP",
     "INFO",
     "JOIN",
     "KINDS",
@@ -64,8 +65,14 @@ ERROR: Final = "error"
 #: The server is closing this connection (``text`` is the reason).
 CLOSING: Final = "closing"
 
+#: Messages were missed and cannot be replayed (``missed`` says how many; ``room`` or, on
+#: multicast, ``sender`` says where from).
+GAP: Final = "gap"
+
 #: Every kind a :class:`Message` can have.
-KINDS: Final = frozenset({MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING})
+KINDS: Final = frozenset(
+    {MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING, GAP}
+)
 # Kinds whose text is a reason: their JSON form also carries it as "reason".
 _REASONED: Final = frozenset({ERROR, CLOSING})
 
@@ -83,6 +90,11 @@ class Message:
         timestamp: Seconds since the epoch when the server (or multicast sender) stamped it.
         to: The recipient of a private message.
         seq: The sender's sequence number, where the transport carries one.
+        id: The server's id for this message (room messages, private messages,
+            announcements): strictly increasing per room and per private conversation.
+        history: ``True`` when this is a replay of an earlier message (history on join, a
+            ``history`` request, or a resume), never a live one.
+        missed: For a ``"gap"``: how many messages were missed and cannot be replayed.
     """
 
     text: str
@@ -92,6 +104,9 @@ class Message:
     timestamp: float | None = None
     to: str | None = None
     seq: int | None = None
+    id: int | None = None
+    history: bool = False
+    missed: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Return the JSON-form object, leaving out fields that are ``None``."""
@@ -109,6 +124,12 @@ class Message:
             wire["ts"] = self.timestamp
         if self.seq is not None:
             wire["seq"] = self.seq
+        if self.id is not None:
+            wire["id"] = self.id
+        if self.history:
+            wire["history"] = True
+        if self.missed is not None:
+            wire["missed"] = self.missed
         return wire
 
 
@@ -220,6 +241,11 @@ def decode_message(frame: str | dict[str, Any]) -> Message:
     seq = obj.get("seq")
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
         raise InvalidFrame('"seq" must be an integer')
+    ident = _optional_int(obj, "id")
+    missed = _optional_int(obj, "missed")
+    history = obj.get("history", False)
+    if not isinstance(history, bool):
+        raise InvalidFrame('"history" must be true or false')
     return Message(
         text=text,
         sender=_optional_str(obj, "from"),
@@ -228,7 +254,17 @@ def decode_message(frame: str | dict[str, Any]) -> Message:
         timestamp=None if timestamp is None else float(timestamp),
         to=_optional_str(obj, "to"),
         seq=seq,
+        id=ident,
+        history=history,
+        missed=missed,
     )
+
+
+def _optional_int(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InvalidFrame(f'"{key}" must be a non-negative integer')
+    return value
 
 
 def _finite(number: int | float) -> bool:
@@ -323,6 +359,11 @@ def render_text(message: Message) -> str:
         return f"* {sender} left {sanitize(message.room or '')}".rstrip() + tail
     elif kind == NICK:
         return f"* {sender} is now {sanitize(message.text)}"
+    elif kind == GAP:
+        count = message.missed if message.missed is not None else "some"
+        where = message.room if message.room is not None else message.sender
+        source = f" in {sanitize(where)}" if where else ""
+        return f"* {count} message(s) missed{source} (no longer available)"
     else:
         prefix = "* "
     return "\n".join(
