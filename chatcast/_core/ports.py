@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from .wire import Message
 
-__all__ = ["Clock", "ClusterLink", "Timer", "Transport"]
+__all__ = ["Clock", "ClusterLink", "Recorder", "Timer", "Transport"]
 
 
 class Timer(Protocol):
@@ -81,3 +81,10 @@ class ClusterLink(Protocol):
     def claim(
         self, claimant: object, name: str, room: str, then: Callable[[bool], None]
     ) -> None: ...
+
+
+class Recorder(Protocol):
+    """Where the hub hands every numbered room message and announcement to be kept on disk
+    (``chatcast.store.SQLiteStore``). Never blocks: the store writes in batches elsewhere."""
+
+    def record(self, messages: list[Message]) -> None: ...
