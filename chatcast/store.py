@@ -1,0 +1,641 @@
+"""A message store on disk, with the standard library's :mod:`sqlite3`.
+
+:class:`SQLiteStore` keeps a server's room history and its id counter in one SQLite file, so
+that both survive a restart: ``BroadcastServer(store=SQLiteStore("chat.db"))`` or
+``chatcast server --store chat.db``.
+
+What survives a restart: every room's recent messages and the announcements to everyone,
+within the history limits, and the id counter (ids keep increasing even if every message was
+deleted). What does not: sessions, names and resume tokens, and private messages (they are
+never written to disk).
+
+The fan-out never waits for the disk. :meth:`SQLiteStore.record`, called on the event loop,
+only appends to a queue; a writer thread commits everything queued (up to ``max_batch``
+messages) in one transaction, then applies the retention limits on disk and stores the next
+id. The file is in write-ahead-log mode with ``synchronous=NORMAL``: a committed batch survives
+a crash of the process; a power cut may lose the last batches (up to about ``flush_interval``
+seconds of messages) but never corrupts the file. :meth:`SQLiteStore.close` writes everything
+still queued before it returns.
+
+A write that fails later (disk full, the file made read-only) is logged on the ``chatcast``
+logger and counted (:attr:`SQLiteStore.statistics`); the server goes on serving from its
+in-memory history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ._core.history import ANNOUNCEMENTS, HistoryLimits, cost
+from ._core.wire import Message
+from .exceptions import StoreError
+
+__all__ = ["SQLiteStore", "StoreStatistics"]
+
+logger = logging.getLogger("chatcast")
+
+#: ``PRAGMA application_id`` of a chatcast store ("chat" in ASCII): what marks a file as ours.
+APPLICATION_ID: Final = 0x63686174
+#: ``PRAGMA user_version``: the schema this module reads and writes.
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " id INTEGER PRIMARY KEY,"  # the server's id: the rowid, so id order is storage order
+    " stream TEXT NOT NULL,"  # the room, or ANNOUNCEMENTS for an announcement to everyone
+    " kind TEXT NOT NULL,"
+    " sender TEXT,"
+    " text TEXT NOT NULL,"
+    " ts REAL,"
+    " cost INTEGER NOT NULL)",  # what the message counts against the byte limits
+    "CREATE INDEX IF NOT EXISTS messages_by_stream ON messages (stream, id)",
+)
+
+# How long an idle writer sleeps before it applies the age limit again.
+_IDLE_WAKE: Final = 60.0
+# A streak of write errors is logged when it starts, then at most this often.
+_ERROR_LOG_INTERVAL: Final = 60.0
+
+# SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF), for clear reasons.
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """A snapshot of a store's writer.
+
+    Attributes:
+        written: Messages committed to disk.
+        batches: Transactions committed.
+        pending: Messages handed to :meth:`SQLiteStore.record` and not yet committed.
+        write_errors: Batches that failed to commit (their messages are not on disk).
+        lost: Messages in those batches.
+    """
+
+    written: int
+    batches: int
+    pending: int
+    write_errors: int
+    lost: int
+
+
+def _reason(error: sqlite3.Error) -> str:
+    """Say in words why SQLite refused, from its result code."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    if code in (_BUSY, _LOCKED):
+        return "is in use by another process (another chatcast server?)"
+    if code in (_NOTADB, _CORRUPT):
+        return "is corrupt or not a SQLite database"
+    if code == _READONLY:
+        return "is not writable (a read-only file, directory or file system)"
+    if code == _CANTOPEN:
+        return "cannot be opened or created (a missing directory, or no permission?)"
+    if code == _FULL:
+        return "cannot be written: the disk is full"
+    if code == _IOERR:
+        return "cannot be read or written (an I/O error)"
+    return "cannot be used"
+
+
+class SQLiteStore:
+    """Room history and message ids kept in a SQLite file (a :class:`Recorder` for the hub).
+
+    Args:
+        path: The database file; created if missing (its directory must exist).
+        limits: The retention limits applied on disk: messages per room (announcements count
+            as one more room), bytes per room, age, total messages and total bytes. The
+            server's own history limits by default.
+        flush_interval: Seconds the writer gathers messages before it commits them: one
+            transaction per batch. At most this much recent history is lost on a power cut.
+        max_batch: The most messages committed in one transaction.
+
+    Raises:
+        ValueError: ``flush_interval`` or ``max_batch`` is out of range.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        limits: HistoryLimits | None = None,
+        flush_interval: float = 0.05,
+        max_batch: int = 5000,
+    ) -> None:
+        if not (isinstance(flush_interval, int | float) and math.isfinite(flush_interval)) or (
+            flush_interval < 0
+        ):
+            raise ValueError(
+                f"flush_interval must be a number of seconds >= 0, got {flush_interval!r}"
+            )
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        self.path = os.fspath(path)
+        self.limits = limits if limits is not None else HistoryLimits()
+        self.flush_interval = float(flush_interval)
+        self.max_batch = max_batch
+        keeps = self.limits.messages > 0 and self.limits.total_messages > 0
+        # Bounded: a message older than the newest ``total_messages`` would be deleted by the
+        # retention anyway, so a queue behind a slow disk drops it instead of growing.
+        self._queue: deque[Message] = deque(maxlen=self.limits.total_messages if keeps else 0)
+        self._last_id = 0  # the highest id recorded (whether kept or not)
+        self._conn: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        self._flush = threading.Condition()
+        self._flush_asked = 0
+        self._flush_done = 0
+        # The writer's view of what is on disk: per stream [count, bytes], and the totals.
+        self._streams: dict[str, list[int]] = {}
+        self._total_count = 0
+        self._total_bytes = 0
+        self._stored_next = 0  # the next id last committed to the meta table
+        self._in_flight = 0
+        self._written = 0
+        self._batches = 0
+        self._write_errors = 0
+        self._lost = 0
+        self._failing_since: float | None = None
+        self._last_error_log = 0.0
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- start ------------------------------------------------------------------------------
+
+    def open(self) -> tuple[int, list[Message]]:
+        """Open (or create) the database, lock it, apply retention and load what it keeps.
+
+        Synchronous: call it once, before serving (from a thread if the loop must not wait).
+        The file stays locked until :meth:`close`, so a second server on it is refused.
+
+        Returns:
+            The next id to give, and the kept messages in id order (at most
+            ``limits.messages`` per room, none older than ``limits.age``, at most
+            ``limits.total_messages`` in all), for :meth:`History.restore`.
+
+        Raises:
+            StoreError: The file is in use by another process, corrupt, not a chatcast store
+                (or of a newer schema), not writable, or a directory; the message names the
+                path and the reason.
+        """
+        if self._conn is not None or self._closed:
+            raise StoreError(f"message store {self.path}: already opened")
+        if os.path.isdir(self.path):
+            raise StoreError(f"message store {self.path} is a directory, not a database file")
+        self._check_access()
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: we issue BEGIN and COMMIT ourselves. The connection is
+            # used by this thread, then by the writer thread only (never both at once).
+            conn = sqlite3.connect(
+                self.path, timeout=0.1, isolation_level=None, check_same_thread=False
+            )
+            # Held until close: the first write takes an exclusive lock no other process
+            # (or connection) can pass, which is what refuses a second server.
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            self._check_identity(conn)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"message store {self.path} cannot use write-ahead logging"
+                    f" (journal mode stays {mode!r}): is it on a read-only file system?"
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise StoreError(f"message store {self.path} is corrupt: {result}")
+            conn.execute("BEGIN IMMEDIATE")  # the write lock now, and proof we may write
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._conn = conn
+            self._load_counts()
+            self._trim_all(time.time())
+            next_id = self._next_id_on_disk()
+            self._store_next(next_id)
+            conn.execute("COMMIT")
+            messages = [_message(row) for row in conn.execute(_SELECT_ALL)]
+        except sqlite3.Error as error:
+            self._conn = None
+            _close_quietly(conn)
+            raise StoreError(f"message store {self.path} {_reason(error)} ({error})") from error
+        except BaseException:
+            self._conn = None
+            _close_quietly(conn)
+            raise
+        self._last_id = next_id - 1
+        self._thread = threading.Thread(
+            target=self._run, name=f"chatcast store {self.path}", daemon=True
+        )
+        self._thread.start()
+        return next_id, messages
+
+    def _check_access(self) -> None:
+        """Refuse up front what SQLite would report only as an I/O error."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StoreError(f"message store {self.path} is not writable (no permission)")
+        if os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"message store {self.path} is in a directory that is not writable"
+                f" ({directory}): SQLite keeps its write-ahead log beside the file"
+            )
+
+    def _check_identity(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is not a chatcast store of a schema this module knows."""
+        application = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if application == 0 and not tables:
+            return  # a new (or empty) database: ours to set up
+        if application != APPLICATION_ID:
+            raise StoreError(
+                f"message store {self.path} is not a chatcast store (a SQLite database with"
+                f" other data: application id {application:#x}); give a new file name"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"message store {self.path} has schema version {version}, newer than this"
+                f" chatcast understands ({SCHEMA_VERSION}): upgrade chatcast"
+            )
+        if version < 1 or not {"meta", "messages"} <= tables:
+            raise StoreError(
+                f"message store {self.path} is damaged: its schema (version {version},"
+                f" tables {sorted(tables)}) is not a chatcast store's"
+            )
+
+    # -- the Recorder port ------------------------------------------------------------------
+
+    def record(self, messages: list[Message]) -> None:
+        """Queue numbered room messages and announcements to be written (never blocks).
+
+        Called on the event loop for every numbered room message and announcement, in id
+        order; private messages are never passed (and are skipped if they are). Nothing here
+        touches the disk: the writer thread commits the queue in batches. After
+        :meth:`close`, messages are ignored.
+        """
+        if not messages or self._closed:
+            return
+        self._queue.extend(messages)
+        last = messages[-1].id
+        if last is not None and last > self._last_id:
+            self._last_id = last
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def statistics(self) -> StoreStatistics:
+        """What the writer has done so far, and what is still queued."""
+        return StoreStatistics(
+            written=self._written,
+            batches=self._batches,
+            pending=len(self._queue) + self._in_flight,
+            write_errors=self._write_errors,
+            lost=self._lost,
+        )
+
+    # -- flushing and closing ---------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything recorded so far is committed (or failed, and was counted).
+
+        Blocks the calling thread: not for the event loop. Returns False on timeout.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return not self._queue
+        with self._flush:
+            self._flush_asked += 1
+            ticket = self._flush_asked
+        self._wake.set()
+        with self._flush:
+            return self._flush.wait_for(
+                lambda: self._flush_done >= ticket or not thread.is_alive(), timeout
+            )
+
+    def close(self) -> None:
+        """Write everything queued, commit, stop the writer and close the file (idempotent).
+
+        Blocks until the queue is on disk: from the event loop, use :meth:`aclose`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._stop.set()
+            self._wake.set()
+            thread.join()
+        else:
+            _close_quietly(self._conn)
+        self._conn = None
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a thread, so the event loop goes on meanwhile."""
+        await asyncio.to_thread(self.close)
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            while True:
+                self._wake.wait(
+                    _IDLE_WAKE if self.limits.age is None else min(_IDLE_WAKE, self.limits.age)
+                )
+                self._wake.clear()
+                stopping = self._stop.is_set()
+                asked = self._flush_asked
+                if (
+                    not stopping
+                    and asked <= self._flush_done
+                    and len(self._queue) < self.max_batch
+                    and self.flush_interval > 0
+                ):
+                    # Gather: one transaction for everything that arrives meanwhile.
+                    self._stop.wait(self.flush_interval)
+                    asked = self._flush_asked
+                self._drain()
+                if asked > self._flush_done:
+                    with self._flush:
+                        self._flush_done = asked
+                        self._flush.notify_all()
+                if self._stop.is_set() and not self._queue:
+                    break
+        finally:
+            _close_quietly(conn)
+            with self._flush:
+                self._flush.notify_all()
+
+    def _drain(self) -> None:
+        """Commit the queue in batches of at most ``max_batch`` (and the age limit, idle)."""
+        queue = self._queue
+        while True:
+            batch: list[Message] = []
+            take = min(len(queue), self.max_batch)
+            for _ in range(take):
+                batch.append(queue.popleft())
+            self._in_flight = len(batch)
+            self._write(batch)
+            self._in_flight = 0
+            if not queue:
+                return
+
+    def _write(self, batch: list[Message]) -> None:
+        conn = self._conn
+        assert conn is not None
+        rows, touched, added = self._rows(batch)
+        next_id = self._last_id + 1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if rows:
+                before = conn.total_changes
+                conn.executemany(_INSERT, rows)
+                self._count(touched, added)
+                if conn.total_changes - before != len(rows):
+                    self._load_counts()  # an id already on disk was skipped
+            self._trim_all(time.time(), touched)
+            if next_id > self._stored_next:
+                self._store_next(next_id)
+            conn.execute("COMMIT")
+        except Exception as error:  # a write error never reaches the server (see docstring)
+            self._failed(len(rows), error)
+            return
+        if rows:
+            self._written += len(rows)
+            self._batches += 1
+        if self._failing_since is not None:
+            logger.warning(
+                "message store %s: writing again after %.0f s of errors (%d message(s) lost)",
+                self.path,
+                time.monotonic() - self._failing_since,
+                self._lost,
+            )
+            self._failing_since = None
+
+    @staticmethod
+    def _rows(
+        batch: list[Message],
+    ) -> tuple[list[tuple[object, ...]], set[str], dict[str, list[int]]]:
+        """The rows to insert, the streams they touch, and what they add to each."""
+        rows: list[tuple[object, ...]] = []
+        added: dict[str, list[int]] = {}
+        for m in batch:
+            if m.to is not None or m.id is None:
+                continue  # a private message, or an unnumbered one: never on disk
+            stream = m.room if m.room is not None else ANNOUNCEMENTS
+            size = cost(m)
+            entry = added.get(stream)
+            if entry is None:
+                entry = added[stream] = [0, 0]
+            entry[0] += 1
+            entry[1] += size
+            rows.append((m.id, stream, m.kind, m.sender, m.text, m.timestamp, size))
+        return rows, set(added), added
+
+    def _count(self, touched: set[str], added: dict[str, list[int]]) -> None:
+        streams = self._streams
+        for stream in touched:
+            count, size = added[stream]
+            entry = streams.get(stream)
+            if entry is None:
+                streams[stream] = [count, size]
+            else:
+                entry[0] += count
+                entry[1] += size
+            self._total_count += count
+            self._total_bytes += size
+
+    def _failed(self, count: int, error: Exception) -> None:
+        """Roll back, count and log a failed batch; resynchronise the on-disk counts."""
+        conn = self._conn
+        assert conn is not None
+        self._write_errors += 1
+        self._lost += count
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._load_counts()
+        except Exception:  # the counts are reloaded after the next failure too
+            self._streams = {}
+            self._total_count = self._total_bytes = 0
+        now = time.monotonic()
+        reason = _reason(error) if isinstance(error, sqlite3.Error) else "cannot be written"
+        if self._failing_since is None:
+            self._failing_since = self._last_error_log = now
+            logger.error(
+                "message store %s %s (%s): %d message(s) not kept on disk; the server goes"
+                " on from its memory",
+                self.path,
+                reason,
+                error,
+                count,
+                exc_info=not isinstance(error, sqlite3.Error),
+            )
+        elif now - self._last_error_log >= _ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            logger.error(
+                "message store %s still %s (%s): %d message(s) lost so far",
+                self.path,
+                reason,
+                error,
+                self._lost,
+            )
+
+    # -- retention (inside a transaction) ---------------------------------------------------
+
+    def _load_counts(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._streams = {
+            stream: [count, size]
+            for stream, count, size in conn.execute(
+                "SELECT stream, COUNT(*), TOTAL(cost) FROM messages GROUP BY stream"
+            )
+        }
+        for entry in self._streams.values():
+            entry[1] = int(entry[1])
+        self._total_count = sum(entry[0] for entry in self._streams.values())
+        self._total_bytes = sum(entry[1] for entry in self._streams.values())
+
+    def _trim_all(self, now: float, touched: set[str] | None = None) -> None:
+        """Apply every limit: per stream (``touched`` ones, or all), the age, the totals."""
+        limits = self.limits
+        streams = self._streams
+        for stream in list(streams if touched is None else touched):
+            entry = streams.get(stream)
+            if entry is not None and (
+                entry[0] > limits.messages or (entry[1] > limits.bytes and entry[0] > 1)
+            ):
+                self._trim_stream(stream, entry)
+        if limits.age is not None:
+            cutoff = now - limits.age
+            self._trim_oldest(lambda _count, _size, ts: ts < cutoff)
+        if self._total_count > limits.total_messages or (
+            self._total_bytes > limits.total_bytes and self._total_count > 1
+        ):
+            self._trim_oldest(
+                lambda count, size, _ts: (
+                    count > limits.total_messages or (size > limits.total_bytes and count > 1)
+                )
+            )
+
+    def _trim_stream(self, stream: str, entry: list[int]) -> None:
+        """Delete a stream's oldest messages until it is within its count and byte limits."""
+        conn = self._conn
+        assert conn is not None
+        limits = self.limits
+        count, size = entry
+        cut = None
+        rows = conn.execute("SELECT id, cost FROM messages WHERE stream = ? ORDER BY id", (stream,))
+        for ident, weight in rows:
+            if not (count > limits.messages or (size > limits.bytes and count > 1)):
+                break
+            cut = ident
+            count -= 1
+            size -= weight
+        rows.close()
+        if cut is None:
+            return
+        conn.execute("DELETE FROM messages WHERE stream = ? AND id <= ?", (stream, cut))
+        self._total_count -= entry[0] - count
+        self._total_bytes -= entry[1] - size
+        if count:
+            entry[0], entry[1] = count, size
+        else:
+            del self._streams[stream]
+
+    def _trim_oldest(self, over: Callable[[int, int, float], bool]) -> None:
+        """Delete the oldest messages of all streams, in id order, while ``over`` holds.
+
+        ``over(total_count, total_bytes, ts)`` is asked for the oldest message left.
+        """
+        conn = self._conn
+        assert conn is not None
+        count, size = self._total_count, self._total_bytes
+        removed: dict[str, list[int]] = {}
+        cut = None
+        rows = conn.execute("SELECT id, stream, cost, IFNULL(ts, 0) FROM messages ORDER BY id")
+        for ident, stream, weight, ts in rows:
+            if not over(count, size, ts):
+                break
+            cut = ident
+            count -= 1
+            size -= weight
+            entry = removed.setdefault(stream, [0, 0])
+            entry[0] += 1
+            entry[1] += weight
+        rows.close()
+        if cut is None:
+            return
+        conn.execute("DELETE FROM messages WHERE id <= ?", (cut,))
+        self._total_count, self._total_bytes = count, size
+        for stream, (gone, weight) in removed.items():
+            entry = self._streams[stream]
+            entry[0] -= gone
+            entry[1] -= weight
+            if entry[0] <= 0:
+                del self._streams[stream]
+
+    # -- the id counter ---------------------------------------------------------------------
+
+    def _next_id_on_disk(self) -> int:
+        conn = self._conn
+        assert conn is not None
+        stored = conn.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
+        newest = conn.execute("SELECT MAX(id) FROM messages").fetchone()[0]
+        return max(1, stored[0] if stored else 1, (newest or 0) + 1)
+
+    def _store_next(self, next_id: int) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_id', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (next_id,),
+        )
+        self._stored_next = next_id
+
+
+_INSERT: Final = (
+    "INSERT OR IGNORE INTO messages (id, stream, kind, sender, text, ts, cost)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_ALL: Final = "SELECT id, stream, kind, sender, text, ts FROM messages ORDER BY id"
+
+
+def _message(row: tuple[int, str, str, str | None, str, float | None]) -> Message:
+    ident, stream, kind, sender, text, ts = row
+    return Message(
+        text,
+        sender=sender,
+        kind=kind,
+        room=None if stream == ANNOUNCEMENTS else stream,
+        timestamp=ts,
+        id=ident,
+    )
+
+
+def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
