@@ -426,7 +426,7 @@ class BroadcastServer:
         )
         if self._cluster is not None:
             self._cluster.announcement(message)
-        return self._hub.rooms.announce(message)
+        return self._hub.announce(message)
 
     async def send(self, name: str, text: str) -> None:
         """Send ``text`` from the server privately to the client called ``name``.
@@ -443,7 +443,7 @@ class BroadcastServer:
         message = Message(text, sender="server", kind=PRIVATE, to=name, timestamp=self._hub.now())
         peer = self._hub.peer_named(name)
         if peer is not None and not peer.closing:
-            self._hub.rooms.deliver_private(peer, message)
+            self._hub.deliver_private(peer, message)
             return
         try:
             if self._cluster is None or not self._cluster.private(message):

@@ -19,16 +19,65 @@ import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Final
 
-from .wire import Message
+from .wire import MESSAGE, Message
 
 __all__ = [
     "ANNOUNCEMENTS",
+    "Entry",
     "History",
     "HistoryLimits",
     "Log",
+    "entry",
+    "room_entries",
+    "to_message",
 ]
+
+#: One kept message, as a plain tuple (cheaper to make than a Message on the hot path):
+#: ``(id, timestamp, kind, sender, text, room, to)``.
+Entry = tuple[int, float, str, str, str, str | None, str | None]
+
+
+def entry(message: Message) -> Entry:
+    """``message`` (numbered) as an :data:`Entry`."""
+    assert message.id is not None
+    return (
+        message.id,
+        message.timestamp or 0.0,
+        message.kind,
+        message.sender or "",
+        message.text,
+        message.room,
+        message.to,
+    )
+
+
+def to_message(item: Entry, *, history: bool = True) -> Message:
+    """An :data:`Entry` as the :class:`Message` it was (marked as history by default)."""
+    ident, timestamp, kind, sender, text, room, to = item
+    return Message(text, sender or None, kind, room, timestamp, to, None, ident, history)
+
+
+def room_entries(
+    first_id: int, timestamp: float, sender: str, room: str, texts: list[str]
+) -> list[Entry]:
+    """A batch of room messages from ``sender`` as entries numbered from ``first_id`` (C loops)."""
+    n = len(texts)
+    return list(
+        zip(
+            range(first_id, first_id + n),
+            repeat(timestamp, n),
+            repeat(MESSAGE, n),
+            repeat(sender, n),
+            texts,
+            repeat(room, n),
+            repeat(None, n),
+            strict=True,
+        )
+    )
+
 
 #: The stream key of announcements to everyone (no room): not a valid room name.
 ANNOUNCEMENTS: Final = "*"
@@ -78,9 +127,9 @@ class HistoryLimits:
             raise ValueError(f"history horizon must be >= 0, got {self.horizon!r}")
 
 
-def cost(message: Message) -> int:
-    """What keeping ``message`` counts against the byte limits."""
-    return len(message.text) + len(message.sender or "") + _OVERHEAD
+def cost(item: Entry) -> int:
+    """What keeping ``item`` counts against the byte limits."""
+    return len(item[4]) + len(item[3]) + _OVERHEAD
 
 
 class Log:
@@ -94,7 +143,7 @@ class Log:
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.messages: deque[Message] = deque()
+        self.messages: deque[Entry] = deque()
         self._ids: deque[int] = deque()  # the ids of ``messages``, for bisection
         self.bytes = 0
         # Ids of evicted messages and when they were stamped, oldest first.
@@ -110,23 +159,21 @@ class Log:
             return self._ids[-1]
         return self._evicted[-1][0] if self._evicted else 0
 
-    def append(self, message: Message) -> None:
-        """Keep ``message`` (its id is above every id here)."""
-        assert message.id is not None
-        self.messages.append(message)
-        self._ids.append(message.id)
-        self.bytes += cost(message)
+    def extend(self, items: list[Entry], size: int) -> None:
+        """Keep ``items`` (ids above every id here) that cost ``size`` bytes in all."""
+        self.messages.extend(items)
+        self._ids.extend([item[0] for item in items])
+        self.bytes += size
 
-    def evict(self) -> Message:
+    def evict(self) -> Entry:
         """Drop the oldest message, remembering its id; return it."""
-        message = self.messages.popleft()
+        item = self.messages.popleft()
         self._ids.popleft()
-        self.bytes -= cost(message)
-        assert message.id is not None
-        self._evicted.append((message.id, message.timestamp or 0.0))
+        self.bytes -= cost(item)
+        self._evicted.append((item[0], item[1]))
         if len(self._evicted) > _EVICTED_KEEP:
             self._evicted.popleft()
-        return message
+        return item
 
     def forget_evicted(self, before: float) -> None:
         """Stop remembering evicted ids stamped before ``before``."""
@@ -134,13 +181,13 @@ class Log:
         while evicted and evicted[0][1] < before:
             evicted.popleft()
 
-    def after(self, last: int, limit: int | None = None) -> list[Message]:
+    def after(self, last: int, limit: int | None = None) -> list[Entry]:
         """The kept messages with an id above ``last``, oldest first (at most ``limit``)."""
         start = bisect.bisect_right(self._ids, last)
         end = len(self.messages) if limit is None else min(len(self.messages), start + limit)
         return [self.messages[i] for i in range(start, end)]
 
-    def before(self, first: int | None, limit: int) -> list[Message]:
+    def before(self, first: int | None, limit: int) -> list[Entry]:
         """The newest ``limit`` kept messages with an id below ``first`` (``None``: any),
         oldest first."""
         end = len(self.messages) if first is None else bisect.bisect_left(self._ids, first)
@@ -158,7 +205,7 @@ class Log:
         ids = [i for i, _ in self._evicted]
         return len(ids) - bisect.bisect_right(ids, last)
 
-    def oldest(self) -> Message | None:
+    def oldest(self) -> Entry | None:
         """The oldest kept message, or None."""
         return self.messages[0] if self.messages else None
 
@@ -176,7 +223,7 @@ class History:
         self,
         limits: HistoryLimits,
         next_id: int = 1,
-        on_evict: Callable[[Message], object] | None = None,
+        on_evict: Callable[[Entry], object] | None = None,
     ) -> None:
         self.limits = limits
         self.next_id = next_id
@@ -213,27 +260,33 @@ class History:
         """The stream ``key``, if it holds (or held) anything."""
         return self._logs.get(key)
 
-    def keep(self, key: str, messages: Iterable[Message], *, per_stream: int | None = None) -> None:
-        """Keep ``messages`` (numbered, in id order) in stream ``key``, then apply the bounds.
+    def keep(
+        self,
+        key: str,
+        items: list[Entry],
+        size: int | None = None,
+        *,
+        per_stream: int | None = None,
+    ) -> None:
+        """Keep ``items`` (numbered, in id order) in stream ``key``, then apply the bounds.
 
         Args:
             key: The room, :data:`ANNOUNCEMENTS` or a session's stream.
-            messages: What to keep.
+            items: What to keep.
+            size: What they cost (:func:`cost`), if the caller knows it already.
             per_stream: The stream's own count limit, if not the per-room one.
         """
+        if not items:
+            return
         log = self._logs.get(key)
         if log is None:
             log = self._logs[key] = Log(key)
-        order = self._order
-        before = log.bytes
-        count = 0
-        for message in messages:
-            log.append(message)
-            assert message.id is not None
-            order.append((log, message.id))
-            count += 1
-        self.total_messages += count
-        self.total_bytes += log.bytes - before
+        if size is None:
+            size = sum(map(cost, items))
+        log.extend(items, size)
+        self._order.extend(zip(repeat(log), [item[0] for item in items]))
+        self.total_messages += len(items)
+        self.total_bytes += size
         limits = self.limits
         limit = limits.messages if per_stream is None else per_stream
         while len(log) > limit or (log.bytes > limits.bytes and len(log) > 1):
@@ -257,7 +310,7 @@ class History:
         while order:
             log, ident = order.popleft()
             oldest = log.oldest()
-            if oldest is not None and oldest.id == ident:
+            if oldest is not None and oldest[0] == ident:
                 self._evict(log)
                 return
             # Already gone (evicted by its own stream's bound, or dropped): skip it.
@@ -268,7 +321,7 @@ class History:
         for key, log in list(self._logs.items()):
             if limits.age is not None:
                 cutoff = now_wall - limits.age
-                while log.messages and (log.messages[0].timestamp or 0.0) < cutoff:
+                while log.messages and log.messages[0][1] < cutoff:
                     self._evict(log)
             log.forget_evicted(now_wall - (limits.age or 0.0) - limits.horizon)
             if not log.messages and not log._evicted:
@@ -295,7 +348,7 @@ class History:
         for message in messages:
             assert message.id is not None
             key = message.room if message.room is not None else ANNOUNCEMENTS
-            self.keep(key, [message])
+            self.keep(key, [entry(message)])
             self.next_id = max(self.next_id, message.id + 1)
 
     def rooms(self) -> list[str]:

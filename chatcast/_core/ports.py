@@ -54,6 +54,8 @@ class Transport(Protocol):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
 
+    def get_write_buffer_size(self) -> int: ...
+
 
 class ClusterLink(Protocol):
     """The hub's view of the other servers (``chatcast._cluster.Cluster``).
@@ -85,6 +87,13 @@ class ClusterLink(Protocol):
 
 class Recorder(Protocol):
     """Where the hub hands every numbered room message and announcement to be kept on disk
-    (``chatcast.store.SQLiteStore``). Never blocks: the store writes in batches elsewhere."""
+    (``chatcast.store.SQLiteStore``). Never blocks: the store writes in batches elsewhere.
 
-    def record(self, messages: list[Message]) -> None: ...
+    Each item is a :data:`~chatcast._core.history.Entry`:
+    ``(id, timestamp, kind, sender, text, room, to)``; ``room`` is ``None`` for an
+    announcement to everyone.
+    """
+
+    def record(
+        self, items: list[tuple[int, float, str, str, str, str | None, str | None]]
+    ) -> None: ...

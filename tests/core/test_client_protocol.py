@@ -70,13 +70,13 @@ def test_hello_carries_name_room_and_token() -> None:
     """The hello names what was asked for, the token included, and the protocol version."""
     protocol = ClientProtocol(name="alice", room="den", token="s3cret")
     hello = json.loads(protocol.connect())
-    assert hello == {"type": "hello", "version": 1, "name": "alice", "room": "den",
+    assert hello == {"type": "hello", "version": 2, "name": "alice", "room": "den",
                      "token": "s3cret"}  # fmt: skip
 
 
 def test_hello_without_name_room_or_token() -> None:
     """Without a name, room or token the hello leaves them out: the server picks."""
-    assert json.loads(ClientProtocol().connect()) == {"type": "hello", "version": 1}
+    assert json.loads(ClientProtocol().connect()) == {"type": "hello", "version": 2}
 
 
 def test_welcome_sets_name_room_text_and_heartbeat() -> None:
