@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from ._core.history import ANNOUNCEMENTS, HistoryLimits, cost
+from ._core.history import ANNOUNCEMENTS, Entry, HistoryLimits, cost
 from ._core.wire import Message
 from .exceptions import StoreError
 
@@ -147,7 +147,7 @@ class SQLiteStore:
         keeps = self.limits.messages > 0 and self.limits.total_messages > 0
         # Bounded: a message older than the newest ``total_messages`` would be deleted by the
         # retention anyway, so a queue behind a slow disk drops it instead of growing.
-        self._queue: deque[Message] = deque(maxlen=self.limits.total_messages if keeps else 0)
+        self._queue: deque[Entry] = deque(maxlen=self.limits.total_messages if keeps else 0)
         self._last_id = 0  # the highest id recorded (whether kept or not)
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
@@ -282,19 +282,21 @@ class SQLiteStore:
 
     # -- the Recorder port ------------------------------------------------------------------
 
-    def record(self, messages: list[Message]) -> None:
+    def record(self, items: list[Entry]) -> None:
         """Queue numbered room messages and announcements to be written (never blocks).
 
         Called on the event loop for every numbered room message and announcement, in id
-        order; private messages are never passed (and are skipped if they are). Nothing here
+        order, as :data:`~chatcast._core.history.Entry` tuples
+        ``(id, timestamp, kind, sender, text, room, to)`` (``room`` None: to everyone).
+        Private messages are never passed (and are skipped if they are). Nothing here
         touches the disk: the writer thread commits the queue in batches. After
-        :meth:`close`, messages are ignored.
+        :meth:`close`, items are ignored.
         """
-        if not messages or self._closed:
+        if not items or self._closed:
             return
-        self._queue.extend(messages)
-        last = messages[-1].id
-        if last is not None and last > self._last_id:
+        self._queue.extend(items)
+        last = items[-1][0]
+        if last > self._last_id:
             self._last_id = last
         if not self._wake.is_set():
             self._wake.set()
@@ -388,7 +390,7 @@ class SQLiteStore:
         """Commit the queue in batches of at most ``max_batch`` (and the age limit, idle)."""
         queue = self._queue
         while True:
-            batch: list[Message] = []
+            batch: list[Entry] = []
             take = min(len(queue), self.max_batch)
             for _ in range(take):
                 batch.append(queue.popleft())
@@ -398,7 +400,7 @@ class SQLiteStore:
             if not queue:
                 return
 
-    def _write(self, batch: list[Message]) -> None:
+    def _write(self, batch: list[Entry]) -> None:
         conn = self._conn
         assert conn is not None
         rows, touched, added = self._rows(batch)
@@ -432,22 +434,23 @@ class SQLiteStore:
 
     @staticmethod
     def _rows(
-        batch: list[Message],
+        batch: list[Entry],
     ) -> tuple[list[tuple[object, ...]], set[str], dict[str, list[int]]]:
         """The rows to insert, the streams they touch, and what they add to each."""
         rows: list[tuple[object, ...]] = []
         added: dict[str, list[int]] = {}
-        for m in batch:
-            if m.to is not None or m.id is None:
-                continue  # a private message, or an unnumbered one: never on disk
-            stream = m.room if m.room is not None else ANNOUNCEMENTS
-            size = cost(m)
+        for item in batch:
+            ident, timestamp, kind, sender, text, room, to = item
+            if to is not None:
+                continue  # a private message: never on disk
+            stream = room if room is not None else ANNOUNCEMENTS
+            size = cost(item)
             entry = added.get(stream)
             if entry is None:
                 entry = added[stream] = [0, 0]
             entry[0] += 1
             entry[1] += size
-            rows.append((m.id, stream, m.kind, m.sender, m.text, m.timestamp, size))
+            rows.append((ident, stream, kind, sender or None, text, timestamp, size))
         return rows, set(added), added
 
     def _count(self, touched: set[str], added: dict[str, list[int]]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from chatcast._core.history import History, HistoryLimits
+from chatcast._core.history import History, HistoryLimits, entry
 from chatcast.exceptions import StoreError
 from chatcast.message import Message
 from chatcast.store import SQLiteStore
@@ -36,6 +36,11 @@ def chat(first: int, count: int, room: str | None = "lobby", *, age: float = 0.0
         Message(f"hello {i}", sender="alice", room=room, timestamp=stamp, id=i)
         for i in range(first, first + count)
     ]
+
+
+def put(store: SQLiteStore, messages: list[Message]) -> None:
+    """Record ``messages`` as the hub does, as entries."""
+    store.record([entry(m) for m in messages])
 
 
 def reopen(path: Path, limits: HistoryLimits | None = None) -> tuple[int, list[Message]]:
@@ -85,8 +90,8 @@ def test_round_trip_keeps_messages_and_ids_continue(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     assert store.open() == (1, [])
     sent = chat(1, 3) + chat(4, 1, None) + chat(5, 2, "games")
-    store.record(sent[:4])
-    store.record(sent[4:])
+    put(store, sent[:4])
+    put(store, sent[4:])
     store.close()
     assert store.statistics.written == 6
     next_id, kept = reopen(path)
@@ -98,7 +103,7 @@ def test_round_trip_keeps_messages_and_ids_continue(tmp_path: Path) -> None:
     assert history.take_ids(1) == 7
     lobby = history.log("lobby")
     assert lobby is not None
-    assert [m.id for m in lobby.after(0)] == [1, 2, 3]
+    assert [item[0] for item in lobby.after(0)] == [1, 2, 3]
 
 
 def test_ids_continue_even_when_nothing_is_kept(tmp_path: Path) -> None:
@@ -106,7 +111,7 @@ def test_ids_continue_even_when_nothing_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
     store = SQLiteStore(path, limits=HistoryLimits(messages=0))
     store.open()
-    store.record(chat(1, 41))
+    put(store, chat(1, 41))
     store.close()
     assert reopen(path) == (42, [])
 
@@ -117,7 +122,7 @@ def test_private_messages_are_never_written(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     store.open()
     secret = Message("psst", sender="alice", kind="private", to="bob", timestamp=1.0, id=2)
-    store.record([*chat(1, 1), secret])
+    put(store, [*chat(1, 1), secret])
     store.close()
     next_id, kept = reopen(path)
     assert [m.id for m in kept] == [1]
@@ -130,12 +135,13 @@ def test_crash_keeps_what_was_committed_and_a_second_server_is_refused(tmp_path:
     path = tmp_path / "chat.db"
     child = (
         "import sys, time\n"
+        "from chatcast._core.history import entry\n"
         "from chatcast.message import Message\n"
         "from chatcast.store import SQLiteStore\n"
         f"store = SQLiteStore({str(path)!r})\n"
         "store.open()\n"
-        "store.record([Message(f'm{i}', sender='a', room='r', timestamp=time.time(), id=i)"
-        " for i in range(1, 101)])\n"
+        "store.record([entry(Message(f'm{i}', sender='a', room='r', timestamp=time.time(),"
+        " id=i)) for i in range(1, 101)])\n"
         "assert store.flush(30)\n"
         "print('ready', flush=True)\n"
         "sys.stdin.read()\n"
@@ -165,7 +171,7 @@ def test_second_store_in_the_same_process_is_refused(tmp_path: Path) -> None:
     try:
         with pytest.raises(StoreError, match="in use by another process"):
             SQLiteStore(path).open()
-        first.record(chat(1, 2))
+        put(first, chat(1, 2))
     finally:
         first.close()
     assert [m.id for m in reopen(path)[1]] == [1, 2]
@@ -179,10 +185,10 @@ def test_retention_per_room_count(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
     store = SQLiteStore(path, limits=HistoryLimits(messages=3))
     store.open()
-    store.record(chat(1, 5, "a") + chat(6, 2, "b"))
-    store.record(chat(8, 4, None))
+    put(store, chat(1, 5, "a") + chat(6, 2, "b"))
+    put(store, chat(8, 4, None))
     assert store.flush(timeout(10))
-    store.record(chat(12, 1, "a"))
+    put(store, chat(12, 1, "a"))
     store.close()
     # Reopened with roomy limits: what is left is what the writer left on disk.
     _, kept = reopen(path, HistoryLimits())
@@ -196,7 +202,7 @@ def test_retention_per_room_bytes(tmp_path: Path) -> None:
     store.open()
     big = [Message("x" * 250, sender="a", room="r", timestamp=time.time(), id=i) for i in (1, 2, 3)]
     huge = Message("y" * 5000, sender="a", room="s", timestamp=time.time(), id=4)
-    store.record([*big, huge])
+    put(store, [*big, huge])
     store.close()
     assert [m.id for m in reopen(path, HistoryLimits())[1]] == [2, 3, 4]
 
@@ -206,7 +212,7 @@ def test_retention_by_age_on_disk_and_at_open(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
     store = SQLiteStore(path, limits=HistoryLimits(age=3600))
     store.open()
-    store.record(chat(1, 2, age=7200) + chat(3, 2, age=1800) + chat(5, 1, "b"))
+    put(store, chat(1, 2, age=7200) + chat(3, 2, age=1800) + chat(5, 1, "b"))
     store.close()
     assert [m.id for m in reopen(path, HistoryLimits(age=None))[1]] == [3, 4, 5]
     # A shorter age at the next start drops more, and the ids still continue.
@@ -220,9 +226,9 @@ def test_retention_total(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
     store = SQLiteStore(path, limits=HistoryLimits(total_messages=4))
     store.open()
-    store.record(chat(1, 3, "a") + chat(4, 3, "b"))
+    put(store, chat(1, 3, "a") + chat(4, 3, "b"))
     assert store.flush(timeout(10))
-    store.record(chat(7, 1, "c"))
+    put(store, chat(7, 1, "c"))
     store.close()
     assert [m.id for m in reopen(path, HistoryLimits())[1]] == [4, 5, 6, 7]
 
@@ -232,7 +238,7 @@ def test_tighter_limits_at_open_apply_to_what_is_returned(tmp_path: Path) -> Non
     path = tmp_path / "chat.db"
     store = SQLiteStore(path)
     store.open()
-    store.record(chat(1, 5, "a") + chat(6, 5, "b"))
+    put(store, chat(1, 5, "a") + chat(6, 5, "b"))
     store.close()
     next_id, kept = reopen(path, HistoryLimits(messages=4, total_messages=6))
     assert next_id == 11
@@ -250,11 +256,12 @@ def test_record_returns_at_once_while_the_writer_is_stuck(tmp_path: Path) -> Non
     fake = gate(store)
     fake.open.clear()
     try:
-        store.record(chat(1, 1))
+        put(store, chat(1, 1))
         assert fake.entered.wait(timeout(5)), "the writer never started writing"
+        batches = [[entry(m) for m in chat(first, 100)] for first in range(2, 2502, 100)]
         started = time.perf_counter()
-        for first in range(2, 2502, 100):
-            store.record(chat(first, 100))
+        for batch in batches:
+            store.record(batch)
         elapsed = time.perf_counter() - started
         assert store.statistics.pending == 2501
     finally:
@@ -274,9 +281,9 @@ def test_the_queue_behind_a_stuck_writer_is_bounded_by_the_retention(tmp_path: P
     store.open()
     fake = gate(store)
     fake.open.clear()
-    store.record(chat(1, 1))
+    put(store, chat(1, 1))
     assert fake.entered.wait(timeout(5))
-    store.record(chat(2, 999))
+    put(store, chat(2, 999))
     assert store.statistics.pending == 51  # the one being written, and the newest 50
     fake.open.set()
     store.close()
@@ -295,15 +302,15 @@ def test_disk_full_is_logged_counted_and_survived(
     path = tmp_path / "chat.db"
     store = SQLiteStore(path)
     store.open()
-    store.record(chat(1, 1))
+    put(store, chat(1, 1))
     assert store.flush(timeout(10))
     assert store._conn is not None
     pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
     store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the writer is idle now
     with caplog.at_level(logging.WARNING, logger="chatcast"):
-        store.record([Message("z" * 20000, sender="a", room="r", timestamp=time.time(), id=2)])
+        put(store, [Message("z" * 20000, sender="a", room="r", timestamp=time.time(), id=2)])
         assert store.flush(timeout(10))
-        store.record([Message("z" * 20000, sender="a", room="r", timestamp=time.time(), id=3)])
+        put(store, [Message("z" * 20000, sender="a", room="r", timestamp=time.time(), id=3)])
         assert store.flush(timeout(10))
         stats = store.statistics
         assert (stats.written, stats.write_errors, stats.lost) == (1, 2, 2)
@@ -312,7 +319,7 @@ def test_disk_full_is_logged_counted_and_survived(
         assert str(path) in errors[0]
         assert "disk is full" in errors[0]
         store._conn.execute("PRAGMA max_page_count = 1073741823")
-        store.record(chat(4, 1))
+        put(store, chat(4, 1))
         assert store.flush(timeout(10))
     assert any("writing again" in r.getMessage() for r in caplog.records)
     store.close()
@@ -332,13 +339,13 @@ def test_a_failing_connection_never_raises_into_record(
     failure.sqlite_errorcode = 10
     fake.error = failure
     with caplog.at_level(logging.ERROR, logger="chatcast"):
-        store.record(chat(1, 10))
+        put(store, chat(1, 10))
         assert store.flush(timeout(10))
     assert store.statistics.write_errors == 1
     assert store.statistics.lost == 10
     assert "I/O error" in caplog.records[0].getMessage()
     fake.error = None
-    store.record(chat(11, 1))
+    put(store, chat(11, 1))
     store.close()
     assert store.statistics.written == 1
 
@@ -361,9 +368,7 @@ def test_corrupt_pages_are_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
     store = SQLiteStore(path)
     store.open()
-    store.record(
-        [Message("x" * 3000, sender="a", room="r", timestamp=1.0, id=i) for i in range(30)]
-    )
+    put(store, [Message("x" * 3000, sender="a", room="r", timestamp=1.0, id=i) for i in range(30)])
     store.close()
     data = bytearray(path.read_bytes())
     data[4096 * 2 : 4096 * 4] = os.urandom(8192)  # keep the header, break the pages
@@ -443,7 +448,7 @@ def test_arguments_and_life_cycle(tmp_path: Path) -> None:
         store.open()
     store.close()
     store.close()
-    store.record(chat(1, 1))
+    put(store, chat(1, 1))
     assert store.statistics.pending == 0
     SQLiteStore(tmp_path / "never-opened.db").close()
 
@@ -453,7 +458,7 @@ async def test_aclose_flushes_without_blocking_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
     store = SQLiteStore(path)
     store.open()
-    store.record(chat(1, 500))
+    put(store, chat(1, 500))
     await store.aclose()
     assert store.statistics.written == 500
     assert reopen(path)[0] == 501
