@@ -31,9 +31,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat, starmap
+from operator import itemgetter
 from typing import Final
 
 from ._core.history import ANNOUNCEMENTS, Entry, HistoryLimits, cost
@@ -390,10 +392,8 @@ class SQLiteStore:
         """Commit the queue in batches of at most ``max_batch`` (and the age limit, idle)."""
         queue = self._queue
         while True:
-            batch: list[Entry] = []
-            take = min(len(queue), self.max_batch)
-            for _ in range(take):
-                batch.append(queue.popleft())
+            # Popped in C (no Python per message): the loop keeps the GIL for the fan-out.
+            batch = list(starmap(queue.popleft, repeat((), min(len(queue), self.max_batch))))
             self._in_flight = len(batch)
             self._write(batch)
             self._in_flight = 0
@@ -403,25 +403,31 @@ class SQLiteStore:
     def _write(self, batch: list[Entry]) -> None:
         conn = self._conn
         assert conn is not None
-        rows, touched, added = self._rows(batch)
         next_id = self._last_id + 1
+        if any(map(_TO, batch)):
+            batch = [item for item in batch if item[6] is None]  # privates: never on disk
+        added = _added(batch)
+        written = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if rows:
+            if batch:
+                # SQLite makes the rows from the entries as they are: no Python per message.
                 before = conn.total_changes
-                conn.executemany(_INSERT, rows)
-                self._count(touched, added)
-                if conn.total_changes - before != len(rows):
-                    self._load_counts()  # an id already on disk was skipped
-            self._trim_all(time.time(), touched)
+                conn.executemany(_INSERT, batch)
+                written = conn.total_changes - before
+                if written == len(batch):
+                    self._count(added)
+                else:
+                    self._load_counts()  # ids already on disk were skipped
+            self._trim_all(time.time(), set(added))
             if next_id > self._stored_next:
                 self._store_next(next_id)
             conn.execute("COMMIT")
         except Exception as error:  # a write error never reaches the server (see docstring)
-            self._failed(len(rows), error)
+            self._failed(len(batch), error)
             return
-        if rows:
-            self._written += len(rows)
+        if written:
+            self._written += written
             self._batches += 1
         if self._failing_since is not None:
             logger.warning(
@@ -432,31 +438,9 @@ class SQLiteStore:
             )
             self._failing_since = None
 
-    @staticmethod
-    def _rows(
-        batch: list[Entry],
-    ) -> tuple[list[tuple[object, ...]], set[str], dict[str, list[int]]]:
-        """The rows to insert, the streams they touch, and what they add to each."""
-        rows: list[tuple[object, ...]] = []
-        added: dict[str, list[int]] = {}
-        for item in batch:
-            ident, timestamp, kind, sender, text, room, to = item
-            if to is not None:
-                continue  # a private message: never on disk
-            stream = room if room is not None else ANNOUNCEMENTS
-            size = cost(item)
-            entry = added.get(stream)
-            if entry is None:
-                entry = added[stream] = [0, 0]
-            entry[0] += 1
-            entry[1] += size
-            rows.append((ident, stream, kind, sender or None, text, timestamp, size))
-        return rows, set(added), added
-
-    def _count(self, touched: set[str], added: dict[str, list[int]]) -> None:
+    def _count(self, added: dict[str, list[int]]) -> None:
         streams = self._streams
-        for stream in touched:
-            count, size = added[stream]
+        for stream, (count, size) in added.items():
             entry = streams.get(stream)
             if entry is None:
                 streams[stream] = [count, size]
@@ -617,10 +601,36 @@ class SQLiteStore:
         self._stored_next = next_id
 
 
+# What a message costs against the byte limits beyond its text and sender (history.cost).
+_OVERHEAD: Final = cost((0, 0.0, "", "", "", None, None))
+# An Entry is (id, timestamp, kind, sender, text, room, to): bound as ?1..?7 as it is, and
+# made into a row by SQLite (no Python per message); a private message (?7) is skipped.
 _INSERT: Final = (
     "INSERT OR IGNORE INTO messages (id, stream, kind, sender, text, ts, cost)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f" SELECT ?1, IFNULL(?6, '{ANNOUNCEMENTS}'), ?3, NULLIF(?4, ''), ?5, ?2,"
+    f" length(?5) + length(IFNULL(?4, '')) + {_OVERHEAD}"
+    " WHERE ?7 IS NULL"
 )
+_ROOM, _SENDER, _TEXT, _TO = itemgetter(5), itemgetter(3), itemgetter(4), itemgetter(6)
+
+
+def _added(batch: list[Entry]) -> dict[str, list[int]]:
+    """What ``batch`` adds to each stream: ``[count, bytes]`` (in C loops when it is one
+    room's batch, as a busy room's are)."""
+    rooms = Counter(map(_ROOM, batch))
+    if len(rooms) == 1:
+        ((room, count),) = rooms.items()
+        size = sum(map(len, map(_TEXT, batch))) + sum(map(len, map(_SENDER, batch)))
+        return {room if room is not None else ANNOUNCEMENTS: [count, size + count * _OVERHEAD]}
+    added: dict[str, list[int]] = {}
+    for item in batch:
+        stream = item[5] if item[5] is not None else ANNOUNCEMENTS
+        entry = added.setdefault(stream, [0, 0])
+        entry[0] += 1
+        entry[1] += cost(item)
+    return added
+
+
 _SELECT_ALL: Final = "SELECT id, stream, kind, sender, text, ts FROM messages ORDER BY id"
 
 
