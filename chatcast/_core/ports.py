@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from .wire import Message
 
-__all__ = ["Clock", "ClusterLink", "Recorder", "Timer", "Transport"]
+__all__ = ["Clock", "ClusterLink", "Recorder", "Store", "Timer", "Transport"]
 
 
 class Timer(Protocol):
@@ -97,3 +97,20 @@ class Recorder(Protocol):
     def record(
         self, items: list[tuple[int, float, str, str, str, str | None, str | None]]
     ) -> None: ...
+
+
+class Store(Recorder, Protocol):
+    """A message store a server opens at start and closes at the end
+    (``chatcast.store.SQLiteStore``)."""
+
+    def open(self) -> tuple[int, list[Message]]:
+        """Open (blocking: run it in a thread); return the next id and the kept messages.
+
+        Raises:
+            StoreError: The store cannot be used.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Write what is queued, then close."""
+        ...
