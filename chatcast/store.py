@@ -234,7 +234,7 @@ class SQLiteStore:
         except sqlite3.Error as error:
             self._conn = None
             _close_quietly(conn)
-            raise StoreError(f"message store {self.path} {_reason(error)} ({error})") from error
+            raise StoreError(f"message store {self.path} {_reason(error)}: {error}") from error
         except BaseException:
             self._conn = None
             _close_quietly(conn)

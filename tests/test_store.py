@@ -3,13 +3,18 @@ bad databases are clear errors at open; write errors later are logged and counte
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +468,114 @@ async def test_aclose_flushes_without_blocking_the_loop(tmp_path: Path) -> None:
     await store.aclose()
     assert store.statistics.written == 500
     assert reopen(path)[0] == 501
+
+
+# -- a real server restarted on its store ---------------------------------------------------
+
+
+class JsonPeer:
+    """A blocking JSON-mode client on a raw socket (the test has no event loop)."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout(10))
+        self.file = self.sock.makefile("rw", encoding="utf-8", newline="\n")
+        self.send({"type": "hello", "name": name})
+        self.welcome = self.until(lambda frame: frame["type"] == "welcome")
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.file.write(json.dumps(frame) + "\n")
+        self.file.flush()
+
+    def until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Read frames until one matches; fail at EOF (or by the socket's timeout)."""
+        while True:
+            line = self.file.readline()
+            assert line, "the server closed the connection"
+            if not line.startswith("{"):
+                continue  # the text-mode greeting sent before the hello is read
+            frame: dict[str, Any] = json.loads(line)
+            if predicate(frame):
+                return frame
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def server_on(path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`chatcast server --port 0 --store PATH` as a process; yields it and its port."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatcast", "server", "--port", "0", "--store", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert " port " in banner, banner + (process.stderr.read() if process.stderr else "")
+        yield process, int(banner.split(" port ")[1].split()[0])
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout(10))
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_a_restarted_server_serves_its_history_and_ids_continue(tmp_path: Path) -> None:
+    """`chatcast server --store`: what was said before a restart (SIGTERM) is served after it
+    by a `history` request, with the same ids, and new messages get higher ids."""
+    path = tmp_path / "chat.db"
+    with server_on(path) as (process, port):
+        alice = JsonPeer(port, "alice")
+        try:
+            ids = []
+            for i in range(3):
+                alice.send({"type": "message", "text": f"before {i}", "ref": str(i)})
+                ids.append(alice.until(lambda frame: frame["type"] == "ack")["id"])
+        finally:
+            alice.close()
+        os.kill(process.pid, signal.SIGTERM)  # graceful: the queue is written first
+        assert process.wait(timeout(10)) == 0
+    assert ids == sorted(ids)
+    with server_on(path) as (process, port):
+        # A second server on the same file is refused, clearly, while this one runs.
+        second = subprocess.run(
+            [sys.executable, "-m", "chatcast", "server", "--port", "0", "--store", str(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout(20),
+            check=False,
+        )
+        assert second.returncode != 0
+        assert "is in use by another process" in second.stderr
+        assert "Traceback" not in second.stderr
+        bob = JsonPeer(port, "bob")
+        carol = JsonPeer(port, "carol")
+        try:
+            bob.send({"type": "history", "room": "lobby", "limit": 50})
+            replayed = []
+            while True:
+                frame = bob.until(lambda f: f["type"] in ("message", "history"))
+                if frame["type"] == "history":
+                    break
+                if frame.get("history"):
+                    replayed.append(frame)
+            assert frame["count"] == 3
+            # History on join may have come first: the request's answer is the last three.
+            assert [(f["id"], f["text"]) for f in replayed[-3:]] == [
+                (ident, f"before {i}") for i, ident in enumerate(ids)
+            ]
+            carol.send({"type": "message", "text": "after", "ref": "a"})
+            new_id = carol.until(lambda frame: frame["type"] == "ack")["id"]
+            assert new_id > ids[-1]
+            live = bob.until(lambda f: f["type"] == "message" and not f.get("history"))
+            assert (live["text"], live["id"]) == ("after", new_id)
+        finally:
+            bob.close()
+            carol.close()
