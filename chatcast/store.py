@@ -83,6 +83,9 @@ class StoreStatistics:
         pending: Messages handed to :meth:`SQLiteStore.record` and not yet committed.
         write_errors: Batches that failed to commit (their messages are not on disk).
         lost: Messages in those batches.
+        skipped: Messages not written because the retention limits would have deleted them
+            at once: older than the newest ``limits.messages`` of their room in one batch,
+            or than the newest ``limits.total_messages`` waiting in the queue.
     """
 
     written: int
@@ -90,6 +93,7 @@ class StoreStatistics:
     pending: int
     write_errors: int
     lost: int
+    skipped: int
 
 
 def _reason(error: sqlite3.Error) -> str:
@@ -149,7 +153,8 @@ class SQLiteStore:
         keeps = self.limits.messages > 0 and self.limits.total_messages > 0
         # Bounded: a message older than the newest ``total_messages`` would be deleted by the
         # retention anyway, so a queue behind a slow disk drops it instead of growing.
-        self._queue: deque[Entry] = deque(maxlen=self.limits.total_messages if keeps else 0)
+        self._queue_limit = self.limits.total_messages if keeps else 0
+        self._queue: deque[Entry] = deque(maxlen=self._queue_limit)
         self._last_id = 0  # the highest id recorded (whether kept or not)
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
@@ -169,6 +174,7 @@ class SQLiteStore:
         self._batches = 0
         self._write_errors = 0
         self._lost = 0
+        self._skipped = 0
         self._failing_since: float | None = None
         self._last_error_log = 0.0
 
@@ -296,7 +302,11 @@ class SQLiteStore:
         """
         if not items or self._closed:
             return
-        self._queue.extend(items)
+        queue = self._queue
+        over = len(queue) + len(items) - self._queue_limit
+        if over > 0:  # the oldest queued go: the total limit would delete them anyway
+            self._skipped += over
+        queue.extend(items)
         last = items[-1][0]
         if last > self._last_id:
             self._last_id = last
@@ -312,6 +322,7 @@ class SQLiteStore:
             pending=len(self._queue) + self._in_flight,
             write_errors=self._write_errors,
             lost=self._lost,
+            skipped=self._skipped,
         )
 
     # -- flushing and closing ---------------------------------------------------------------
@@ -406,6 +417,12 @@ class SQLiteStore:
         next_id = self._last_id + 1
         if any(map(_TO, batch)):
             batch = [item for item in batch if item[6] is None]  # privates: never on disk
+        if batch:
+            # What the per-room count limit would delete in this same transaction is not
+            # written at all: a busy room's batch of 5000 is 1000 rows, not 5000 in and out.
+            newest = _newest(batch, self.limits.messages)
+            self._skipped += len(batch) - len(newest)
+            batch = newest
         added = _added(batch)
         written = 0
         try:
@@ -612,6 +629,24 @@ _INSERT: Final = (
     " WHERE ?7 IS NULL"
 )
 _ROOM, _SENDER, _TEXT, _TO = itemgetter(5), itemgetter(3), itemgetter(4), itemgetter(6)
+
+
+def _newest(batch: list[Entry], limit: int) -> list[Entry]:
+    """``batch`` without the messages that are not among the newest ``limit`` of their
+    room (the per-room count limit)."""
+    rooms = Counter(map(_ROOM, batch))
+    if max(rooms.values()) <= limit:
+        return batch
+    if len(rooms) == 1:
+        return batch[-limit:] if limit else []
+    seen: Counter[str | None] = Counter()
+    kept = []
+    for item in reversed(batch):
+        if seen[item[5]] < limit:
+            seen[item[5]] += 1
+            kept.append(item)
+    kept.reverse()
+    return kept
 
 
 def _added(batch: list[Entry]) -> dict[str, list[int]]:

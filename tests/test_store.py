@@ -195,6 +195,8 @@ def test_retention_per_room_count(tmp_path: Path) -> None:
     assert store.flush(timeout(10))
     put(store, chat(12, 1, "a"))
     store.close()
+    # The oldest two of room a and the oldest announcement were never written at all.
+    assert (store.statistics.skipped, store.statistics.written) == (3, 9)
     # Reopened with roomy limits: what is left is what the writer left on disk.
     _, kept = reopen(path, HistoryLimits())
     assert [m.id for m in kept] == [4, 5, 6, 7, 9, 10, 11, 12]
@@ -291,6 +293,7 @@ def test_the_queue_behind_a_stuck_writer_is_bounded_by_the_retention(tmp_path: P
     assert fake.entered.wait(timeout(5))
     put(store, chat(2, 999))
     assert store.statistics.pending == 51  # the one being written, and the newest 50
+    assert store.statistics.skipped == 949
     fake.open.set()
     store.close()
     next_id, kept = reopen(path, HistoryLimits())
