@@ -8,6 +8,8 @@ A line ``STATS`` on standard input is answered with ``STATS <json>``: chatcast's
 ``statistics()`` (backplane figures included), ``{}`` for the other relays. The same line is
 printed once more when the server stops. ``--backplane redis://...`` (chatcast only) joins the
 server to others through a :class:`~chatcast.backplane.RedisBackplane` with ``--prefix``.
+``--history off`` runs chatcast without history; ``--store PATH`` keeps it in a
+:class:`~chatcast.store.SQLiteStore` (its figures are reported as ``store_*`` in ``STATS``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,12 @@ def _serve_threaded() -> None:
 
 
 async def _serve_async(
-    kind: str, max_clients: int | None, backplane_url: str | None, prefix: str
+    kind: str,
+    max_clients: int | None,
+    backplane_url: str | None,
+    prefix: str,
+    history: bool = True,
+    store: str | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -83,13 +90,24 @@ async def _serve_async(
             from chatcast.backplane import RedisBackplane
 
             backplane = RedisBackplane(backplane_url, prefix=prefix)
-        server = BroadcastServer("127.0.0.1", 0, max_clients=max_clients, backplane=backplane)
+        options: dict[str, Any] = {} if history else {"history": None}
+        if store is not None:
+            options["store"] = store
+        server = BroadcastServer(
+            "127.0.0.1", 0, max_clients=max_clients, backplane=backplane, **options
+        )
         await server.start()
         port = server.port
         close = server.close
 
         def statistics() -> dict[str, Any]:
-            return dataclasses.asdict(server.statistics())
+            figures = dataclasses.asdict(server.statistics())
+            store_figures = getattr(server.store, "statistics", None)
+            if store_figures is not None:
+                figures.update(
+                    {f"store_{k}": v for k, v in dataclasses.asdict(store_figures).items()}
+                )
+            return figures
     elif kind == "ceiling":
         from .baselines.ceiling import CeilingHub
 
@@ -117,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-clients", type=int, default=None, help="chatcast's max_clients")
     parser.add_argument("--backplane", metavar="URL", help="chatcast: a Redis backplane URL")
     parser.add_argument("--prefix", default="chatcast", help="the backplane's key prefix")
+    parser.add_argument("--history", choices=("on", "off"), default="on", help="chatcast's")
+    parser.add_argument("--store", metavar="PATH", help="chatcast: a SQLite message store")
     args = parser.parse_args(argv)
-    if args.backplane is not None and args.kind != "chatcast":
-        parser.error("--backplane is for chatcast only")
+    if args.kind != "chatcast" and (args.backplane, args.store, args.history) != (None, None, "on"):
+        parser.error("--backplane, --store and --history are for chatcast only")
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
     if args.kind == "threaded":
@@ -131,7 +151,16 @@ def main(argv: list[str] | None = None) -> int:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix))
+        runner.run(
+            _serve_async(
+                args.kind,
+                args.max_clients,
+                args.backplane,
+                args.prefix,
+                args.history == "on",
+                args.store,
+            )
+        )
     return 0
 
 

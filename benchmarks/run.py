@@ -16,9 +16,10 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,15 @@ class Server:
         backplane: str | None = None,
         chat: str = "chatcast",
         wait: bool = True,
+        options: Sequence[str] = (),
+        label: str = "",
     ) -> None:
-        args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients)]
+        args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients), *options]
         if uvloop:
             args.append("--uvloop")
         if backplane is not None:
             args += ["--backplane", backplane, "--prefix", chat]
-        self.name = kind + ("+uvloop" if uvloop else "")
+        self.name = kind + ("+uvloop" if uvloop else "") + (f" ({label})" if label else "")
         prefix: list[str] = []
         if Server.profile is not None and kind == "chatcast":
             # Collapsed stacks (one line per stack with its sample count): grep-able.
@@ -80,7 +83,10 @@ class Server:
             stamp = f"{time.time():.0f}-{Server.started}"
             out = RESULTS / f"profile-{Server.profile}-{self.name}-{stamp}.txt"
             prefix = ["py-spy", "record", "--format", "raw", "--rate", "250", "-o", str(out), "--"]
-        log = RESULTS / f"server-{self.name}{'-backplane' if backplane else ''}.log"
+        log = (
+            RESULTS
+            / f"server-{kind}{'+uvloop' if uvloop else ''}{'-backplane' if backplane else ''}.log"
+        )
         self.child = Child(args, stderr_to=log, prefix=prefix)
         self.pid = self.child.pid
         self.port = 0
@@ -151,6 +157,61 @@ def burst(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
                 best["server"] = server.name + (" (JSON subs)" if json_subs else "")
                 rows.append(best)
                 _progress(best, f"{best['deliveries_per_s']:,.0f} deliveries/s")
+    return rows
+
+
+#: The history workload's servers: what each keeps, and its _serve options (None: a store).
+HISTORY_VARIANTS: tuple[tuple[str, list[str] | None], ...] = (
+    ("history off", ["--history", "off"]),
+    ("history in memory", []),
+    ("SQLite store", None),
+)
+
+
+def history(cfg: Config) -> list[Row]:
+    """Burst fan-out with history off, in memory (the default) and in a SQLite store (on a
+    new file in a temporary directory), taking turns ``cfg.repeat`` times so that a noisy
+    spell hits them alike; the median run of each is reported, with the store's counters as
+    they were when the last delivery was counted (``store_pending``: not yet on disk)."""
+    rows = []
+    for subs in cfg.history_subscribers:
+        per_pub = cfg.burst_messages(subs, "chatcast")
+        runs: dict[str, list[Row]] = {}
+        for _ in range(cfg.repeat):
+            for label, options in HISTORY_VARIANTS:
+                with tempfile.TemporaryDirectory(prefix="chatcast-bench-") as tmp:
+                    store = ["--store", str(Path(tmp) / "chat.db")]
+                    with Server(
+                        "chatcast",
+                        max_clients=subs + 100,
+                        options=store if options is None else options,
+                        label=label,
+                    ) as server:
+                        result = _loadgen(
+                            [
+                                "burst",
+                                f"--server-pid={server.pid}",
+                                f"--port={server.port}",
+                                f"--subscribers={subs}",
+                                f"--publishers={cfg.publishers}",
+                                f"--messages={per_pub}",
+                                f"--settle={cfg.settle}",
+                                f"--timeout={cfg.timeout}",
+                            ],
+                            cfg.timeout + 60,
+                        )
+                        figures = server.statistics()
+                result["workload"] = "history"
+                result["server"] = server.name
+                result.update({k: v for k, v in figures.items() if k.startswith("store_")})
+                runs.setdefault(label, []).append(result)
+        for results in runs.values():
+            row = sorted(results, key=lambda r: r["deliveries_per_s"])[len(results) // 2]
+            row["runs_per_s"] = [r["deliveries_per_s"] for r in results]
+            row["all_counted"] = all(r["all_counted"] for r in results)
+            rows.append(row)
+            wrote = f", store wrote {row['store_written']:,}" if "store_written" in row else ""
+            _progress(row, f"{row['deliveries_per_s']:,.0f} deliveries/s{wrote}")
     return rows
 
 
@@ -503,6 +564,7 @@ class Config:
         self.timeout = 30.0 if quick else 120.0
         self.repeat = 1 if quick else 3
         self.burst_subscribers = [5] if quick else [10, 100, 300, 1000]
+        self.history_subscribers = [5] if quick else [10, 100]
         self.json_at = [5] if quick else [100]
         self.paced_subscribers = 5 if quick else 100
         self.paced_rate = 200.0 if quick else 2000.0
@@ -568,6 +630,21 @@ def _ratios(rows: list[Row]) -> list[Row]:
                             "met": None if target is None else ratio >= target,
                         }
                     )
+    kept = [r for r in rows if r["workload"] == "history"]
+    for subs in sorted({r["subscribers"] for r in kept}):
+        at = {r["server"]: r["deliveries_per_s"] for r in kept if r["subscribers"] == subs}
+        off = at.get("chatcast (history off)")
+        for label, target in (("history in memory", 0.9), ("SQLite store", 0.75)):
+            ours = at.get(f"chatcast ({label})")
+            if off and ours is not None:
+                out.append(
+                    {
+                        "what": f"burst {subs} subs: {label} / history off",
+                        "ratio": ours / off,
+                        "target": target,
+                        "met": ours / off >= target,
+                    }
+                )
     paced_rows = {r["server"]: r for r in rows if r["workload"] == "paced"}
     for loop in ("", "+uvloop"):
         if "chatcast" + loop in paced_rows and "ceiling" + loop in paced_rows:
@@ -750,6 +827,28 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['seconds']:>7.2f}{r['server_cpu_s']:>10.2f}{r['server_cpu_us_per_1k']:>10.0f}"
                 f"{r['lost']:>6}  {'yes' if r['all_counted'] else 'NO'}"
             )
+    kept = [r for r in rows if r["workload"] == "history"]
+    if kept:
+        lines.append("")
+        lines.append(
+            "Burst fan-out with history (as above; store: messages written, skipped by the "
+            "retention, and still queued when the burst's last delivery was counted)"
+        )
+        lines.append(
+            f"{'server':<32}{'subs':>5}{'deliveries/s':>14}{'s':>6}{'CPU us/1k':>10}"
+            f"{'written':>9}{'skipped':>9}{'queued':>8}  all"
+        )
+        for r in kept:
+            store = (
+                f"{r['store_written']:>9}{r['store_skipped']:>9}{r['store_pending']:>8}"
+                if "store_written" in r
+                else " " * 26
+            )
+            lines.append(
+                f"{r['server']:<32}{r['subscribers']:>5}{r['deliveries_per_s']:>14,.0f}"
+                f"{r['seconds']:>6.2f}{r['server_cpu_us_per_1k']:>10.0f}{store}"
+                f"  {'yes' if r['all_counted'] else 'NO'}"
+            )
     paced_rows = [r for r in rows if r["workload"] == "paced"]
     if paced_rows:
         r0 = paced_rows[0]
@@ -867,7 +966,7 @@ def _chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
-WORKLOADS = ("burst", "paced", "scale", "multicast", "hotpath", "client", "cross")
+WORKLOADS = ("burst", "history", "paced", "scale", "multicast", "hotpath", "client", "cross")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -888,7 +987,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL",
         help="record every chatcast server with py-spy into results/profile-LABEL-*.txt",
     )
-    parser.add_argument("--subscribers", help="burst subscriber counts, e.g. 100,1000")
+    parser.add_argument(
+        "--subscribers", help="burst (and history) subscriber counts, e.g. 100,1000"
+    )
     parser.add_argument("--room-sizes", help="scale: clients per room, e.g. 1,100")
     parser.add_argument(
         "--servers", help="comma-separated subset of threaded, naive, ceiling, chatcast"
@@ -908,6 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.room_sizes = [int(n) for n in args.room_sizes.split(",")]
     if args.subscribers:
         cfg.burst_subscribers = [int(n) for n in args.subscribers.split(",")]
+        cfg.history_subscribers = cfg.burst_subscribers
     servers = [("threaded", False), ("naive", False), ("ceiling", False), ("chatcast", False)]
     if args.uvloop:
         servers += [("ceiling", True), ("chatcast", True)]
@@ -920,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     steps: list[tuple[str, Callable[[], list[Row]]]] = [
         ("burst", lambda: burst(cfg, servers)),
+        ("history", lambda: history(cfg)),
         ("paced", lambda: paced(cfg, servers)),
         ("scale", lambda: scale(cfg, servers)),
         ("multicast", lambda: multicast(cfg, args.uvloop)),
