@@ -415,17 +415,17 @@ class SQLiteStore:
         conn = self._conn
         assert conn is not None
         next_id = self._last_id + 1
-        if any(map(_TO, batch)):
-            batch = [item for item in batch if item[6] is None]  # privates: never on disk
-        if batch:
-            # What the per-room count limit would delete in this same transaction is not
-            # written at all: a busy room's batch of 5000 is 1000 rows, not 5000 in and out.
-            newest = _newest(batch, self.limits.messages)
-            self._skipped += len(batch) - len(newest)
-            batch = newest
-        added = _added(batch)
         written = 0
         try:
+            if any(map(_TO, batch)):
+                batch = [item for item in batch if item[6] is None]  # privates: never on disk
+            if batch:
+                # What the per-room count limit would delete in this same transaction is not
+                # written at all: a busy room's batch of 5000 is 1000 rows, not 5000 in and out.
+                newest = _newest(batch, self.limits.messages)
+                self._skipped += len(batch) - len(newest)
+                batch = newest
+            added = _added(batch)
             conn.execute("BEGIN IMMEDIATE")
             if batch:
                 # SQLite makes the rows from the entries as they are: no Python per message.

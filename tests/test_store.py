@@ -582,3 +582,21 @@ def test_a_restarted_server_serves_its_history_and_ids_continue(tmp_path: Path) 
         finally:
             bob.close()
             carol.close()
+
+
+def test_a_malformed_entry_costs_its_batch_not_the_writer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry that is not an Entry fails its batch (logged, counted); later ones are kept."""
+    path = tmp_path / "chat.db"
+    store = SQLiteStore(path)
+    store.open()
+    with caplog.at_level(logging.ERROR, logger="chatcast"):
+        store.record([(1, 0.0, "message")])  # type: ignore[list-item]
+        assert store.flush(timeout(10))
+    assert (store.statistics.write_errors, store.statistics.lost) == (1, 1)
+    assert "not kept on disk" in caplog.records[0].getMessage()
+    put(store, chat(2, 1))
+    store.close()
+    next_id, kept = reopen(path)
+    assert (next_id, [m.id for m in kept]) == (3, [2])
