@@ -31,15 +31,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from itertools import repeat, starmap
 from operator import itemgetter
 from typing import Final
 
-from ._core.history import ANNOUNCEMENTS, Entry, HistoryLimits, cost
+from ._core.history import ANNOUNCEMENTS, Entry, HistoryLimits
 from ._core.wire import Message
+from ._sqlite_retention import OVERHEAD, Retention, count_added, keep_newest
 from .exceptions import StoreError
 
 __all__ = ["SQLiteStore", "StoreStatistics"]
@@ -164,10 +164,7 @@ class SQLiteStore:
         self._flush = threading.Condition()
         self._flush_asked = 0
         self._flush_done = 0
-        # The writer's view of what is on disk: per stream [count, bytes], and the totals.
-        self._streams: dict[str, list[int]] = {}
-        self._total_count = 0
-        self._total_bytes = 0
+        self._retention: Retention | None = None  # the writer's view of what is on disk
         self._stored_next = 0  # the next id last committed to the meta table
         self._in_flight = 0
         self._written = 0
@@ -231,8 +228,9 @@ class SQLiteStore:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._conn = conn
-            self._load_counts()
-            self._trim_all(time.time())
+            retention = self._retention = Retention(conn, self.limits)
+            retention.load()
+            retention.trim(time.time())
             next_id = self._next_id_on_disk()
             self._store_next(next_id)
             conn.execute("COMMIT")
@@ -413,7 +411,9 @@ class SQLiteStore:
 
     def _write(self, batch: list[Entry]) -> None:
         conn = self._conn
+        retention = self._retention
         assert conn is not None
+        assert retention is not None
         next_id = self._last_id + 1
         written = 0
         try:
@@ -422,10 +422,10 @@ class SQLiteStore:
             if batch:
                 # What the per-room count limit would delete in this same transaction is not
                 # written at all: a busy room's batch of 5000 is 1000 rows, not 5000 in and out.
-                newest = _newest(batch, self.limits.messages)
+                newest = keep_newest(batch, self.limits.messages)
                 self._skipped += len(batch) - len(newest)
                 batch = newest
-            added = _added(batch)
+            added = count_added(batch)
             conn.execute("BEGIN IMMEDIATE")
             if batch:
                 # SQLite makes the rows from the entries as they are: no Python per message.
@@ -433,10 +433,10 @@ class SQLiteStore:
                 conn.executemany(_INSERT, batch)
                 written = conn.total_changes - before
                 if written == len(batch):
-                    self._count(added)
+                    retention.add(added)
                 else:
-                    self._load_counts()  # ids already on disk were skipped
-            self._trim_all(time.time(), set(added))
+                    retention.load()  # ids already on disk were skipped
+            retention.trim(time.time(), added)
             if next_id > self._stored_next:
                 self._store_next(next_id)
             conn.execute("COMMIT")
@@ -455,31 +455,20 @@ class SQLiteStore:
             )
             self._failing_since = None
 
-    def _count(self, added: dict[str, list[int]]) -> None:
-        streams = self._streams
-        for stream, (count, size) in added.items():
-            entry = streams.get(stream)
-            if entry is None:
-                streams[stream] = [count, size]
-            else:
-                entry[0] += count
-                entry[1] += size
-            self._total_count += count
-            self._total_bytes += size
-
     def _failed(self, count: int, error: Exception) -> None:
         """Roll back, count and log a failed batch; resynchronise the on-disk counts."""
         conn = self._conn
+        retention = self._retention
         assert conn is not None
+        assert retention is not None
         self._write_errors += 1
         self._lost += count
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._load_counts()
+            retention.load()
         except Exception:  # the counts are reloaded after the next failure too
-            self._streams = {}
-            self._total_count = self._total_bytes = 0
+            retention.clear()
         now = time.monotonic()
         reason = _reason(error) if isinstance(error, sqlite3.Error) else "cannot be written"
         if self._failing_since is None:
@@ -503,101 +492,6 @@ class SQLiteStore:
                 self._lost,
             )
 
-    # -- retention (inside a transaction) ---------------------------------------------------
-
-    def _load_counts(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        self._streams = {
-            stream: [count, size]
-            for stream, count, size in conn.execute(
-                "SELECT stream, COUNT(*), TOTAL(cost) FROM messages GROUP BY stream"
-            )
-        }
-        for entry in self._streams.values():
-            entry[1] = int(entry[1])
-        self._total_count = sum(entry[0] for entry in self._streams.values())
-        self._total_bytes = sum(entry[1] for entry in self._streams.values())
-
-    def _trim_all(self, now: float, touched: set[str] | None = None) -> None:
-        """Apply every limit: per stream (``touched`` ones, or all), the age, the totals."""
-        limits = self.limits
-        streams = self._streams
-        for stream in list(streams if touched is None else touched):
-            entry = streams.get(stream)
-            if entry is not None and (
-                entry[0] > limits.messages or (entry[1] > limits.bytes and entry[0] > 1)
-            ):
-                self._trim_stream(stream, entry)
-        if limits.age is not None:
-            cutoff = now - limits.age
-            self._trim_oldest(lambda _count, _size, ts: ts < cutoff)
-        if self._total_count > limits.total_messages or (
-            self._total_bytes > limits.total_bytes and self._total_count > 1
-        ):
-            self._trim_oldest(
-                lambda count, size, _ts: (
-                    count > limits.total_messages or (size > limits.total_bytes and count > 1)
-                )
-            )
-
-    def _trim_stream(self, stream: str, entry: list[int]) -> None:
-        """Delete a stream's oldest messages until it is within its count and byte limits."""
-        conn = self._conn
-        assert conn is not None
-        limits = self.limits
-        count, size = entry
-        cut = None
-        rows = conn.execute("SELECT id, cost FROM messages WHERE stream = ? ORDER BY id", (stream,))
-        for ident, weight in rows:
-            if not (count > limits.messages or (size > limits.bytes and count > 1)):
-                break
-            cut = ident
-            count -= 1
-            size -= weight
-        rows.close()
-        if cut is None:
-            return
-        conn.execute("DELETE FROM messages WHERE stream = ? AND id <= ?", (stream, cut))
-        self._total_count -= entry[0] - count
-        self._total_bytes -= entry[1] - size
-        if count:
-            entry[0], entry[1] = count, size
-        else:
-            del self._streams[stream]
-
-    def _trim_oldest(self, over: Callable[[int, int, float], bool]) -> None:
-        """Delete the oldest messages of all streams, in id order, while ``over`` holds.
-
-        ``over(total_count, total_bytes, ts)`` is asked for the oldest message left.
-        """
-        conn = self._conn
-        assert conn is not None
-        count, size = self._total_count, self._total_bytes
-        removed: dict[str, list[int]] = {}
-        cut = None
-        rows = conn.execute("SELECT id, stream, cost, IFNULL(ts, 0) FROM messages ORDER BY id")
-        for ident, stream, weight, ts in rows:
-            if not over(count, size, ts):
-                break
-            cut = ident
-            count -= 1
-            size -= weight
-            entry = removed.setdefault(stream, [0, 0])
-            entry[0] += 1
-            entry[1] += weight
-        rows.close()
-        if cut is None:
-            return
-        conn.execute("DELETE FROM messages WHERE id <= ?", (cut,))
-        self._total_count, self._total_bytes = count, size
-        for stream, (gone, weight) in removed.items():
-            entry = self._streams[stream]
-            entry[0] -= gone
-            entry[1] -= weight
-            if entry[0] <= 0:
-                del self._streams[stream]
-
     # -- the id counter ---------------------------------------------------------------------
 
     def _next_id_on_disk(self) -> int:
@@ -618,54 +512,15 @@ class SQLiteStore:
         self._stored_next = next_id
 
 
-# What a message costs against the byte limits beyond its text and sender (history.cost).
-_OVERHEAD: Final = cost((0, 0.0, "", "", "", None, None))
 # An Entry is (id, timestamp, kind, sender, text, room, to): bound as ?1..?7 as it is, and
 # made into a row by SQLite (no Python per message); a private message (?7) is skipped.
 _INSERT: Final = (
     "INSERT OR IGNORE INTO messages (id, stream, kind, sender, text, ts, cost)"
     f" SELECT ?1, IFNULL(?6, '{ANNOUNCEMENTS}'), ?3, NULLIF(?4, ''), ?5, ?2,"
-    f" length(?5) + length(IFNULL(?4, '')) + {_OVERHEAD}"
+    f" length(?5) + length(IFNULL(?4, '')) + {OVERHEAD}"
     " WHERE ?7 IS NULL"
 )
-_ROOM, _SENDER, _TEXT, _TO = itemgetter(5), itemgetter(3), itemgetter(4), itemgetter(6)
-
-
-def _newest(batch: list[Entry], limit: int) -> list[Entry]:
-    """``batch`` without the messages that are not among the newest ``limit`` of their
-    room (the per-room count limit)."""
-    rooms = Counter(map(_ROOM, batch))
-    if max(rooms.values()) <= limit:
-        return batch
-    if len(rooms) == 1:
-        return batch[-limit:] if limit else []
-    seen: Counter[str | None] = Counter()
-    kept = []
-    for item in reversed(batch):
-        if seen[item[5]] < limit:
-            seen[item[5]] += 1
-            kept.append(item)
-    kept.reverse()
-    return kept
-
-
-def _added(batch: list[Entry]) -> dict[str, list[int]]:
-    """What ``batch`` adds to each stream: ``[count, bytes]`` (in C loops when it is one
-    room's batch, as a busy room's are)."""
-    rooms = Counter(map(_ROOM, batch))
-    if len(rooms) == 1:
-        ((room, count),) = rooms.items()
-        size = sum(map(len, map(_TEXT, batch))) + sum(map(len, map(_SENDER, batch)))
-        return {room if room is not None else ANNOUNCEMENTS: [count, size + count * _OVERHEAD]}
-    added: dict[str, list[int]] = {}
-    for item in batch:
-        stream = item[5] if item[5] is not None else ANNOUNCEMENTS
-        entry = added.setdefault(stream, [0, 0])
-        entry[0] += 1
-        entry[1] += cost(item)
-    return added
-
-
+_TO: Final = itemgetter(6)
 _SELECT_ALL: Final = "SELECT id, stream, kind, sender, text, ts FROM messages ORDER BY id"
 
 
