@@ -209,6 +209,10 @@ def history(cfg: Config) -> list[Row]:
             row = sorted(results, key=lambda r: r["deliveries_per_s"])[len(results) // 2]
             row["runs_per_s"] = [r["deliveries_per_s"] for r in results]
             row["all_counted"] = all(r["all_counted"] for r in results)
+            # A run that did not count everything: how many were lost and how many clients
+            # the server closed (a slow consumer on an overloaded machine), for the record.
+            row["runs_lost"] = [r["lost"] for r in results]
+            row["runs_closed_by_server"] = [r.get("closed_by_server") for r in results]
             rows.append(row)
             wrote = f", store wrote {row['store_written']:,}" if "store_written" in row else ""
             _progress(row, f"{row['deliveries_per_s']:,.0f} deliveries/s{wrote}")
