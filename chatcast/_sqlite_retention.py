@@ -1,12 +1,18 @@
 """The history limits applied on disk, for :class:`chatcast.store.SQLiteStore`'s writer.
 
 :class:`Retention` keeps the writer's view of what the ``messages`` table holds (per stream:
-how many messages and what they cost against the byte limits; the totals), so that checking
-the limits after a batch costs no query, and deletes what the limits push out: per stream
+how many messages, what they cost against the byte limits, and an id no higher than its
+oldest; the totals), so that checking the limits after a batch costs no query, and deletes
+what the limits push out: per stream
 its oldest beyond ``messages`` or ``bytes``, then everything older than ``age``, then the
 oldest of the whole store beyond ``total_messages`` or ``total_bytes`` (as
 :class:`~chatcast._core.history.History` does in memory). It runs inside the writer's
 transaction; after a failed one, :meth:`Retention.load` reads the counts again.
+
+The table has no index but its primary key, the id (an index on the stream would double the
+cost of every insert and delete): a stream's oldest messages are found by scanning ids from
+the stream's lower bound, which for a busy room is where its last trim stopped, so the scan
+covers only what arrived since.
 
 :func:`keep_newest` and :func:`count_added` look at a batch in C loops (``Counter``,
 ``map``): the writer thread holds the GIL as little as it can, for the event loop's sake.
@@ -78,7 +84,7 @@ class Retention:
     def __init__(self, conn: sqlite3.Connection, limits: HistoryLimits) -> None:
         self.conn = conn
         self.limits = limits
-        #: Per stream ``[count, bytes]``.
+        #: Per stream ``[count, bytes, low]``: ``low`` is at most its oldest id.
         self.streams: dict[str, list[int]] = {}
         self.total_count = 0
         self.total_bytes = 0
@@ -86,9 +92,9 @@ class Retention:
     def load(self) -> None:
         """Read the counts from the table (at open, and after a failed transaction)."""
         self.streams = {
-            stream: [count, int(size)]
-            for stream, count, size in self.conn.execute(
-                "SELECT stream, COUNT(*), TOTAL(cost) FROM messages GROUP BY stream"
+            stream: [count, int(size), low]
+            for stream, count, size, low in self.conn.execute(
+                "SELECT stream, COUNT(*), TOTAL(cost), MIN(id) FROM messages GROUP BY stream"
             )
         }
         self.total_count = sum(entry[0] for entry in self.streams.values())
@@ -99,13 +105,13 @@ class Retention:
         self.streams = {}
         self.total_count = self.total_bytes = 0
 
-    def add(self, added: dict[str, list[int]]) -> None:
-        """Count what a batch inserted (:func:`count_added`)."""
+    def add(self, added: dict[str, list[int]], low: int) -> None:
+        """Count what a batch inserted (:func:`count_added`); ``low``: its lowest id."""
         streams = self.streams
         for stream, (count, size) in added.items():
             entry = streams.get(stream)
             if entry is None:
-                streams[stream] = [count, size]
+                streams[stream] = [count, size, low]
             else:
                 entry[0] += count
                 entry[1] += size
@@ -138,10 +144,10 @@ class Retention:
     def _trim_stream(self, stream: str, entry: list[int]) -> None:
         """Delete a stream's oldest messages until it is within its count and byte limits."""
         limits = self.limits
-        count, size = entry
+        count, size, low = entry
         cut = None
         rows = self.conn.execute(
-            "SELECT id, cost FROM messages WHERE stream = ? ORDER BY id", (stream,)
+            "SELECT id, cost FROM messages WHERE id >= ? AND stream = ? ORDER BY id", (low, stream)
         )
         for ident, weight in rows:
             if not (count > limits.messages or (size > limits.bytes and count > 1)):
@@ -152,11 +158,13 @@ class Retention:
         rows.close()
         if cut is None:
             return
-        self.conn.execute("DELETE FROM messages WHERE stream = ? AND id <= ?", (stream, cut))
+        self.conn.execute(
+            "DELETE FROM messages WHERE id BETWEEN ? AND ? AND stream = ?", (low, cut, stream)
+        )
         self.total_count -= entry[0] - count
         self.total_bytes -= entry[1] - size
         if count:
-            entry[0], entry[1] = count, size
+            entry[0], entry[1], entry[2] = count, size, cut + 1
         else:
             del self.streams[stream]
 
@@ -188,5 +196,6 @@ class Retention:
             entry = self.streams[stream]
             entry[0] -= gone
             entry[1] -= weight
+            entry[2] = cut + 1
             if entry[0] <= 0:
                 del self.streams[stream]

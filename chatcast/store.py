@@ -61,7 +61,6 @@ _SCHEMA: Final = (
     " text TEXT NOT NULL,"
     " ts REAL,"
     " cost INTEGER NOT NULL)",  # what the message counts against the byte limits
-    "CREATE INDEX IF NOT EXISTS messages_by_stream ON messages (stream, id)",
 )
 
 # How long an idle writer sleeps before it applies the age limit again.
@@ -433,7 +432,7 @@ class SQLiteStore:
                 conn.executemany(_INSERT, batch)
                 written = conn.total_changes - before
                 if written == len(batch):
-                    retention.add(added)
+                    retention.add(added, min(map(_ID, batch)))
                 else:
                     retention.load()  # ids already on disk were skipped
             retention.trim(time.time(), added)
@@ -520,7 +519,7 @@ _INSERT: Final = (
     f" length(?5) + length(IFNULL(?4, '')) + {OVERHEAD}"
     " WHERE ?7 IS NULL"
 )
-_TO: Final = itemgetter(6)
+_ID, _TO = itemgetter(0), itemgetter(6)
 _SELECT_ALL: Final = "SELECT id, stream, kind, sender, text, ts FROM messages ORDER BY id"
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from chatcast._core.history import History, HistoryLimits, entry
+from chatcast._core.history import ANNOUNCEMENTS, History, HistoryLimits, entry
 from chatcast.exceptions import StoreError
 from chatcast.message import Message
 from chatcast.store import SQLiteStore
@@ -600,3 +601,33 @@ def test_a_malformed_entry_costs_its_batch_not_the_writer(
     store.close()
     next_id, kept = reopen(path)
     assert (next_id, [m.id for m in kept]) == (3, [2])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_retention_on_disk_agrees_with_the_history_in_memory(tmp_path: Path, seed: int) -> None:
+    """Random rooms, sizes and batch boundaries: the store keeps what History keeps."""
+    rng = random.Random(seed)
+    limits = HistoryLimits(messages=5, bytes=2000, total_messages=12, age=None)
+    history = History(limits)
+    path = tmp_path / "chat.db"
+    store = SQLiteStore(path, limits=limits, max_batch=rng.choice([1, 3, 50]))
+    store.open()
+    stamp = time.time()
+    for ident in range(1, 200):
+        room = rng.choice(["a", "b", "c", None]) if rng.random() < 0.9 else "d"
+        message = Message(
+            "x" * rng.choice([1, 100, 600]),
+            sender=None if room is None else "s",
+            kind="announcement" if room is None else "message",
+            room=room,
+            timestamp=stamp,
+            id=ident,
+        )
+        history.keep(room if room is not None else ANNOUNCEMENTS, [entry(message)])
+        put(store, [message])
+        if rng.random() < 0.2:
+            assert store.flush(timeout(10))
+    store.close()
+    expected = sorted(item[0] for key in history.rooms() for item in history.log(key).after(0))  # type: ignore[union-attr]
+    _, kept = reopen(path, HistoryLimits(age=None))
+    assert [m.id for m in kept] == expected
