@@ -401,8 +401,8 @@ class SQLiteStore:
         queue = self._queue
         while True:
             # Popped in C (no Python per message): the loop keeps the GIL for the fan-out.
-            batch = list(starmap(queue.popleft, repeat((), min(len(queue), self.max_batch))))
-            self._in_flight = len(batch)
+            take = self._in_flight = min(len(queue), self.max_batch)  # still pending
+            batch = list(starmap(queue.popleft, repeat((), take)))
             self._write(batch)
             self._in_flight = 0
             if not queue:

@@ -33,7 +33,7 @@ def test_quick_benchmark_counts_every_delivery(tmp_path: Path) -> None:
     assert "all deliveries counted" in result.stdout
     report = json.loads(output.read_text())
     workloads = {row["workload"] for row in report["rows"]}
-    assert {"burst", "paced", "scale"} <= workloads
+    assert {"burst", "history", "paced", "scale"} <= workloads
     # The cross-server workload needs redis-server and redis-py (CI installs both): where
     # they are, it must have run; where not, it is skipped and says why.
     if shutil.which("redis-server") and importlib.util.find_spec("redis") is not None:
@@ -41,8 +41,12 @@ def test_quick_benchmark_counts_every_delivery(tmp_path: Path) -> None:
     else:
         assert "redis" in report["skipped"]["cross"]
     assert all(row["all_counted"] for row in report["rows"])
+    stores = [row for row in report["rows"] if "store_written" in row]
+    assert len(stores) == 1  # the history workload's SQLite server: it wrote, without error
+    assert stores[0]["store_written"] > 0
+    assert stores[0]["store_write_errors"] == 0
     for row in report["rows"]:
-        if row["workload"] in ("burst", "paced", "cross"):
+        if row["workload"] in ("burst", "history", "paced", "cross"):
             assert row["lost"] == 0
             assert row["delivered"] == row["expected"] > 0
         if row["workload"] == "cross":
