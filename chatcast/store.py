@@ -25,6 +25,7 @@ in-memory history.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import repeat, starmap
+from itertools import chain, repeat, starmap
 from operator import itemgetter
 from typing import Final
 
@@ -163,6 +164,7 @@ class SQLiteStore:
         self._flush = threading.Condition()
         self._flush_asked = 0
         self._flush_done = 0
+        self._rows_per_statement = 1
         self._retention: Retention | None = None  # the writer's view of what is on disk
         self._stored_next = 0  # the next id last committed to the meta table
         self._in_flight = 0
@@ -227,6 +229,10 @@ class SQLiteStore:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._conn = conn
+            # As many rows per INSERT as SQLite takes parameters (999 before 3.32, 32766 since).
+            self._rows_per_statement = max(
+                1, min(500, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 7)
+            )
             retention = self._retention = Retention(conn, self.limits)
             retention.load()
             retention.trim(time.time())
@@ -427,9 +433,8 @@ class SQLiteStore:
             added = count_added(batch)
             conn.execute("BEGIN IMMEDIATE")
             if batch:
-                # SQLite makes the rows from the entries as they are: no Python per message.
                 before = conn.total_changes
-                conn.executemany(_INSERT, batch)
+                self._insert(conn, batch)
                 written = conn.total_changes - before
                 if written == len(batch):
                     retention.add(added, min(map(_ID, batch)))
@@ -491,6 +496,13 @@ class SQLiteStore:
                 self._lost,
             )
 
+    def _insert(self, conn: sqlite3.Connection, batch: list[Entry]) -> None:
+        """Insert ``batch`` in statements of up to ``_rows_per_statement`` entries."""
+        step = self._rows_per_statement
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            conn.execute(_insert_rows(len(chunk)), list(chain.from_iterable(chunk)))
+
     # -- the id counter ---------------------------------------------------------------------
 
     def _next_id_on_disk(self) -> int:
@@ -511,14 +523,24 @@ class SQLiteStore:
         self._stored_next = next_id
 
 
-# An Entry is (id, timestamp, kind, sender, text, room, to): bound as ?1..?7 as it is, and
-# made into a row by SQLite (no Python per message); a private message (?7) is skipped.
-_INSERT: Final = (
-    "INSERT OR IGNORE INTO messages (id, stream, kind, sender, text, ts, cost)"
-    f" SELECT ?1, IFNULL(?6, '{ANNOUNCEMENTS}'), ?3, NULLIF(?4, ''), ?5, ?2,"
-    f" length(?5) + length(IFNULL(?4, '')) + {OVERHEAD}"
-    " WHERE ?7 IS NULL"
-)
+@functools.lru_cache(maxsize=8)
+def _insert_rows(count: int) -> str:
+    """The statement that inserts ``count`` entries, bound flat, 7 parameters each.
+
+    An Entry is ``(id, timestamp, kind, sender, text, room, to)``: SQLite makes the rows from
+    the values as they are (the VALUES table's columns are ``column1`` to ``column7``), so the
+    writer spends no Python per message, and releases the GIL once per statement rather than
+    once per row (each time it takes the GIL back, the event loop may have to wait for it).
+    """
+    values = ",".join(["(?,?,?,?,?,?,?)"] * count)
+    return (
+        "INSERT OR IGNORE INTO messages (id, stream, kind, sender, text, ts, cost)"
+        f" SELECT column1, IFNULL(column6, '{ANNOUNCEMENTS}'), column3, NULLIF(column4, ''),"
+        f" column5, column2, length(column5) + length(IFNULL(column4, '')) + {OVERHEAD}"
+        f" FROM (VALUES {values}) WHERE column7 IS NULL"
+    )
+
+
 _ID, _TO = itemgetter(0), itemgetter(6)
 _SELECT_ALL: Final = "SELECT id, stream, kind, sender, text, ts FROM messages ORDER BY id"
 

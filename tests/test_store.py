@@ -68,12 +68,13 @@ class Gate:
         self.entered = threading.Event()
         self.error: sqlite3.Error | None = None
 
-    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        self.entered.set()
-        assert self.open.wait(timeout(10)), "the test never opened the gate"
-        if self.error is not None:
-            raise self.error
-        return self.conn.executemany(sql, rows)
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        if sql.startswith("INSERT OR IGNORE INTO messages"):  # the writer's batch
+            self.entered.set()
+            assert self.open.wait(timeout(10)), "the test never opened the gate"
+            if self.error is not None:
+                raise self.error
+        return self.conn.execute(sql, parameters)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.conn, name)
@@ -631,3 +632,22 @@ def test_retention_on_disk_agrees_with_the_history_in_memory(tmp_path: Path, see
     expected = sorted(item[0] for key in history.rooms() for item in history.log(key).after(0))  # type: ignore[union-attr]
     _, kept = reopen(path, HistoryLimits(age=None))
     assert [m.id for m in kept] == expected
+
+
+def test_batches_longer_than_one_statement(tmp_path: Path) -> None:
+    """A batch is inserted in statements of as many rows as SQLite takes parameters for
+    (999 parameters before SQLite 3.32): split anywhere, every row arrives once."""
+    path = tmp_path / "chat.db"
+    store = SQLiteStore(path)
+    store.open()
+    assert store._rows_per_statement in (500, 999 // 7)  # 7 parameters a row, at most 500
+    store._rows_per_statement = 3
+    put(store, chat(1, 10, "a") + chat(11, 1, None) + chat(12, 2, "b"))
+    store.close()
+    next_id, kept = reopen(path)
+    assert next_id == 14
+    assert [(m.id, m.room) for m in kept] == [(i, "a") for i in range(1, 11)] + [
+        (11, None),
+        (12, "b"),
+        (13, "b"),
+    ]
