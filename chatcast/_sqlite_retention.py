@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from operator import itemgetter
 from typing import Final
 
@@ -120,7 +120,13 @@ class Retention:
 
     def trim(self, now: float, touched: Iterable[str] | None = None) -> None:
         """Apply every limit: per stream (the ``touched`` ones, or all), the age at ``now``
-        (seconds since the epoch), then the totals."""
+        (seconds since the epoch), then the totals.
+
+        Each limit is found and applied by a few statements that each do their whole job in
+        one step (``LIMIT``, ``GROUP BY``), not a Python loop over rows: every row fetched is
+        a GIL hand-over the event loop may have to wait for. Only the byte limits, when the
+        count limits leave them exceeded (messages of several KiB), walk row by row.
+        """
         limits = self.limits
         streams = self.streams
         for stream in list(streams if touched is None else touched):
@@ -129,73 +135,115 @@ class Retention:
                 entry[0] > limits.messages or (entry[1] > limits.bytes and entry[0] > 1)
             ):
                 self._trim_stream(stream, entry)
-        if limits.age is not None:
-            cutoff = now - limits.age
-            self._trim_oldest(lambda _count, _size, ts: ts < cutoff)
-        if self.total_count > limits.total_messages or (
-            self.total_bytes > limits.total_bytes and self.total_count > 1
-        ):
-            self._trim_oldest(
-                lambda count, size, _ts: (
-                    count > limits.total_messages or (size > limits.total_bytes and count > 1)
-                )
-            )
+        if limits.age is not None and self.total_count:
+            self._trim_age(now - limits.age)
+        excess = self.total_count - limits.total_messages
+        if excess > 0:
+            cut = self.conn.execute(
+                "SELECT MAX(id) FROM (SELECT id FROM messages ORDER BY id LIMIT ?)", (excess,)
+            ).fetchone()[0]
+            self._delete_through(cut)
+        if self.total_bytes > limits.total_bytes and self.total_count > 1:
+            self._delete_through(self._walk(None, 0, self.total_count, self.total_bytes))
 
     def _trim_stream(self, stream: str, entry: list[int]) -> None:
         """Delete a stream's oldest messages until it is within its count and byte limits."""
         limits = self.limits
         count, size, low = entry
+        excess = count - limits.messages
+        if excess > 0:
+            cut, gone, weight = self.conn.execute(
+                "SELECT MAX(id), COUNT(*), TOTAL(cost) FROM (SELECT id, cost FROM messages"
+                " WHERE id >= ? AND stream = ? ORDER BY id LIMIT ?)",
+                (low, stream, excess),
+            ).fetchone()
+            if cut is None:
+                return  # nothing of it on disk (cannot be: the counts would be wrong)
+            self._delete_stream(stream, entry, cut, gone, int(weight))
+            count, size, low = entry
+            if not count:
+                return
+        if size > limits.bytes and count > 1:
+            cut = self._walk(stream, low, count, size)
+            if cut is None:
+                return
+            gone, weight = self.conn.execute(
+                "SELECT COUNT(*), TOTAL(cost) FROM messages"
+                " WHERE id BETWEEN ? AND ? AND stream = ?",
+                (low, cut, stream),
+            ).fetchone()
+            self._delete_stream(stream, entry, cut, gone, int(weight))
+
+    def _walk(self, stream: str | None, low: int, count: int, size: int) -> int | None:
+        """The id through which the oldest messages (of ``stream``, or of all) must go for
+        the rest to be within the byte limit (per stream, or in total); one at least stays."""
+        limit = self.limits.bytes if stream is not None else self.limits.total_bytes
+        if stream is None:
+            rows = self.conn.execute("SELECT id, cost FROM messages ORDER BY id")
+        else:
+            rows = self.conn.execute(
+                "SELECT id, cost FROM messages WHERE id >= ? AND stream = ? ORDER BY id",
+                (low, stream),
+            )
         cut = None
-        rows = self.conn.execute(
-            "SELECT id, cost FROM messages WHERE id >= ? AND stream = ? ORDER BY id", (low, stream)
-        )
         for ident, weight in rows:
-            if not (count > limits.messages or (size > limits.bytes and count > 1)):
+            if size <= limit or count <= 1:
                 break
             cut = ident
             count -= 1
             size -= weight
         rows.close()
-        if cut is None:
-            return
+        return cut
+
+    def _delete_stream(
+        self, stream: str, entry: list[int], cut: int, gone: int, weight: int
+    ) -> None:
         self.conn.execute(
-            "DELETE FROM messages WHERE id BETWEEN ? AND ? AND stream = ?", (low, cut, stream)
+            "DELETE FROM messages WHERE id BETWEEN ? AND ? AND stream = ?", (entry[2], cut, stream)
         )
-        self.total_count -= entry[0] - count
-        self.total_bytes -= entry[1] - size
-        if count:
-            entry[0], entry[1], entry[2] = count, size, cut + 1
-        else:
+        self.total_count -= gone
+        self.total_bytes -= weight
+        entry[0] -= gone
+        entry[1] -= weight
+        entry[2] = cut + 1
+        if entry[0] <= 0:
             del self.streams[stream]
 
-    def _trim_oldest(self, over: Callable[[int, int, float], bool]) -> None:
-        """Delete the oldest messages of all streams, in id order, while ``over`` holds.
+    def _trim_age(self, cutoff: float) -> None:
+        """Delete the messages stamped before ``cutoff`` (ids are given in time order, so
+        these are the oldest by id: what is before the first young one)."""
+        conn = self.conn
+        oldest = conn.execute(
+            "SELECT IFNULL(ts, 0) < ? FROM messages ORDER BY id LIMIT 1", (cutoff,)
+        ).fetchone()
+        if not oldest or not oldest[0]:
+            return  # the oldest is young enough: the common case, one row read
+        young = conn.execute(
+            "SELECT id FROM messages WHERE IFNULL(ts, 0) >= ? ORDER BY id LIMIT 1", (cutoff,)
+        ).fetchone()
+        if young is None:
+            cut = conn.execute("SELECT MAX(id) FROM messages").fetchone()[0]
+        else:
+            cut = young[0] - 1
+        self._delete_through(cut)
 
-        ``over(total_count, total_bytes, ts)`` is asked for the oldest message left. Ids
-        are given in time order, so the oldest by id are the oldest by age too.
-        """
-        count, size = self.total_count, self.total_bytes
-        removed: dict[str, list[int]] = {}
-        cut = None
-        rows = self.conn.execute("SELECT id, stream, cost, IFNULL(ts, 0) FROM messages ORDER BY id")
-        for ident, stream, weight, ts in rows:
-            if not over(count, size, ts):
-                break
-            cut = ident
-            count -= 1
-            size -= weight
-            entry = removed.setdefault(stream, [0, 0])
-            entry[0] += 1
-            entry[1] += weight
-        rows.close()
+    def _delete_through(self, cut: int | None) -> None:
+        """Delete every message with an id up to ``cut``, whatever its stream."""
         if cut is None:
             return
-        self.conn.execute("DELETE FROM messages WHERE id <= ?", (cut,))
-        self.total_count, self.total_bytes = count, size
-        for stream, (gone, weight) in removed.items():
-            entry = self.streams[stream]
+        conn = self.conn
+        for stream, gone, weight in conn.execute(
+            "SELECT stream, COUNT(*), TOTAL(cost) FROM messages WHERE id <= ? GROUP BY stream",
+            (cut,),
+        ).fetchall():
+            entry = self.streams.get(stream)
+            if entry is None:  # not counted (cannot be, but never trust a count blindly)
+                continue
+            self.total_count -= gone
+            self.total_bytes -= int(weight)
             entry[0] -= gone
-            entry[1] -= weight
+            entry[1] -= int(weight)
             entry[2] = cut + 1
             if entry[0] <= 0:
                 del self.streams[stream]
+        conn.execute("DELETE FROM messages WHERE id <= ?", (cut,))
