@@ -37,7 +37,13 @@ from .backplane import Backplane
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
 from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 
-__all__ = ["DEFAULT_WELCOME", "BroadcastServer", "EventStream", "ServerStatistics"]
+__all__ = [
+    "DEFAULT_WELCOME",
+    "BroadcastServer",
+    "EventStream",
+    "HistoryLimits",
+    "ServerStatistics",
+]
 
 log = logging.getLogger("chatcast.server")
 

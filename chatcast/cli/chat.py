@@ -26,7 +26,6 @@ from .._core.commands import (
     help_text,
     parse_text,
 )
-from .._core.history import HistoryLimits
 from ..client import BroadcastClient
 from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame, Refused
 from ..message import (
@@ -40,7 +39,7 @@ from ..message import (
     render_text,
     sanitize,
 )
-from ..server import DEFAULT_WELCOME, BroadcastServer
+from ..server import DEFAULT_WELCOME, BroadcastServer, HistoryLimits
 from .console import Console, log_to
 from .operator import announcements
 
