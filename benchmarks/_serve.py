@@ -8,6 +8,8 @@ A line ``STATS`` on standard input is answered with ``STATS <json>``: chatcast's
 ``statistics()`` (backplane figures included), ``{}`` for the other relays. The same line is
 printed once more when the server stops. ``--backplane redis://...`` (chatcast only) joins the
 server to others through a :class:`~chatcast.backplane.RedisBackplane` with ``--prefix``.
+``--history N`` (chatcast only) keeps N messages per room (0: none; default: the server's
+default), ``--store FILE`` keeps them in SQLite too.
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ def _serve_threaded() -> None:
 
 
 async def _serve_async(
-    kind: str, max_clients: int | None, backplane_url: str | None, prefix: str
+    kind: str,
+    max_clients: int | None,
+    backplane_url: str | None,
+    prefix: str,
+    options: dict[str, Any] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -83,7 +89,9 @@ async def _serve_async(
             from chatcast.backplane import RedisBackplane
 
             backplane = RedisBackplane(backplane_url, prefix=prefix)
-        server = BroadcastServer("127.0.0.1", 0, max_clients=max_clients, backplane=backplane)
+        server = BroadcastServer(
+            "127.0.0.1", 0, max_clients=max_clients, backplane=backplane, **(options or {})
+        )
         await server.start()
         port = server.port
         close = server.close
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-clients", type=int, default=None, help="chatcast's max_clients")
     parser.add_argument("--backplane", metavar="URL", help="chatcast: a Redis backplane URL")
     parser.add_argument("--prefix", default="chatcast", help="the backplane's key prefix")
+    parser.add_argument("--history", type=int, default=None, help="chatcast: messages per room")
+    parser.add_argument("--store", default=None, help="chatcast: keep history in this SQLite file")
     args = parser.parse_args(argv)
     if args.backplane is not None and args.kind != "chatcast":
         parser.error("--backplane is for chatcast only")
@@ -131,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix))
+        options: dict[str, Any] = {}
+        if args.history is not None:
+            from chatcast import HistoryLimits
+
+            options["history"] = HistoryLimits(messages=args.history) if args.history else None
+        if args.store is not None:
+            options["store"] = args.store
+        runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix, options))
     return 0
 
 

@@ -65,8 +65,14 @@ class Server:
         backplane: str | None = None,
         chat: str = "chatcast",
         wait: bool = True,
+        history: int | None = None,
+        store: str | None = None,
     ) -> None:
         args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients)]
+        if history is not None:
+            args += ["--history", str(history)]
+        if store is not None:
+            args += ["--store", store]
         if uvloop:
             args.append("--uvloop")
         if backplane is not None:
@@ -283,6 +289,127 @@ def client(cfg: Config) -> list[Row]:
         row["all_counted"] = True  # each receiver stops only at its N-th message
         paced = f"{row['rate']:,.0f}/s" if row["rate"] else "unpaced"
         _progress(row, f"{paced}: {row['ratio']:.2f} x the bare loop")
+    return rows
+
+
+#: The history settings the ``history`` workload compares: (label, messages per room, store).
+HISTORY_VARIANTS: tuple[tuple[str, int, bool], ...] = (
+    ("history off", 0, False),
+    ("in-memory history", 1000, False),
+    ("SQLite store", 1000, True),
+)
+
+
+def history(cfg: Config) -> list[Row]:
+    """Burst fan-out with history off, in memory, and in a SQLite store: ``cfg.repeat`` runs of
+    each, the variants taking turns; the median run of each is reported."""
+    import importlib.util
+    import tempfile
+
+    variants = [
+        v for v in HISTORY_VARIANTS if not v[2] or importlib.util.find_spec("chatcast.store")
+    ]
+    subs = cfg.history_subscribers
+    per_pub = cfg.burst_messages(subs, "chatcast")
+    runs: dict[tuple[str, bool], list[Row]] = {}
+    for _ in range(cfg.repeat):
+        for json_subs in (False, True):
+            for label, messages, on_disk in variants:
+                with tempfile.TemporaryDirectory() as tmp:
+                    store = os.path.join(tmp, "chat.db") if on_disk else None
+                    with Server(
+                        "chatcast", max_clients=subs + 100, history=messages, store=store
+                    ) as server:
+                        args = [
+                            "burst",
+                            f"--server-pid={server.pid}",
+                            f"--port={server.port}",
+                            f"--subscribers={subs}",
+                            f"--publishers={cfg.publishers}",
+                            f"--messages={per_pub}",
+                            f"--settle={cfg.settle}",
+                            f"--timeout={cfg.timeout}",
+                        ]
+                        if json_subs:
+                            args.append("--json-subscribers")
+                        result = _loadgen(args, cfg.timeout + 60)
+                        result["history_kept"] = server.statistics().get("history_messages", 0)
+                result["workload"] = "history"
+                result["server"] = label + (" (JSON subs)" if json_subs else "")
+                runs.setdefault((label, json_subs), []).append(result)
+    rows = []
+    for results in runs.values():
+        row = sorted(results, key=lambda r: r["deliveries_per_s"])[len(results) // 2]
+        row["runs_per_s"] = [r["deliveries_per_s"] for r in results]
+        row["all_counted"] = all(r["all_counted"] for r in results)
+        rows.append(row)
+        _progress(row, f"{row['deliveries_per_s']:,.0f} deliveries/s")
+    for json_subs in (False, True):
+        base = next(
+            r for r in rows if r["server"] == "history off" + (" (JSON subs)" if json_subs else "")
+        )
+        for row in rows:
+            if row["server"].endswith("(JSON subs)") == json_subs:
+                row["vs_history_off"] = row["deliveries_per_s"] / base["deliveries_per_s"]
+    return rows
+
+
+def replay(cfg: Config) -> list[Row]:
+    """Paced latency of the room while one client resumes and is replayed ``cfg.replay_count``
+    missed messages, against the same run without the resume; ``cfg.repeat`` runs each,
+    taking turns, the median p99 reported."""
+    from .resume import Resumer, fill, victim
+
+    count = cfg.replay_count
+    runs: dict[str, list[Row]] = {}
+    for _ in range(cfg.repeat):
+        for with_replay in (False, True):
+            with Server("chatcast", history=count * 2) as server:
+                session, last = victim(server.port)
+                fill(server.port, count)
+                resumer = Resumer(server.port, session, last, count)
+                resumer.start()
+                args = [
+                    "paced",
+                    "--sync",
+                    f"--port={server.port}",
+                    f"--subscribers={cfg.paced_subscribers}",
+                    f"--publishers={cfg.publishers}",
+                    f"--rate={cfg.paced_rate}",
+                    f"--duration={cfg.paced_duration}",
+                    f"--settle={cfg.settle}",
+                    f"--timeout={cfg.timeout}",
+                ]
+                limit = cfg.timeout + cfg.paced_duration + 60
+                loadgen = Child(["-m", "benchmarks.loadgen", *args])
+                try:
+                    loadgen.expect("MEASURE", timeout=limit)
+                    loadgen.send("GO")
+                    if with_replay:
+                        time.sleep(cfg.paced_duration / 3)  # the resume lands mid-run
+                        resumer.go.set()
+                    loadgen.expect("MEASURED", timeout=limit)
+                    loadgen.send("GO")
+                    result: Row = json.loads(loadgen.expect("RESULT", timeout=60))
+                finally:
+                    loadgen.stop()
+                resumer.go.set()  # without the replay: resumed after the measurement
+                resumer.join(timeout=cfg.timeout)
+            result["workload"] = "replay"
+            result["server"] = f"with a {count:,}-message replay" if with_replay else "no replay"
+            result["replayed"] = resumer.replayed
+            result["replay_s"] = resumer.seconds if with_replay else float("nan")
+            result["all_counted"] = result["all_counted"] and resumer.replayed >= count
+            runs.setdefault(result["server"], []).append(result)
+    rows = []
+    for results in runs.values():
+        row = sorted(results, key=lambda r: r["p99_ms"])[len(results) // 2]
+        row["runs_p99_ms"] = [r["p99_ms"] for r in results]
+        row["all_counted"] = all(r["all_counted"] for r in results)
+        rows.append(row)
+        _progress(row, f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
+    if len(rows) == 2 and rows[0]["p99_ms"] > 0:
+        rows[1]["p99_vs_no_replay"] = rows[1]["p99_ms"] / rows[0]["p99_ms"]
     return rows
 
 
@@ -522,6 +649,9 @@ class Config:
         # remains is the hop through Redis.
         self.cross_subscribers = [6] if quick else [100, 1000]
         self.cross_paced_rates = [self.paced_rate] if quick else [200.0, self.paced_rate]
+        # History: burst fan-out at 100 subscribers; a 10,000-message replay under paced load.
+        self.history_subscribers = 5 if quick else 100
+        self.replay_count = 300 if quick else 10_000
 
     def burst_messages(self, subscribers: int, kind: str) -> int:
         """Messages per publisher: about 8 M deliveries for the fast relays, 1/16 of that for
@@ -867,7 +997,17 @@ def _chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
-WORKLOADS = ("burst", "paced", "scale", "multicast", "hotpath", "client", "cross")
+WORKLOADS = (
+    "burst",
+    "paced",
+    "scale",
+    "multicast",
+    "hotpath",
+    "client",
+    "cross",
+    "history",
+    "replay",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -926,6 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
         ("hotpath", lambda: hotpath(cfg)),
         ("client", lambda: client(cfg)),
         ("cross", lambda: cross(cfg)),
+        ("history", lambda: history(cfg)),
+        ("replay", lambda: replay(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:

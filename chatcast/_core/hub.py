@@ -28,7 +28,15 @@ from . import commands as proto
 from .backlog import Backlog
 from .config import ServerConfig
 from .flood import Bucket
-from .history import ANNOUNCEMENTS, Entry, History, entry, room_entries, to_message
+from .history import (
+    ANNOUNCEMENTS,
+    ENTRY_OVERHEAD,
+    Entry,
+    History,
+    entry,
+    room_entries,
+    to_message,
+)
 from .peer import Peer, discard
 from .ports import Clock, ClusterLink, Recorder
 from .rooms import Rooms
@@ -1145,9 +1153,9 @@ class Hub:
             self.rooms.fan_out(room, None, sender, encode_str(sender), batch, timestamp, first)
         self._keep(room, room_entries(first, timestamp, sender, room, batch))
 
-    def _keep(self, key: str, items: list[Entry]) -> None:
+    def _keep(self, key: str, items: list[Entry], size: int | None = None) -> None:
         if self.history.enabled:
-            self.history.keep(key, items)
+            self.history.keep(key, items, size)
         if self.recorder is not None:
             self.recorder.record(items)
 
@@ -1182,7 +1190,8 @@ class Hub:
         first = self.history.take_ids(count)
         self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp, first)
         if self.history.enabled or self.recorder is not None:
-            self._keep(room, room_entries(first, timestamp, peer.name, room, batch))
+            size = sum(map(len, batch)) + (len(peer.name) + ENTRY_OVERHEAD) * count
+            self._keep(room, room_entries(first, timestamp, peer.name, room, batch), size)
         if self.cluster is not None:
             self.cluster.batch(peer.name, room, batch, timestamp)
         if refs:

@@ -368,6 +368,8 @@ def render_text(message: Message) -> str:
     elif kind == NICK:
         return f"* {sender} is now {sanitize(message.text)}"
     elif kind == GAP:
+        if message.missed is None and message.text:
+            return f"* {sanitize(message.text)}"
         count = message.missed if message.missed is not None else "some"
         where = message.room if message.room is not None else message.sender
         source = f" in {sanitize(where)}" if where else ""
