@@ -655,6 +655,7 @@ class Hub:
                 peer.room = ""
         self._set_name(peer, name or (peer.name or self._guest_name()))
         session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
+        session.floor = self.history.latest_id
         peer.session = session
         self._send_welcome(peer, room, token, resumed)
         self._add_to_room(peer, room, announce=True)
@@ -715,6 +716,8 @@ class Hub:
         peer.session = session
         token = self.sessions.renew(session)  # a token is good for one resume
         self._send_welcome(peer, room, token, True)
+        # Nothing older than the session's first welcome, or than the last id of an earlier
+        # resume: the client had those (what came before its welcome was history).
         if seamless:
             peer.room = room
             peer.announced = True
@@ -723,6 +726,8 @@ class Hub:
                 self.cluster.moved(peer.name, room)
         else:
             self._add_to_room(peer, room, announce=True)
+        if last is not None:
+            last = session.floor = max(last, session.floor)
         self._replay_missed(peer, session, room, last)
 
     def _replay_missed(self, peer: Peer, session: Session, room: str, last: int | None) -> None:

@@ -333,3 +333,19 @@ def test_announcements_are_numbered_kept_and_replayed() -> None:
     _, out = chat.hello(session="t1", last=last)
     replayed = [f for f in out.frames() if f["type"] == "announcement"]
     assert [(f["text"], f["history"]) for f in replayed] == [("server restarts at noon", True)]
+
+
+def test_a_resume_replays_nothing_from_before_the_session_began() -> None:
+    """A client cannot make a resume replay what came before its own welcome (nor, once it
+    resumed, before the id it resumed from): a chain of resumes "from id 0" replays only
+    what came after the session began, never the room's whole history."""
+    chat = ResumeChat()
+    bob, _ = chat.hello(name="bob")
+    for n in range(5):
+        chat.send(bob, type="message", text=f"before {n}")
+    chat.hello(name="alice")
+    chat.send(bob, type="message", text="after")
+    _, out = chat.hello(session="t2", last=0)
+    assert texts(out) == ["after"]
+    _, again = chat.hello(session="t3", last=0)
+    assert texts(again) == ["after"]
