@@ -31,6 +31,7 @@ from ._core.hub import Hub
 from ._core.peer import Peer
 from ._events import EventStream, end_all
 from .backplane import Backplane
+from .discovery import Announce, Announcer, ServerInfo
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
 from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 
@@ -173,6 +174,9 @@ class BroadcastServer:
             notices in rooms of any size.
         backplane: Join other servers through this backplane (e.g.
             :class:`~chatcast.backplane.RedisBackplane`) so that all act as one chat.
+        announce: Announce this server on the LAN while it runs (``docs/discovery.md``):
+            an :class:`~chatcast.discovery.Announce`, or ``True`` for the defaults (on the
+            interface of ``host``, which must then be a specific address). Off by default.
 
     Attributes:
         config: The settings above, validated and frozen. Each is also readable on the
@@ -213,6 +217,7 @@ class BroadcastServer:
         reuse_port: bool = False,
         backplane: Backplane | None = None,
         notice_limit: int | None = 100,
+        announce: Announce | bool | None = None,
     ) -> None:
         #: The settings, validated (:class:`~chatcast._core.config.ServerConfig`).
         self.config = ServerConfig(
@@ -264,6 +269,10 @@ class BroadcastServer:
         self._all_gone.set()
         self._connections_total = 0
         self._rejected = 0
+        self._announcer = None
+        if announce:
+            settings = announce if isinstance(announce, Announce) else Announce()
+            self._announcer = Announcer(self._beacon_info, settings, server_host=host)
 
     # -- settings read back (read-only: ``config`` is frozen) --------------------------------
 
@@ -342,6 +351,12 @@ class BroadcastServer:
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="chatcast-server-sweep")
         log.info("listening on %s port %d", self.config.host or "*", self._port)
+        if self._announcer is not None:
+            try:
+                await self._announcer.start()
+            except BaseException:  # no interface, no route: not left half started
+                await self.aclose()
+                raise
 
     async def __aenter__(self) -> BroadcastServer:
         await self.start()
@@ -373,6 +388,8 @@ class BroadcastServer:
         self._closing = True
         log.info("closing: %s", reason)
         self._server.close()
+        if self._announcer is not None:
+            self._announcer.close()  # its goodbye first: nobody should try to join now
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._hub.close(Message(reason, kind=CLOSING))
@@ -392,6 +409,8 @@ class BroadcastServer:
         if self._tasks:  # handshakes end with their connections
             await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
         await self._server.wait_closed()
+        if self._announcer is not None:
+            await self._announcer.wait_closed()
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
             await cluster.close()
@@ -405,6 +424,12 @@ class BroadcastServer:
         for peer in list(self._hub.peers):
             if peer.transport is not None:
                 peer.transport.abort()
+
+    def _beacon_info(self) -> ServerInfo:
+        return ServerInfo(
+            self.config.host, self._port, self.ssl is not None, self.config.token is not None,
+            self._active,
+        )  # fmt: skip
 
     # -- what an embedding program can do ---------------------------------------------------
 
