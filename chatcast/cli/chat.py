@@ -26,6 +26,7 @@ from .._core.commands import (
     parse_text,
 )
 from ..client import BroadcastClient
+from ..discovery import Announce
 from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame
 from ..message import (
     ANNOUNCEMENT,
@@ -40,6 +41,7 @@ from ..message import (
 )
 from ..server import DEFAULT_WELCOME, BroadcastServer
 from .console import Console, log_to
+from .discover import add_discovery_options, choose_server, describe, multicast_key
 from .operator import announcements
 
 __all__ = ["add_parser"]
@@ -138,6 +140,28 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     server.add_argument(
         "--reuse-port", action="store_true", help="set SO_REUSEPORT (share the port with others)"
     )
+    server.add_argument(
+        "--announce",
+        action="store_true",
+        help="announce this server on the LAN so that 'chatcast discover' and 'chatcast "
+        "client' without --host find it (every 2 s, TTL 1, on --interface only)",
+    )
+    server.add_argument(
+        "--interface",
+        default=None,
+        metavar="IP",
+        help="the interface to announce on, by address or name (default: --host, if it is "
+        "one address)",
+    )
+    server.add_argument(
+        "--announce-name", default=None, metavar="NAME", help="the name listed (default: hostname)"
+    )
+    server.add_argument(
+        "--multicast-key",
+        default=None,
+        metavar="KEY",
+        help="sign the announcements with this multicast key (better: set $CHATCAST_MULTICAST_KEY)",
+    )
     server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     server.add_argument("--worker-events", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
@@ -150,8 +174,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "commands (/join, /nick, /msg, /who, /rooms, /quit). Ctrl-D quits."
         ),
     )
-    client.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    client.add_argument("--port", type=int, default=8080, help="server port (default: %(default)s)")
+    client.add_argument(
+        "--host",
+        default=None,
+        help="server address (default: find one on the LAN, or 127.0.0.1 when --port is given)",
+    )
+    client.add_argument("--port", type=int, default=None, help="server port (default: 8080)")
     client.add_argument("--name", default=None, help="your name (default: the server picks guestN)")
     client.add_argument("--room", default=None, help="room to join (default: the server's)")
     client.add_argument(
@@ -168,6 +196,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     client.add_argument(
         "--reconnect", action="store_true", help="reconnect when the connection drops"
+    )
+    discovery = client.add_argument_group(
+        "discovery (without --host and --port: servers announcing themselves on the LAN)"
+    )
+    add_discovery_options(discovery, key_flag="--multicast-key")  # type: ignore[arg-type]
+    discovery.add_argument(
+        "--discover-timeout",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="listen this long for servers (default: %(default)s)",
     )
     client.set_defaults(run=run_client)
 
@@ -195,6 +234,15 @@ async def run_server(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         where = redact(args.backplane)
+    announce = None
+    if args.announce:
+        if args.workers != 1:
+            raise ValueError("--announce cannot be used with --workers")
+        announce = Announce(
+            interface=args.interface, name=args.announce_name, key=multicast_key(args)
+        )
+    elif args.interface or args.announce_name:
+        raise ValueError("--interface and --announce-name go with --announce")
     if args.workers != 1:
         from .workers import run_workers
 
@@ -221,6 +269,7 @@ async def run_server(args: argparse.Namespace) -> int:
         ssl=context,
         reuse_port=args.reuse_port,
         backplane=backplane,
+        announce=announce,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -233,6 +282,7 @@ async def run_server(args: argparse.Namespace) -> int:
             *(["token required"] if token else []),
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
+            *(["announced on the LAN"] if announce is not None else []),
         ]
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"
@@ -312,9 +362,20 @@ async def run_client(args: argparse.Namespace) -> int:
         context = ssl.create_default_context(cafile=args.ca)
     elif args.ca or args.tls_name:
         raise ValueError("--ca and --tls-name need --tls")
+    if args.host is None and args.port is None:
+        found = await choose_server(args, args.discover_timeout)
+        if found is None:
+            return 1
+        print(f"chatcast: connecting to {describe(found)}", file=sys.stderr, flush=True)
+        args.host = found.host
+        if found.tcp is None and found.tls is not None and not args.tls:
+            context = ssl.create_default_context(cafile=args.ca)
+        args.port = found.tcp if found.tcp is not None and not args.tls else found.tls
+        if args.port is None:
+            raise ValueError(f"{describe(found)} has no TLS port")
     client = BroadcastClient(
-        args.host,
-        args.port,
+        args.host or "127.0.0.1",
+        args.port or 8080,
         name=args.name,
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
