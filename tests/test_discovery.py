@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -158,3 +160,25 @@ async def test_bad_datagrams_do_not_break_listening(found: Discovery, raw: socke
     assert (await next_change(found)).name == "after"
     stats = found.statistics()
     assert (stats.received, stats.invalid, stats.oversized, stats.accepted) == (5, 3, 1, 1)
+
+
+async def test_client_asks_which_of_several() -> None:
+    """``chatcast client`` with no --host lists several servers, connects to the one typed."""
+    async with (
+        BroadcastServer(LO, 0, announce=announce(name="a", interval=0.5)) as a,
+        BroadcastServer(LO, 0, announce=announce(name="b", interval=0.5)) as b,
+    ):
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatcast", "client", "--interface", LO,
+            "--discovery-port", str(PORT), "--discover-timeout", "1.2", "--name", "carol",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(timeout(15)):
+            _, err = await client.communicate(b"7\n2\nhalo b\n")
+        assert client.returncode == 0, err.decode()
+        text = err.decode()
+        assert re.search(r"1\. a .*\n  2\. b ", text), text
+        assert "type a number from 1 to 2" in text  # the 7
+        await wait_until(lambda: b.statistics().messages_in == 1)
+        assert a.statistics().connections == 0

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from typing import Any
 
 from ..discovery import (
@@ -24,7 +25,6 @@ from ..discovery import (
     discover_once,
 )
 from ..message import sanitize
-from .console import Console
 
 __all__ = ["KEY_ENV", "add_discovery_options", "add_parser", "choose_server", "run_discover"]
 
@@ -234,10 +234,39 @@ async def choose_server(args: argparse.Namespace, seconds: float) -> DiscoveredS
     print("chatcast: several servers found:", file=sys.stderr)
     for number, server in enumerate(servers, 1):
         print(f"  {number}. {describe(server)}", file=sys.stderr)
-    async with Console(prompt=f"which one (1-{len(servers)})? ") as console:
-        while (answer := await console.read_line()) is not None:
-            with contextlib.suppress(ValueError):
-                if 1 <= (number := int(answer)) <= len(servers):
-                    return servers[number - 1]
-            console.write(f"type a number from 1 to {len(servers)}, or Ctrl-D to give up")
-    return None
+    while True:
+        answer = await _read_answer(f"which one (1-{len(servers)})? ")
+        if answer is None:
+            return None
+        with contextlib.suppress(ValueError):
+            if 1 <= (number := int(answer)) <= len(servers):
+                return servers[number - 1]
+        print(f"type a number from 1 to {len(servers)}, or Ctrl-D to give up", file=sys.stderr)
+
+
+async def _read_answer(prompt: str) -> str | None:
+    """One line from stdin (``None`` at its end), read byte by byte so that nothing after it
+    is taken from the chat that follows. In a daemon thread: a Ctrl-C meanwhile must not
+    wait for Enter to exit."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str | None] = loop.create_future()
+
+    def read() -> None:
+        line = bytearray()
+        try:
+            while (byte := os.read(sys.stdin.fileno(), 1)) and byte != b"\n":
+                line += byte
+        except (OSError, ValueError, AttributeError):  # closed or missing stdin
+            byte = b""
+        result = line.decode(errors="replace").strip() if byte or line else None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve, answer, result)
+
+    threading.Thread(target=read, name="chatcast-choose-server", daemon=True).start()
+    return await answer
+
+
+def _resolve(future: asyncio.Future[str | None], result: str | None) -> None:
+    if not future.done():
+        future.set_result(result)
