@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -247,12 +248,18 @@ def intact(screen: Screen, typed: str) -> bool:
     return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else True
 
 
+@pytest.mark.parametrize("readline", ["1", "0"], ids=["readline", "own-editor"])
 def test_incoming_lines_never_break_the_typed_line(
-    tmux_session: Callable[..., TmuxSession], program: tuple[Path, Path]
+    tmux_session: Callable[..., TmuxSession], program: tuple[Path, Path], readline: str
 ) -> None:
-    """Lines printed every few ms stay above the prompt; the half-typed line stays whole."""
+    """Lines printed every few ms stay above the prompt; the half-typed line stays whole
+    (with readline, and with the console's own editor)."""
     path, result = program
-    tmux = tmux_session([sys.executable, str(path), str(result), "0.005"], cwd=Path.cwd())
+    tmux = tmux_session(
+        [sys.executable, str(path), str(result), "0.005"],
+        cwd=Path.cwd(),
+        env={"CHATCAST_READLINE": readline},
+    )
     tmux.wait_for(lambda screen: last_counter(screen) >= 5)
     typed = ""
     for ch in "héllo wor":
@@ -482,3 +489,51 @@ def test_without_readline_the_own_editor_is_used(
     tmux.send_keys("Up", "Left")
     tmux.type("d")
     enter(tmux, result, "abcd", 1)
+
+
+def test_client_completes_names_it_knows(tmux_session: Callable[..., TmuxSession]) -> None:
+    """In ``chatcast client``, Tab after /msg completes the names of the members it has seen
+    (listed at start, joined since), and the private message reaches that member."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "chatcast", "server", "--port", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    peers: list[socket.socket] = []
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split(" port ")[1].split()[0])
+
+        def member(name: str) -> socket.socket:
+            peer = socket.create_connection(("127.0.0.1", port), timeout=timeout(10))
+            peers.append(peer)
+            peer.sendall(f"/nick {name}\n".encode())
+            return peer
+
+        member("bobby")
+        tmux = tmux_session(
+            [sys.executable, "-m", "chatcast", "client", "--port", str(port), "--name", "alice"]
+        )
+        tmux.wait_for(lambda s: s[-1:] == ["alice>"])
+        carol = member("carol")
+        tmux.wait_for("* carol joined")
+        tmux.type("/msg b")
+        tmux.send_keys("Tab")
+        tmux.wait_for(lambda s: s[-1:] == ["alice> /msg bobby"])  # listed by /who at start
+        tmux.send_keys("C-u")
+        tmux.type("/msg c")
+        tmux.send_keys("Tab")
+        tmux.type("psst")
+        tmux.send_keys("Enter")
+        reader = carol.makefile("r", encoding="utf-8")
+        while "psst" not in (line := reader.readline()):
+            assert line, "carol's connection closed"
+        assert line.rstrip("\n") == "[private] alice: psst"
+        reader.close()
+    finally:
+        for peer in peers:
+            peer.close()
+        server.kill()
+        server.wait(timeout=10)
+        for stream in (server.stdin, server.stdout):
+            if stream is not None:
+                stream.close()

@@ -33,6 +33,7 @@ from ..message import (
     INFO,
     JOIN,
     LEAVE,
+    MESSAGE,
     NICK,
     PRIVATE,
     Message,
@@ -398,8 +399,10 @@ async def run_client(args: argparse.Namespace) -> int:
     async with Console(prompt=f"{client.name}> ") as console:
         console.write(f"{client.welcome}")
         console.write(f"* you are {client.name} in {client.room} (/help for commands)")
-        incoming = asyncio.create_task(_incoming(console, client))
-        typing = asyncio.create_task(_typing(console, client))
+        console.commands = [f"/{name}" for name in (*CLIENT_COMMANDS.names, "help")]
+        names = _Names(console, client)
+        incoming = asyncio.create_task(_incoming(console, client, names))
+        typing = asyncio.create_task(_typing(console, client, names))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {incoming, typing, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -414,15 +417,50 @@ async def run_client(args: argparse.Namespace) -> int:
     return status
 
 
-async def _incoming(console: Console, client: BroadcastClient) -> None:
+class _Names:
+    """Who the client knows is here, for Tab after ``/msg`` (and ``/kick``): the members
+    ``/who`` listed, then joins, leaves, renames and senders as they come."""
+
+    def __init__(self, console: Console, client: BroadcastClient) -> None:
+        self._console = console
+        self._client = client
+        self._names: set[str] = set()
+
+    def seen(self, message: Message) -> None:
+        sender = message.sender
+        if sender is None:
+            return
+        if message.kind == LEAVE:
+            self._names.discard(sender)
+        elif message.kind == NICK:
+            self._names.discard(sender)
+            self._names.add(message.text)
+        elif message.kind in (JOIN, MESSAGE, PRIVATE):
+            self._names.add(sender)
+        else:
+            return
+        self._show()
+
+    def listed(self, names: list[str]) -> None:
+        self._names.update(names)
+        self._show()
+
+    def _show(self) -> None:
+        self._console.names = sorted(self._names - {self._client.name})
+
+
+async def _incoming(console: Console, client: BroadcastClient, names: _Names) -> None:
+    with contextlib.suppress(ChatcastError, ValueError):
+        names.listed(await client.who())
     async for message in client:
+        names.seen(message)
         console.write(render_text(message))
         if message.kind == NICK:
             console.prompt = f"{client.name}> "  # the server confirmed a /nick
     console.write("* connection closed")
 
 
-async def _typing(console: Console, client: BroadcastClient) -> None:
+async def _typing(console: Console, client: BroadcastClient, names: _Names) -> None:
     while True:
         line = await console.read_line()
         if line is None:
@@ -430,7 +468,8 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
         if not line.strip():
             continue
         try:
-            if not await _client_command(console, client, parse_text(line, CLIENT_COMMANDS)):
+            command = parse_text(line, CLIENT_COMMANDS)
+            if not await _client_command(console, client, command, names):
                 return
         except (InvalidFrame, ValueError) as exc:
             console.write(f"! {exc}")
@@ -438,7 +477,9 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
             console.write(f"! not sent: {exc.reason}")
 
 
-async def _client_command(console: Console, client: BroadcastClient, command: Command) -> bool:
+async def _client_command(
+    console: Console, client: BroadcastClient, command: Command, names: _Names
+) -> bool:
     """Do what a typed command asks of ``client``; return False to quit.
 
     Raises:
@@ -453,8 +494,9 @@ async def _client_command(console: Console, client: BroadcastClient, command: Co
         case Nick(name):
             await client.nick(name)
         case Who(room):
-            names = await client.who(room)
-            console.write(f"* in {room or client.room}: {', '.join(names) or '(nobody)'}")
+            members = await client.who(room)
+            names.listed(members)
+            console.write(f"* in {room or client.room}: {', '.join(members) or '(nobody)'}")
         case Rooms():
             rooms = await client.rooms()
             console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
