@@ -6,9 +6,17 @@ user types while other tasks print what arrives from the network above the input
 
 The mode is chosen from what stdin and stdout are:
 
-* **Terminal mode** (POSIX, stdin and stdout both terminals, ``TERM`` not ``dumb``): the
-  terminal is switched to non-canonical mode without echo (``termios``) and this module does
-  the line editing itself, so it always knows what is typed. :meth:`Console.write` erases the
+* **Readline mode** (POSIX, stdin and stdout both terminals and :data:`sys.stdin` /
+  :data:`sys.stdout`, ``TERM`` not ``dumb``, and the platform's ``readline``, GNU readline or
+  libedit, usable: see :mod:`chatcast.cli.rlinput`): readline edits the line, with history
+  (Up/Down), cursor keys (Left/Right/Home/End), Ctrl-A/E/K/U/W, the user's ``~/.inputrc``, and
+  Tab completing :attr:`Console.names` after ``/msg`` and ``/kick`` and
+  :attr:`Console.commands` at the start of a line. :meth:`Console.write` hands the lines to
+  readline's thread, which clears the input line, prints them and redraws the prompt, the
+  text and the cursor (within 0.1 s). ``CHATCAST_READLINE=0`` turns it off.
+* **Terminal mode** (the same without readline): the terminal is switched to non-canonical
+  mode without echo (``termios``) and this module does the line editing itself (no history,
+  no cursor movement), so it always knows what is typed. :meth:`Console.write` erases the
   input line (``\\r\\x1b[K``), prints, then redraws the prompt and the unfinished line.
 * **Line mode** (anything else: pipes, files, ``/dev/null``, CI, ``TERM=dumb``, Windows):
   lines are read as they come, LF-terminated (a CR before the LF is dropped; a last line
@@ -67,7 +75,8 @@ class Console:
     block was never left, and, when it is the controlling terminal, while the process is
     stopped by Ctrl-Z (retaken and redrawn on ``fg``) unless the program handles SIGTSTP.
 
-    In terminal mode the keys are: printable characters (any UTF-8) append, Backspace/DEL
+    In readline mode the keys are readline's (see the module docstring); Ctrl-D on an empty
+    line is end of input. In terminal mode the keys are: printable characters (any UTF-8) append, Backspace/DEL
     delete the last character, Ctrl-U clears the line, Ctrl-W deletes the last word, Alt-
     Backspace too, Enter submits, Ctrl-D on an empty line is end of input (elsewhere it is
     ignored). Tab types a space. Other escape sequences (arrows, function keys, Alt-letter)
