@@ -79,6 +79,11 @@ logger = logging.getLogger("chatcast.discovery")
 _EXPIRY_TICK: Final = 0.25
 #: Changes held for a reader that does not keep up; the oldest go first.
 _MAX_CHANGES: Final = 1024
+#: Datagrams read straight from the socket per wake-up, after the one asyncio read.
+_DRAIN: Final = 63
+#: Bytes asked for per datagram: more than a beacon may be, so an oversized one is seen
+#: whole and counted.
+_RECV_SIZE: Final = 2048
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -381,6 +386,9 @@ class Discovery:
             self._transport, self._protocol = await loop.create_datagram_endpoint(
                 lambda: _ReceiveProtocol(self._datagram), sock=sock
             )
+            if not type(loop).__name__.startswith("Proactor"):
+                # Windows' proactor has a read in flight: reading ahead would reorder.
+                self._protocol.sock = sock
         except BaseException:
             sock.close()
             self._state = "closed"
@@ -396,6 +404,8 @@ class Discovery:
         self._state = "closed"
         if self._timer is not None:
             self._timer.cancel()
+        if self._protocol is not None:
+            self._protocol.sock = None
         if self._transport is not None:
             self._transport.close()
         self._wake()
@@ -485,17 +495,36 @@ class Discovery:
 
 
 class _ReceiveProtocol(asyncio.DatagramProtocol):
+    """Hands each datagram to ``on_datagram``; having been handed one, reads what else is
+    waiting straight from the socket (at most ``_DRAIN``), as the multicast receiver does:
+    asyncio's selector transport reads one datagram per loop iteration, which in a flood
+    would leave the kernel dropping most beacons, a real server's among them."""
+
     def __init__(self, on_datagram: Callable[[bytes, Any], None]) -> None:
         self._on_datagram = on_datagram
+        self.sock: socket.socket | None = None  # for reading ahead; None under a proactor
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._on_datagram(data, addr)
+        on_datagram = self._on_datagram
+        on_datagram(data, addr)
+        for _ in range(_DRAIN):
+            if self.sock is None:
+                return
+            try:
+                data, addr = self.sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("discovery receive error: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.sock = None
         if not self.closed.done():
             self.closed.set_result(None)
 
