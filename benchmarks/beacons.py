@@ -96,6 +96,7 @@ bodies = [encode_body(fake(i)) for i in range(count)]
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, bytes([0]))
+print("READY", flush=True)
 started = time.monotonic()
 for body in bodies:
     sock.sendto(body, ({group!r}, {port}))
@@ -104,9 +105,13 @@ print(time.monotonic() - started, flush=True)
 
 
 def _flood(count: int) -> subprocess.Popen[str]:
+    """Start the sender; return once it is about to send (its beacons are made)."""
     code = SENDER.format(path=sys.path[0] or ".", group=DEFAULT_DISCOVERY_GROUP, port=PORT)
-    return subprocess.Popen([sys.executable, "-c", code, str(count)], stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    sender = subprocess.Popen([sys.executable, "-c", code, str(count)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert sender.stdout is not None
+    assert sender.stdout.readline() == "READY\n"
+    return sender
 
 
 def raw_receiver(count: int) -> dict[str, Any]:
@@ -137,7 +142,7 @@ def raw_receiver(count: int) -> dict[str, Any]:
 
 async def chatcast_receiver(count: int, max_servers: int) -> dict[str, Any]:
     async with discover(interface=INTERFACE, port=PORT, max_servers=max_servers) as found:
-        sender = _flood(count)
+        sender = await asyncio.to_thread(_flood, count)
         cpu = time.process_time()
         started = time.monotonic()
         last, seen = started, 0
