@@ -283,7 +283,7 @@ async def run_server(args: argparse.Namespace) -> int:
             *(["token required"] if token else []),
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
-            *(["announced on the LAN"] if announce is not None else []),
+            *([f"announced on {args.interface or args.host}"] if announce is not None else []),
         ]
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"

@@ -75,18 +75,19 @@ class Console:
     block was never left, and, when it is the controlling terminal, while the process is
     stopped by Ctrl-Z (retaken and redrawn on ``fg``) unless the program handles SIGTSTP.
 
-    In readline mode the keys are readline's (see the module docstring); Ctrl-D on an empty
-    line is end of input. In terminal mode the keys are: printable characters (any UTF-8) append, Backspace/DEL
-    delete the last character, Ctrl-U clears the line, Ctrl-W deletes the last word, Alt-
-    Backspace too, Enter submits, Ctrl-D on an empty line is end of input (elsewhere it is
-    ignored). Tab types a space. Other escape sequences (arrows, function keys, Alt-letter)
-    and control keys are ignored: they never insert anything. Ctrl-C, Ctrl-Z and Ctrl-\\ stay
-    signals of the terminal driver, as in any program: under :func:`asyncio.run` Ctrl-C
-    cancels the main task, the ``async with`` block is left (the terminal restored, the typed
-    line left on screen but never returned) and ``asyncio.run`` raises
-    :exc:`KeyboardInterrupt`. The input line never wraps: a line wider than the terminal
-    scrolls sideways, a ``<`` marking that its start is hidden, so it can always be erased and
-    redrawn. Submitted lines stay on screen after the prompt.
+    In readline mode the keys are readline's (see the module docstring); Ctrl-D on an empty line
+    is end of input. In terminal mode the keys are: printable characters (any UTF-8) append,
+    Backspace/DEL delete the last character, Ctrl-U clears the line, Ctrl-W deletes the last
+    word, Alt-Backspace too, Enter submits, Ctrl-D on an empty line is end of input (elsewhere
+    it is ignored). Tab types a space. Other escape sequences (arrows, function keys,
+    Alt-letter) and control keys are ignored: they never insert anything. Ctrl-C, Ctrl-Z and
+    Ctrl-\\ stay signals of the terminal driver, as in any program: under :func:`asyncio.run`
+    Ctrl-C cancels the main task, the ``async with`` block is left (the terminal restored, the
+    typed line left on screen but never returned) and ``asyncio.run`` raises
+    :exc:`KeyboardInterrupt`. The input line never wraps: a line wider than the terminal scrolls
+    sideways, a ``<`` marking that its start is hidden, so it can always be erased and redrawn
+    (readline wraps a long line instead, and clears every row of it). Submitted lines stay on
+    screen after the prompt.
 
     Lines are read into a queue as soon as they arrive, whether or not :meth:`read_line` is
     being awaited, so no line is lost, even when several arrive in one read; reading pauses
