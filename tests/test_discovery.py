@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,7 @@ from chatcast.discovery import (
     discover_once,
 )
 from tests.helpers import timeout, wait_until
+from tests.test_console_tmux import TMUX, TmuxSession
 
 LO = "127.0.0.1"
 PORT = 20000 + os.getpid() % 20000
@@ -182,3 +184,18 @@ async def test_client_asks_which_of_several() -> None:
         assert "type a number from 1 to 2" in text  # the 7
         await wait_until(lambda: b.statistics().messages_in == 1)
         assert a.statistics().connections == 0
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+async def test_live_table_in_a_terminal() -> None:
+    """``chatcast discover`` on a terminal redraws its table as a server comes and goes; a
+    name with control characters is shown in caret notation."""
+    command = [sys.executable, "-m", "chatcast", "discover", "--interface", LO,
+               "--discovery-port", str(PORT)]  # fmt: skip
+    with TmuxSession(command, cwd=Path.cwd()) as tmux:
+        await asyncio.to_thread(tmux.wait_for, "no servers heard yet")
+        async with BroadcastServer(LO, 0, announce=announce(name="\x1b[31mevil")) as server:
+            screen = await asyncio.to_thread(tmux.wait_for, "evil")
+            row = next(line for line in screen if "evil" in line)
+            assert row.split()[:3] == ["^[[31mevil", LO, str(server.port)]
+        await asyncio.to_thread(tmux.wait_for, "no servers heard yet")  # the goodbye
