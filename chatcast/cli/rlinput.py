@@ -58,6 +58,9 @@ class _Library:
         self.set_prompt.argtypes = [ctypes.c_char_p]
         # readline 7+; without it the line is erased by hand (one row only).
         self.clear_visible_line = getattr(lib, "rl_clear_visible_line", None)
+        # Gives the terminal back as readline found it, bracketed paste off included (GNU
+        # readline 8.1+ turns it on while it reads); absent from some libedit versions.
+        self.deprep_terminal = getattr(lib, "rl_deprep_terminal", None)
         self.redisplay = lib.rl_redisplay
         self.point = ctypes.c_int.in_dll(lib, "rl_point")
         self.end = ctypes.c_int.in_dll(lib, "rl_end")
@@ -244,6 +247,8 @@ class ReadlineInput:
                 if self._stopped:
                     if not self._left.is_set():
                         self._leave()
+                        if self._lib.deprep_terminal is not None:
+                            self._lib.deprep_terminal()
                         self._left.set()
                     return 0
                 if not (self._pending or self._redraw):
