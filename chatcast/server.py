@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
+from ._announce import Announce, Announcer, ServerInfo
 from ._cluster import Cluster
 from ._connection import Acceptor, Connection
 from ._core.config import DEFAULT_WELCOME, ServerConfig
@@ -31,7 +32,6 @@ from ._core.hub import Hub
 from ._core.peer import Peer
 from ._events import EventStream, end_all
 from .backplane import Backplane
-from .discovery import Announce, Announcer, ServerInfo
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
 from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 
