@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
 
+from ._announce import Announce, Announcer, ServerInfo
 from ._cluster import Cluster
 from ._connection import Acceptor, Connection
 from ._core.config import DEFAULT_WELCOME, ServerConfig
@@ -213,6 +214,9 @@ class BroadcastServer:
         store: Keep the history and the ids on disk, in this SQLite file (a path, or a
             :class:`~chatcast.store.SQLiteStore`), so that they survive a restart.
             ``None`` (the default) keeps them in memory only.
+        announce: Announce this server on the LAN while it runs (``docs/discovery.md``):
+            an :class:`~chatcast.discovery.Announce`, or ``True`` for the defaults (on the
+            interface of ``host``, which must then be a specific address). Off by default.
 
     Attributes:
         config: The settings above, validated and frozen. Each is also readable on the
@@ -257,6 +261,7 @@ class BroadcastServer:
         history_on_join: int = 20,
         resume_window: float = 120.0,
         store: str | os.PathLike[str] | Store | None = None,
+        announce: Announce | bool | None = None,
     ) -> None:
         #: The settings, validated (:class:`~chatcast._core.config.ServerConfig`).
         self.config = ServerConfig(
@@ -319,6 +324,10 @@ class BroadcastServer:
         self._all_gone.set()
         self._connections_total = 0
         self._rejected = 0
+        self._announcer = None
+        if announce:
+            settings = announce if isinstance(announce, Announce) else Announce()
+            self._announcer = Announcer(self._beacon_info, settings, server_host=host)
 
     # -- settings read back (read-only: ``config`` is frozen) --------------------------------
 
@@ -405,6 +414,12 @@ class BroadcastServer:
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="chatcast-server-sweep")
         log.info("listening on %s port %d", self.config.host or "*", self._port)
+        if self._announcer is not None:
+            try:
+                await self._announcer.start()
+            except BaseException:  # no interface, no route: not left half started
+                await self.aclose()
+                raise
 
     async def __aenter__(self) -> BroadcastServer:
         await self.start()
@@ -436,6 +451,8 @@ class BroadcastServer:
         self._closing = True
         log.info("closing: %s", reason)
         self._server.close()
+        if self._announcer is not None:
+            self._announcer.close()  # its goodbye first: nobody should try to join now
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._hub.close(Message(reason, kind=CLOSING))
@@ -455,6 +472,8 @@ class BroadcastServer:
         if self._tasks:  # handshakes end with their connections
             await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
         await self._server.wait_closed()
+        if self._announcer is not None:
+            await self._announcer.wait_closed()
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
             await cluster.close()
@@ -471,6 +490,12 @@ class BroadcastServer:
         for peer in list(self._hub.peers):
             if peer.transport is not None:
                 peer.transport.abort()
+
+    def _beacon_info(self) -> ServerInfo:
+        return ServerInfo(
+            self.config.host, self._port, self.ssl is not None, self.config.token is not None,
+            self._active,
+        )  # fmt: skip
 
     # -- what an embedding program can do ---------------------------------------------------
 

@@ -27,12 +27,14 @@ from .._core.commands import (
     parse_text,
 )
 from ..client import BroadcastClient
+from ..discovery import Announce
 from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame, Refused
 from ..message import (
     ANNOUNCEMENT,
     INFO,
     JOIN,
     LEAVE,
+    MESSAGE,
     NICK,
     PRIVATE,
     Message,
@@ -41,6 +43,7 @@ from ..message import (
 )
 from ..server import DEFAULT_WELCOME, BroadcastServer, HistoryLimits
 from .console import Console, log_to
+from .discover import add_discovery_options, choose_server, describe, multicast_key
 from .operator import announcements
 
 __all__ = ["add_parser"]
@@ -168,6 +171,28 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="how long a dropped client's name waits for it to resume (default: %(default)s)",
     )
+    server.add_argument(
+        "--announce",
+        action="store_true",
+        help="announce this server on the LAN so that 'chatcast discover' and 'chatcast "
+        "client' without --host find it (every 2 s, TTL 1, on --interface only)",
+    )
+    server.add_argument(
+        "--interface",
+        default=None,
+        metavar="IP",
+        help="the interface to announce on, by address or name (default: --host, if it is "
+        "one address)",
+    )
+    server.add_argument(
+        "--announce-name", default=None, metavar="NAME", help="the name listed (default: hostname)"
+    )
+    server.add_argument(
+        "--multicast-key",
+        default=None,
+        metavar="KEY",
+        help="sign the announcements with this multicast key (better: set $CHATCAST_MULTICAST_KEY)",
+    )
     server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     server.add_argument("--worker-events", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
@@ -180,8 +205,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "commands (/join, /nick, /msg, /who, /rooms, /quit). Ctrl-D quits."
         ),
     )
-    client.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    client.add_argument("--port", type=int, default=8080, help="server port (default: %(default)s)")
+    client.add_argument(
+        "--host",
+        default=None,
+        help="server address (default: find one on the LAN, or 127.0.0.1 when --port is given)",
+    )
+    client.add_argument("--port", type=int, default=None, help="server port (default: 8080)")
     client.add_argument("--name", default=None, help="your name (default: the server picks guestN)")
     client.add_argument("--room", default=None, help="room to join (default: the server's)")
     client.add_argument(
@@ -198,6 +227,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     client.add_argument(
         "--reconnect", action="store_true", help="reconnect when the connection drops"
+    )
+    discovery = client.add_argument_group(
+        "discovery (without --host and --port: servers announcing themselves on the LAN)"
+    )
+    add_discovery_options(discovery, key_flag="--multicast-key")  # type: ignore[arg-type]
+    discovery.add_argument(
+        "--discover-timeout",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="listen this long for servers (default: %(default)s)",
     )
     client.set_defaults(run=run_client)
 
@@ -227,6 +267,15 @@ async def run_server(args: argparse.Namespace) -> int:
         where = redact(args.backplane)
     if args.history < 0:
         raise ValueError(f"--history must be 0 or more, got {args.history}")
+    announce = None
+    if args.announce:
+        if args.workers != 1:
+            raise ValueError("--announce cannot be used with --workers")
+        announce = Announce(
+            interface=args.interface, name=args.announce_name, key=multicast_key(args)
+        )
+    elif args.interface or args.announce_name:
+        raise ValueError("--interface and --announce-name go with --announce")
     if args.workers != 1:
         if args.store:
             raise ValueError("--store needs one process: --workers would share one database")
@@ -259,6 +308,7 @@ async def run_server(args: argparse.Namespace) -> int:
         history_on_join=args.history_on_join,
         resume_window=args.resume_window,
         store=args.store,
+        announce=announce,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -271,6 +321,7 @@ async def run_server(args: argparse.Namespace) -> int:
             *(["token required"] if token else []),
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
+            *([f"announced on {args.interface or args.host}"] if announce is not None else []),
         ]
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"
@@ -350,9 +401,20 @@ async def run_client(args: argparse.Namespace) -> int:
         context = ssl.create_default_context(cafile=args.ca)
     elif args.ca or args.tls_name:
         raise ValueError("--ca and --tls-name need --tls")
+    if args.host is None and args.port is None:
+        found = await choose_server(args, args.discover_timeout)
+        if found is None:
+            return 1
+        print(f"chatcast: connecting to {describe(found)}", file=sys.stderr, flush=True)
+        args.host = found.host
+        if found.tcp is None and found.tls is not None and not args.tls:
+            context = ssl.create_default_context(cafile=args.ca)
+        args.port = found.tcp if found.tcp is not None and not args.tls else found.tls
+        if args.port is None:
+            raise ValueError(f"{describe(found)} has no TLS port")
     client = BroadcastClient(
-        args.host,
-        args.port,
+        args.host or "127.0.0.1",
+        args.port or 8080,
         name=args.name,
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
@@ -375,8 +437,10 @@ async def run_client(args: argparse.Namespace) -> int:
     async with Console(prompt=f"{client.name}> ") as console:
         console.write(f"{client.welcome}")
         console.write(f"* you are {client.name} in {client.room} (/help for commands)")
-        incoming = asyncio.create_task(_incoming(console, client))
-        typing = asyncio.create_task(_typing(console, client))
+        console.commands = [f"/{name}" for name in (*CLIENT_COMMANDS.names, "help")]
+        names = _Names(console, client)
+        incoming = asyncio.create_task(_incoming(console, client, names))
+        typing = asyncio.create_task(_typing(console, client, names))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {incoming, typing, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -391,15 +455,50 @@ async def run_client(args: argparse.Namespace) -> int:
     return status
 
 
-async def _incoming(console: Console, client: BroadcastClient) -> None:
+class _Names:
+    """Who the client knows is here, for Tab after ``/msg`` (and ``/kick``): the members
+    ``/who`` listed, then joins, leaves, renames and senders as they come."""
+
+    def __init__(self, console: Console, client: BroadcastClient) -> None:
+        self._console = console
+        self._client = client
+        self._names: set[str] = set()
+
+    def seen(self, message: Message) -> None:
+        sender = message.sender
+        if sender is None:
+            return
+        if message.kind == LEAVE:
+            self._names.discard(sender)
+        elif message.kind == NICK:
+            self._names.discard(sender)
+            self._names.add(message.text)
+        elif message.kind in (JOIN, MESSAGE, PRIVATE):
+            self._names.add(sender)
+        else:
+            return
+        self._show()
+
+    def listed(self, names: list[str]) -> None:
+        self._names.update(names)
+        self._show()
+
+    def _show(self) -> None:
+        self._console.names = sorted(self._names - {self._client.name})
+
+
+async def _incoming(console: Console, client: BroadcastClient, names: _Names) -> None:
+    with contextlib.suppress(ChatcastError, ValueError):
+        names.listed(await client.who())
     async for message in client:
+        names.seen(message)
         console.write(render_text(message))
         if message.kind == NICK:
             console.prompt = f"{client.name}> "  # the server confirmed a /nick
     console.write("* connection closed")
 
 
-async def _typing(console: Console, client: BroadcastClient) -> None:
+async def _typing(console: Console, client: BroadcastClient, names: _Names) -> None:
     while True:
         line = await console.read_line()
         if line is None:
@@ -407,7 +506,8 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
         if not line.strip():
             continue
         try:
-            if not await _client_command(console, client, parse_text(line, CLIENT_COMMANDS)):
+            command = parse_text(line, CLIENT_COMMANDS)
+            if not await _client_command(console, client, command, names):
                 return
         except (InvalidFrame, ValueError) as exc:
             console.write(f"! {exc}")
@@ -415,7 +515,9 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
             console.write(f"! not sent: {exc.reason}")
 
 
-async def _client_command(console: Console, client: BroadcastClient, command: Command) -> bool:
+async def _client_command(
+    console: Console, client: BroadcastClient, command: Command, names: _Names
+) -> bool:
     """Do what a typed command asks of ``client``; return False to quit.
 
     Raises:
@@ -441,8 +543,9 @@ async def _client_command(console: Console, client: BroadcastClient, command: Co
         case Nick(name):
             await client.nick(name)
         case Who(room):
-            names = await client.who(room)
-            console.write(f"* in {room or client.room}: {', '.join(names) or '(nobody)'}")
+            members = await client.who(room)
+            names.listed(members)
+            console.write(f"* in {room or client.room}: {', '.join(members) or '(nobody)'}")
         case Rooms():
             rooms = await client.rooms()
             console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
