@@ -764,6 +764,27 @@ def _ratios(rows: list[Row]) -> list[Row]:
                         "met": r["lost"] == 0,
                     }
                 )
+    # Issue #11: history costs little on the fan-out; a replay does not hurt the room.
+    for r in rows:
+        if r["workload"] == "history" and "vs_history_off" in r and "off" not in r["server"]:
+            target = 0.75 if r["server"].startswith("SQLite") else 0.9
+            out.append(
+                {
+                    "what": f"burst with {r['server']} / history off",
+                    "ratio": r["vs_history_off"],
+                    "target": target,
+                    "met": r["vs_history_off"] >= target,
+                }
+            )
+        elif r["workload"] == "replay" and "p99_vs_no_replay" in r:
+            out.append(
+                {
+                    "what": "paced p99 during a replay / without (lower is better)",
+                    "ratio": r["p99_vs_no_replay"],
+                    "target": 1.5,
+                    "met": r["p99_vs_no_replay"] <= 1.5,
+                }
+            )
     return out
 
 
@@ -865,6 +886,58 @@ def _cross_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _history_table(rows: list[Row]) -> list[str]:
+    """The history, replay and acks workloads (issue #11), each against its own baseline."""
+    lines: list[str] = []
+    kept = [r for r in rows if r["workload"] == "history"]
+    if kept:
+        lines += ["", f"History: burst fan-out to {kept[0]['subscribers']} subscribers (median)"]
+        lines.append(f"{'history':<36}{'deliveries/s':>15}{'x history off':>15}  all")
+        for r in kept:
+            lines.append(
+                f"{r['server']:<36}{r['deliveries_per_s']:>15,.0f}"
+                f"{r.get('vs_history_off', float('nan')):>15.2f}  "
+                f"{'yes' if r['all_counted'] else 'NO'}"
+            )
+    replayed = [r for r in rows if r["workload"] == "replay"]
+    if replayed:
+        r0 = replayed[0]
+        lines += [
+            "",
+            f"Replay under load ({r0['rate']:,.0f} msg/s to {r0['subscribers']} subscribers, ms)",
+        ]
+        lines.append(f"{'':<36}{'p50':>8}{'p99':>8}{'x p99':>8}{'replay s':>10}  p99 of each run")
+        for r in replayed:
+            each = " ".join(f"{p:.2f}" for p in r.get("runs_p99_ms", [r["p99_ms"]]))
+            lines.append(
+                f"{r['server']:<36}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+                f"{r.get('p99_vs_no_replay', 1.0):>8.2f}{r.get('replay_s', float('nan')):>10.2f}"
+                f"  {each}"
+            )
+    acked = [r for r in rows if r["workload"] == "acks"]
+    if acked:
+        lines += ["", "Sending with acks (one client, messages/s to the last relayed)"]
+        lines.append(f"{'how':<36}{'messages/s':>12}{'x fire-and-forget':>19}")
+        for r in acked:
+            lines.append(
+                f"{r['server']:<36}{r['messages_per_s']:>12,.0f}{r['vs_fire_and_forget']:>19.2f}"
+            )
+    return lines
+
+
+def acks(cfg: Config) -> list[Row]:
+    """Sending with acks: pipelined post() and one-at-a-time send() against fire-and-forget
+    (see :mod:`benchmarks.acks`)."""
+    child = Child(["-m", "benchmarks.acks", *(["--quick"] if cfg.quick else ["--repeat=3"])])
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=600))
+    finally:
+        child.stop()
+    for row in rows:
+        _progress(row, f"{row['messages_per_s']:,.0f} messages/s")
+    return rows
+
+
 def _table(rows: list[Row], ratios: list[Row]) -> str:
     lines = []
     bursts = [r for r in rows if r["workload"] == "burst"]
@@ -954,6 +1027,7 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['received_per_s']:>10,.0f}{r['sender_per_s']:>10,.0f}"
             )
     lines += _cross_table(rows)
+    lines += _history_table(rows)
     if ratios:
         lines.append("")
         lines.append("Targets (ratios from this run)")
@@ -1007,6 +1081,7 @@ WORKLOADS = (
     "cross",
     "history",
     "replay",
+    "acks",
 )
 
 
@@ -1068,6 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cross", lambda: cross(cfg)),
         ("history", lambda: history(cfg)),
         ("replay", lambda: replay(cfg)),
+        ("acks", lambda: acks(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:

@@ -154,7 +154,9 @@ class BroadcastClient:
         self._ending: ChatcastError | None = None
         self._early: list[Message] = []  # read with the welcome, delivered by the reader
         self._requests: dict[int, asyncio.Future[Any]] = {}
-        self._awaiting: dict[str, asyncio.Future[Any]] = {}  # by ref: acks, history
+        # By ref: what waits for the server's answer (an ack, a history answer), and for an
+        # ack the text and recipient of the message, to give back the accepted Message.
+        self._awaiting: dict[str, tuple[asyncio.Future[Any], str | None, str | None]] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._heard = 0.0  # loop time of the last read from the server
@@ -293,26 +295,8 @@ class BroadcastClient:
         ref = protocol.new_ref()
         data = protocol.message(text, to=to, ref=ref)
         writer = self._writable()
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        accepted: asyncio.Future[Message] = loop.create_future()
-        name, room = protocol.name, protocol.room
-
-        def done(answer: asyncio.Future[Any]) -> None:
-            if accepted.done():
-                return
-            if answer.cancelled():
-                accepted.cancel()
-            elif answer.exception() is not None:
-                accepted.set_exception(answer.exception())  # type: ignore[arg-type]
-            else:
-                kind = PRIVATE if to is not None else MESSAGE
-                accepted.set_result(
-                    Message(text, name, kind, None if to else room, None, to, None, answer.result())
-                )
-
-        answer.add_done_callback(done)
-        self._awaiting[ref] = answer
+        accepted: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._awaiting[ref] = (accepted, text, to)
         self._write(writer, data)
         self._sent += 1
         await self._drain(writer)
@@ -346,7 +330,7 @@ class BroadcastClient:
         data = protocol.history(ref, room=room, limit=limit, before=before, after=after)
         writer = self._writable()
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._awaiting[ref] = answer
+        self._awaiting[ref] = (answer, None, None)
         try:
             self._write(writer, data)
             await self._drain(writer)
@@ -634,14 +618,24 @@ class BroadcastClient:
                 future.set_exception(answer.value)
             else:
                 future.set_result(answer.value)
-        for reply in self._protocol.replies_received():
-            future = self._awaiting.pop(reply.ref, None)
-            if future is None or future.done():
-                continue
-            if isinstance(reply.value, Refused):
-                future.set_exception(reply.value)
-            else:
-                future.set_result(reply.value)
+        replies = self._protocol.replies_received()
+        if replies:
+            protocol = self._protocol
+            for reply in replies:
+                waiting = self._awaiting.pop(reply.ref, None)
+                if waiting is None or waiting[0].done():
+                    continue
+                future, text, to = waiting
+                value = reply.value
+                if isinstance(value, Refused):
+                    future.set_exception(value)
+                elif isinstance(value, int) and text is not None:
+                    kind, room = (PRIVATE, None) if to is not None else (MESSAGE, protocol.room)
+                    future.set_result(
+                        Message(text, protocol.name, kind, room, None, to, None, value)
+                    )
+                else:
+                    future.set_result(value)
 
     def _check_silence(self, writer: asyncio.StreamWriter, again: bool = False) -> None:
         """The heartbeat timer: ping a silent server, give up on one that does not answer."""
@@ -695,7 +689,7 @@ class BroadcastClient:
                 future.exception()  # retrieved: nobody may be waiting any more
         self._requests.clear()  # what is left was given up on by its caller
         awaiting, self._awaiting = self._awaiting, {}
-        for future in awaiting.values():
+        for future, _, _ in awaiting.values():
             if not future.done():
                 future.set_exception(ConnectionClosed("connection lost before the server answered"))
         if writer is not None:

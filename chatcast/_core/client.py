@@ -529,6 +529,17 @@ class ClientProtocol:
                             self.last_id = ident
                         append(_chat(text, sender, room, ts, ident))
                         continue
+            elif frame.__class__ is str and frame.startswith('{"type":"ack","ref":'):
+                # The answer to a message sent with a ref: as common as chat when pipelining.
+                try:
+                    obj = loads(frame)
+                    ref, ident = obj["ref"], obj["id"]
+                except (ValueError, RecursionError, KeyError):
+                    pass  # the full path says what is wrong
+                else:
+                    if ref.__class__ is str and ident.__class__ is int:
+                        self._replies.append(Reply(ref, ident))
+                        continue
             message = self._frame(frame)
             if message is not None:
                 append(message)

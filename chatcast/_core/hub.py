@@ -654,25 +654,29 @@ class Hub:
                 self.rooms.discard(peer.room, peer)
                 peer.room = ""
         self._set_name(peer, name or (peer.name or self._guest_name()))
-        session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
-        session.floor = self.history.latest_id
-        peer.session = session
+        token = None
+        if peer.version >= 2 and self.config.resume_window > 0:
+            # Only a client that can resume gets a session (and holds its memory).
+            session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
+            session.floor = self.history.latest_id
+            peer.session = session
         self._send_welcome(peer, room, token, resumed)
         self._add_to_room(peer, room, announce=True)
         self._history_on_join(peer, room)
 
-    def _send_welcome(self, peer: Peer, room: str, token: str, resumed: bool | None) -> None:
-        welcome = {
+    def _send_welcome(self, peer: Peer, room: str, token: str | None, resumed: bool | None) -> None:
+        welcome: dict[str, object] = {
             "type": "welcome",
             "name": peer.name,
             "room": room,
             "text": self.config.welcome,
             "version": proto.PROTOCOL_VERSION,
             "heartbeat": float(self.config.heartbeat_interval),
-            "session": token,
             "last": self.history.latest_id,
             "max_bytes": self.config.max_line_bytes,
         }
+        if token is not None:
+            welcome["session"] = token
         if resumed is not None:
             welcome["resumed"] = resumed
         peer.write(dump_frame(welcome))
