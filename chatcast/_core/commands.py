@@ -27,32 +27,44 @@ __all__ = [
     "CLIENT_COMMANDS",
     "ESCAPE",
     "HELP_TEXT",
+    "MAX_DURATION",
     "MAX_NAME_LENGTH",
     "MAX_REASON_LENGTH",
+    "MODERATION_TYPES",
     "MULTICAST_COMMANDS",
     "OPERATOR_COMMANDS",
     "PROTOCOL_VERSION",
     "SERVER_COMMANDS",
     "SYNTAX",
     "Auth",
+    "Ban",
+    "Bans",
     "Command",
     "CommandSet",
     "Hello",
     "Help",
     "Join",
+    "Kick",
+    "ModerationCommand",
+    "Mute",
     "Nick",
+    "Op",
     "Ping",
     "Pong",
     "Quit",
     "Rooms",
     "Say",
     "Syntax",
+    "Topic",
+    "Unban",
+    "Unmute",
     "Who",
     "chat_text",
     "check_name",
     "check_text",
     "help_text",
     "name_key",
+    "parse_duration",
     "parse_json",
     "parse_text",
     "split_command",
@@ -82,6 +94,7 @@ class Hello:
     name: str | None
     room: str | None
     token: str | None
+    op: str | None = field(default=None, repr=False)  # the operator token (#14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +160,182 @@ class Pong:
     """The answer to :class:`Ping`."""
 
 
-Command = Hello | Say | Join | Nick | Who | Rooms | Help | Quit | Auth | Ping | Pong
+# -- moderation commands (#14) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """Present the operator token (``/op TOKEN``; JSON ``{"type": "op"}``)."""
+
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Disconnect ``name`` with ``reason`` (operators only)."""
+
+    name: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """Ban a name (``name``) or an address (``address``) for ``duration`` seconds (``None``:
+    until unbanned), with ``reason`` (operators only)."""
+
+    name: str | None = None
+    address: str | None = None
+    duration: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    """Lift the ban on ``name`` or ``address`` (operators only)."""
+
+    name: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bans:
+    """List the bans (operators only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """Stop ``name`` speaking in ``room`` (``None``: the room it is in); operators only."""
+
+    name: str
+    room: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unmute:
+    """Let ``name`` speak in ``room`` again (``None``: the room it is in); operators only."""
+
+    name: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """Show the topic of ``room`` (``None``: mine), or set it to ``text`` (operators only;
+    ``""`` clears it)."""
+
+    room: str | None = None
+    text: str | None = None
+
+
+ModerationCommand = Op | Kick | Ban | Unban | Bans | Mute | Unmute | Topic
+#: The moderation command types, for dispatch.
+MODERATION_TYPES: Final = (Op, Kick, Ban, Unban, Bans, Mute, Unmute, Topic)
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest ban: ten years (a longer one is permanent in all but name).
+MAX_DURATION: Final = 10 * 365 * 86400.0
+
+
+def parse_duration(word: str) -> float | None:
+    """Seconds in a duration such as ``30s``, ``10m``, ``2h``, ``1d``, ``1w`` or ``1h30m``;
+    ``None`` if ``word`` is not one.
+
+    Raises:
+        InvalidFrame: A duration of 0 or over ten years.
+    """
+    word = word.lower()
+    parts = _DURATION.findall(word)
+    if not parts or "".join(n + u for n, u in parts) != word:
+        return None
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not 0 < seconds <= MAX_DURATION:
+        raise InvalidFrame(f"a duration must be more than 0 and at most 10 years, got {word}")
+    return seconds
+
+
+def _target(word: str) -> tuple[str | None, str | None]:
+    """``@ADDRESS`` names an address, anything else a name: ``(name, address)``."""
+    if word.startswith("@"):
+        if not word[1:]:
+            raise InvalidFrame("an address after '@' is needed (/ban @10.0.0.5)")
+        return None, word[1:]
+    return word, None
+
+
+def _parse_moderation(command: str, rest: str) -> ModerationCommand:
+    """Parse the argument of a moderation slash command (``command`` is its word)."""
+    first, _, tail = rest.partition(" ")
+    tail = tail.strip()
+    if command == "op":
+        return Op(rest)
+    if command == "kick":
+        return Kick(first, _reason(tail))
+    if command == "ban":
+        name, address = _target(first)
+        word, _, after = tail.partition(" ")
+        duration = parse_duration(word) if word else None
+        reason = after.strip() if duration is not None else tail
+        return Ban(name, address, duration, _reason(reason))
+    if command == "unban":
+        name, address = _target(first)
+        return Unban(name, address)
+    if command == "bans":
+        return Bans()
+    if command in ("mute", "unmute"):
+        room, _, reason = tail.partition(" ")
+        if command == "unmute":
+            return Unmute(first, room or None)
+        return Mute(first, room or None, _reason(reason))
+    # topic: "/topic" shows mine, "/topic ROOM" shows ROOM's, "/topic ROOM TEXT" sets it,
+    # "/topic ROOM -" clears it.
+    if not first:
+        return Topic()
+    if not tail:
+        return Topic(first)
+    return Topic(first, "" if tail == "-" else check_text(tail))
+
+
+def _parse_moderation_json(kind: str, obj: dict[str, Any]) -> ModerationCommand | None:
+    """Parse a moderation JSON frame, or ``None`` if ``kind`` is not one."""
+    if kind == "op":
+        return Op(_field(obj, "token", required=True))
+    if kind == "kick":
+        return Kick(_field(obj, "name", required=True), _reason(_field(obj, "reason") or ""))
+    if kind in ("ban", "unban"):
+        name, address = _field(obj, "name"), _field(obj, "address")
+        if (name is None) == (address is None):
+            raise InvalidFrame(f'"{kind}" needs exactly one of "name" and "address"')
+        if kind == "unban":
+            return Unban(name, address)
+        duration = obj.get("duration")
+        if duration is not None and (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not 0 < duration <= MAX_DURATION
+        ):
+            raise InvalidFrame('"duration" must be seconds, more than 0 and at most 10 years')
+        reason = _reason(_field(obj, "reason") or "")
+        return Ban(name, address, None if duration is None else float(duration), reason)
+    if kind == "bans":
+        return Bans()
+    if kind == "mute":
+        name = _field(obj, "name", required=True)
+        return Mute(name, _field(obj, "room"), _reason(_field(obj, "reason") or ""))
+    if kind == "unmute":
+        return Unmute(_field(obj, "name", required=True), _field(obj, "room"))
+    if kind == "topic":
+        text = _field(obj, "text")
+        return Topic(_field(obj, "room"), text if not text else check_text(text))
+    return None
+
+
+# -- end of moderation commands -----------------------------------------------------------
+
+Command = (
+    Hello | Say | Join | Nick | Who | Rooms | Help | Quit | Auth | Ping | Pong | ModerationCommand
+)
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -251,6 +439,25 @@ SYNTAX: Final[Mapping[str, Syntax]] = MappingProxyType(
         ),
         "quit": Syntax("/quit [REASON]", "leave"),
         "help": Syntax("/help", "list the commands"),
+        # Moderation (#14): operators only, but /op and the showing form of /topic.
+        "op": Syntax("/op TOKEN", "become an operator", needs_argument=True),
+        "kick": Syntax("/kick NAME [WHY]", "disconnect NAME (operators)", needs_argument=True),
+        "ban": Syntax(
+            "/ban NAME|@IP [TIME] [WHY]",
+            "ban for TIME (10m, 2h, 1d) or for good (operators)",
+            needs_argument=True,
+        ),
+        "unban": Syntax("/unban NAME|@IP", "lift a ban (operators)", needs_argument=True),
+        "bans": Syntax("/bans", "list the bans (operators)"),
+        "mute": Syntax(
+            "/mute NAME [ROOM] [WHY]",
+            "stop NAME speaking in ROOM (operators)",
+            needs_argument=True,
+        ),
+        "unmute": Syntax(
+            "/unmute NAME [ROOM]", "let NAME speak again (operators)", needs_argument=True
+        ),
+        "topic": Syntax("/topic [ROOM [TEXT|-]]", "show ROOM's topic; set or clear it (operators)"),
     }
 )
 #: The escape for chat text that starts with ``/``, as the help lists it.
@@ -288,12 +495,16 @@ class CommandSet:
         return name if name in self.names or name == "help" else None
 
 
+# The moderation commands (#14), in the order the help lists them.
+_MODERATION: Final = ("op", "kick", "ban", "unban", "bans", "mute", "unmute", "topic")
 #: What a text-mode client may send the server (``docs/protocol.md``).
-SERVER_COMMANDS: Final = CommandSet(("nick", "join", "msg", "who", "rooms", "auth", "quit"))
+SERVER_COMMANDS: Final = CommandSet(
+    ("nick", "join", "msg", "who", "rooms", "auth", "quit", *_MODERATION)
+)
 #: What ``chatcast client`` understands: the server's set but ``/auth`` (the token is given
 #: at start), and ``/exit`` for ``/quit``.
 CLIENT_COMMANDS: Final = CommandSet(
-    ("nick", "join", "msg", "who", "rooms", "quit"), aliases={"exit": "quit"}
+    ("nick", "join", "msg", "who", "rooms", "quit", *_MODERATION), aliases={"exit": "quit"}
 )
 #: What ``chatcast multicast chat`` understands.
 MULTICAST_COMMANDS: Final = CommandSet(
@@ -302,7 +513,7 @@ MULTICAST_COMMANDS: Final = CommandSet(
 #: What the operator of ``chatcast server`` may type: a line that is not a command is an
 #: announcement (the server's own text: the hub's rules are for clients).
 OPERATOR_COMMANDS: Final = CommandSet(
-    ("quit",),
+    ("kick", "ban", "unban", "bans", "mute", "unmute", "topic", "quit"),
     aliases={"exit": "quit"},
     text_rules=False,
     chat_goes_to="every client, as an announcement",
@@ -375,6 +586,8 @@ def parse_text(line: str, commands: CommandSet = SERVER_COMMANDS) -> Command:
         return Quit(_reason(rest))
     if command == "auth":
         return Auth(rest)
+    if command in _MODERATION:
+        return _parse_moderation(command, rest)  # moderation (#14)
     return Help()
 
 
@@ -430,7 +643,12 @@ def parse_json(frame: str | dict[str, Any]) -> Command:
     if kind == "quit":
         return Quit(_reason(_field(obj, "reason") or ""))
     if kind == "hello":
-        return Hello(_field(obj, "name"), _field(obj, "room"), _field(obj, "token"))
+        hello = Hello(_field(obj, "name"), _field(obj, "room"), _field(obj, "token"))
+        op = _field(obj, "op")  # moderation (#14)
+        return hello if op is None else Hello(hello.name, hello.room, hello.token, op)
+    moderation = _parse_moderation_json(kind, obj)  # moderation (#14)
+    if moderation is not None:
+        return moderation
     raise InvalidFrame(f"unknown frame type {kind!r}")  # "auth" too: the hello has the token
 
 

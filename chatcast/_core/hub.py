@@ -28,6 +28,7 @@ from . import commands as proto
 from .backlog import Backlog
 from .config import ServerConfig
 from .flood import Bucket
+from .moderation import Moderation
 from .peer import Peer, discard
 from .ports import Clock, ClusterLink
 from .rooms import Rooms
@@ -109,6 +110,8 @@ class Hub:
         self.auth_failures = 0
         self.rate_limited = 0
         self.timeouts = 0
+        #: Operators, bans, mutes, topics (#14).
+        self.moderation = Moderation(self, config.op_token, wall=wall)
 
     # -- what the server asks ---------------------------------------------------------------
 
@@ -186,6 +189,7 @@ class Hub:
         peer.detach()
         self.peers.discard(peer)
         self.release(peer)
+        self.moderation.forget(peer)  # moderation (#14)
         if peer.room:
             self._leave_room(peer, "connection lost" if exc is not None else "quit")
         key = proto.name_key(peer.name)
@@ -530,6 +534,17 @@ class Hub:
                 self._auth_failed(peer, "authentication failed")
                 return
             peer.authenticated = True
+        # -- moderation (#14): the operator token, and a banned name -------------------------
+        if hello.op is not None:
+            if not self.moderation.check_op_token(hello.op):
+                self._auth_failed(peer, "operator authentication failed")
+                return
+            self.moderation.operators.add(peer)
+        banned = self.moderation.name_refusal(hello.name) if hello.name else None
+        if banned is not None:
+            self.disconnect(peer, Message(banned, kind=ERROR))
+            return
+        # -- end of moderation ----------------------------------------------------------------
         room = proto.check_name(hello.room, "room") if hello.room else self.config.default_room
         name = hello.name
         if name is not None:
@@ -568,9 +583,11 @@ class Hub:
                     "text": self.config.welcome,
                     "version": proto.PROTOCOL_VERSION,
                     "heartbeat": float(self.config.heartbeat_interval),
+                    **({"op": True} if self.moderation.is_operator(peer) else {}),  # #14
                 }
             )
         )
+        self.moderation.welcomed(peer)  # moderation (#14)
         self._add_to_room(peer, room, announce=True)
 
     def _unauthenticated(self, peer: Peer, command: proto.Command) -> None:
@@ -668,10 +685,15 @@ class Hub:
             elif type(command) is proto.Who:
                 room = command.room or peer.room
                 names = self.who(room)
+                ops = self.moderation.operator_names(names)  # moderation (#14): marked
                 if peer.json:
-                    peer.write(dump_frame({"type": "who", "room": room, "names": names}))
+                    answer: dict[str, object] = {"type": "who", "room": room, "names": names}
+                    if ops:
+                        answer["operators"] = ops
+                    peer.write(dump_frame(answer))
                 else:
-                    peer.send(Message(f"in {room}: {', '.join(names) or '(nobody)'}", kind=INFO))
+                    shown = [f"{n} (op)" if n in ops else n for n in names]
+                    peer.send(Message(f"in {room}: {', '.join(shown) or '(nobody)'}", kind=INFO))
             elif type(command) is proto.Rooms:
                 rooms = self.room_counts()
                 if peer.json:
@@ -687,6 +709,8 @@ class Hub:
                 peer.write(PONG_FRAME)
             elif type(command) is proto.Pong:
                 pass
+            elif type(command) in proto.MODERATION_TYPES:  # moderation (#14)
+                self.moderation.command(peer, command)  # type: ignore[arg-type]
             elif type(command) is proto.Hello:
                 raise InvalidFrame("hello must be the first frame")
             elif type(command) is proto.Auth:
@@ -729,6 +753,9 @@ class Hub:
             self.cluster.moved(peer.name, room)
         if announce:
             self._announce(peer)
+        topic = self.moderation.topic_message(room)  # moderation (#14): shown on entering
+        if topic is not None:
+            peer.send(topic)
 
     def _leave_room(self, peer: Peer, reason: str) -> None:
         room = peer.room
@@ -761,6 +788,8 @@ class Hub:
         holder = self._names.get(proto.name_key(name))
         if holder is not None and holder is not peer:  # "Alice" may become "alice"
             raise InvalidFrame(f"name {name!r} is taken")
+        if self.moderation.name_refusal(name) is not None:  # moderation (#14)
+            raise InvalidFrame(f"name {name!r} is banned")
         if self.cluster is not None:
             self._claim(peer, name, peer.room, lambda claimed: self._renamed(peer, name, claimed))
             return
@@ -772,6 +801,7 @@ class Hub:
             return
         old = peer.name
         self._set_name(peer, name)
+        self.moderation.renamed(old, name)  # moderation (#14): mutes follow the member
         message = Message(name, sender=old, kind=NICK, room=peer.room, timestamp=self.now())
         if peer.announced:
             self.notify_room(peer.room, message, peer)
@@ -811,6 +841,10 @@ class Hub:
         """
         if not batch or not peer.room:
             batch.clear()
+            return
+        if self.moderation.mutes and self.moderation.muted(peer):  # moderation (#14)
+            batch.clear()
+            self._error(peer, f"you are muted in {peer.room}")
             return
         if not peer.announced:
             self._announce(peer)
