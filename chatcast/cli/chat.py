@@ -14,6 +14,7 @@ from typing import Any
 
 from .._core.commands import (
     CLIENT_COMMANDS,
+    MODERATION_TYPES,
     Command,
     Help,
     Join,
@@ -40,13 +41,14 @@ from ..message import (
 )
 from ..server import DEFAULT_WELCOME, BroadcastServer
 from .console import Console, log_to
-from .operator import announcements
+from .operator import announcements, client_moderation
 
 __all__ = ["add_parser"]
 
 log = logging.getLogger("chatcast.cli")
 
 TOKEN_ENV = "CHATCAST_TOKEN"
+OP_TOKEN_ENV = "CHATCAST_OP_TOKEN"
 BACKPLANE_ENV = "CHATCAST_BACKPLANE"
 
 
@@ -83,6 +85,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--token",
         default=None,
         help=f"require this token (better: set ${TOKEN_ENV}, kept out of ps)",
+    )
+    server.add_argument(
+        "--op-token",
+        default=None,
+        help=f"clients presenting this token become operators (better: set ${OP_TOKEN_ENV})",
     )
     server.add_argument(
         "--rate", type=float, default=None, help="flood control: messages per second per client"
@@ -157,6 +164,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     client.add_argument(
         "--token", default=None, help=f"the server's token (better: set ${TOKEN_ENV})"
     )
+    client.add_argument(
+        "--op-token", default=None, help=f"become an operator (better: set ${OP_TOKEN_ENV})"
+    )
     client.add_argument("--tls", action="store_true", help="connect with TLS")
     client.add_argument("--ca", default=None, help="trust this CA file (PEM) for --tls")
     client.add_argument(
@@ -180,6 +190,11 @@ async def run_server(args: argparse.Namespace) -> int:
         origin = "--token" if args.token is not None else f"${TOKEN_ENV}"
         raise ValueError(f"{origin} is empty; leave it out to run without a token")
     args.token = token
+    op_token = args.op_token if args.op_token is not None else os.environ.get(OP_TOKEN_ENV)
+    if op_token is not None and not op_token:
+        origin = "--op-token" if args.op_token is not None else f"${OP_TOKEN_ENV}"
+        raise ValueError(f"{origin} is empty; leave it out to run without operators")
+    args.op_token = op_token
     if args.burst is not None and args.rate is None:
         raise ValueError("--burst needs --rate")
     if args.rate is not None and not args.rate > 0:
@@ -213,6 +228,7 @@ async def run_server(args: argparse.Namespace) -> int:
         max_clients=args.max_clients,
         max_per_address=args.max_per_address,
         token=token,
+        op_token=op_token,
         rate=args.rate,
         burst=args.burst,
         idle_timeout=args.idle_timeout,
@@ -231,6 +247,7 @@ async def run_server(args: argparse.Namespace) -> int:
         scheme = "TLS " if context else ""
         extras = [
             *(["token required"] if token else []),
+            *(["operator token set"] if op_token else []),
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
         ]
@@ -279,7 +296,7 @@ async def _operator(
     :data:`OPERATOR_COMMANDS`: ``/quit`` (or ``/exit``) stops the server, ``/help`` lists
     them, and a mistyped command is answered here, never announced (``//text`` announces
     ``/text``). At end of input, keep serving."""
-    async for _, text in announcements(console, stop):
+    async for _, text in announcements(console, stop, server):
         count = await server.broadcast(text)
         connected = server.statistics().backplane_connected
         where = (
@@ -318,6 +335,7 @@ async def run_client(args: argparse.Namespace) -> int:
         name=args.name,
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
+        op_token=args.op_token or os.environ.get(OP_TOKEN_ENV) or None,
         ssl=context,
         server_hostname=args.tls_name,
         reconnect=args.reconnect,
@@ -402,6 +420,8 @@ async def _client_command(console: Console, client: BroadcastClient, command: Co
             return False
         case Help():
             console.write(render_text(Message(help_text(CLIENT_COMMANDS), kind=INFO)))
+        case _ if isinstance(command, MODERATION_TYPES):  # moderation (#14)
+            await client_moderation(client, command)
         case _:  # not in CLIENT_COMMANDS: never parsed
             raise AssertionError(f"no client action for {command!r}")
     return True
