@@ -284,12 +284,18 @@ def _parse_moderation(command: str, rest: str) -> ModerationCommand:
     if command == "bans":
         return Bans()
     if command in ("mute", "unmute"):
-        room, _, reason = tail.partition(" ")
+        # The room, when given, is marked with "#" (names never start with one), so that
+        # "/mute bob too loud" is a reason, not a room called "too".
+        room: str | None = None
+        if tail.startswith("#") or (command == "unmute" and tail):
+            room, _, tail = tail.partition(" ")
+            room = room.removeprefix("#")
         if command == "unmute":
-            return Unmute(first, room or None)
-        return Mute(first, room or None, _reason(reason))
+            return Unmute(first, room)
+        return Mute(first, room, _reason(tail.strip()))
     # topic: "/topic" shows mine, "/topic ROOM" shows ROOM's, "/topic ROOM TEXT" sets it,
     # "/topic ROOM -" clears it.
+    first = first.removeprefix("#")
     if not first:
         return Topic()
     if not tail:
@@ -450,12 +456,12 @@ SYNTAX: Final[Mapping[str, Syntax]] = MappingProxyType(
         "unban": Syntax("/unban NAME|@IP", "lift a ban (operators)", needs_argument=True),
         "bans": Syntax("/bans", "list the bans (operators)"),
         "mute": Syntax(
-            "/mute NAME [ROOM] [WHY]",
+            "/mute NAME [#ROOM] [WHY]",
             "stop NAME speaking in ROOM (operators)",
             needs_argument=True,
         ),
         "unmute": Syntax(
-            "/unmute NAME [ROOM]", "let NAME speak again (operators)", needs_argument=True
+            "/unmute NAME [#ROOM]", "let NAME speak again (operators)", needs_argument=True
         ),
         "topic": Syntax("/topic [ROOM [TEXT|-]]", "show ROOM's topic; set or clear it (operators)"),
     }

@@ -84,7 +84,7 @@ MAX_TOPIC_LENGTH: Final = 300
 #: Failed operator attempts one connection may make; the next failure disconnects it.
 MAX_OP_FAILURES: Final = 3
 #: Flood-control tokens a failed operator attempt costs, on top of its own frame.
-OP_FAILURE_COST: Final = 4.0
+OP_FAILURE_COST: Final = 5.0
 #: Who acts when the server's console or the Python API does.
 SERVER: Final = "server"
 
