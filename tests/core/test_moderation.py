@@ -42,7 +42,12 @@ def make_chat(**settings: Any) -> tuple[Chat, Wall, list[Message]]:
     chat.hub._wall = wall
     chat.hub.moderation._wall = wall
     events: list[Message] = []
-    chat.hub.rooms.subscribe(lambda event: events.append(event) is None)
+
+    def sink(event: Message) -> bool:
+        events.append(event)
+        return True
+
+    chat.hub.rooms.subscribe(sink)
     return chat, wall, events
 
 
@@ -288,13 +293,13 @@ def test_topic_is_shown_to_the_room_and_on_joining() -> None:
     """/topic ROOM TEXT reaches the room's members at once and whoever enters it later;
     anyone can ask for it; '-' clears it."""
     chat, _, events = make_chat()
-    teacher, transport = operator(chat)
+    teacher, _ = operator(chat)
     _, student = chat.text_peer("student")
     chat.hub.receive(teacher, b"/topic lobby Quiz at 10\n")
     assert student.lines()[-1] == "* topic of lobby: Quiz at 10 (set by teacher)"
     late, late_transport = chat.connect()
     assert "* topic of lobby: Quiz at 10 (set by teacher)" in late_transport.lines()
-    peer, json_transport = json_peer(chat, {"name": "jay"})
+    _, json_transport = json_peer(chat, {"name": "jay"})
     topic = [f for f in json_transport.frames() if f["type"] == "topic"]
     assert topic[0]["text"] == "Quiz at 10"
     assert topic[0]["room"] == "lobby"
