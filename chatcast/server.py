@@ -501,8 +501,9 @@ class BroadcastServer:
         banned address is refused at connect, a banned name at its hello or ``/nick``.
 
         A ban on the name of a client connected here also covers the address it connects
-        from (so that it survives a change of name), unless another client is connected
-        from that address too (a NAT, a shared machine).
+        from (so that it survives a change of name), unless that address is loopback (shared
+        by every user of this machine) or another client is connected from it too (a NAT, a
+        shared machine).
 
         Returns:
             The ban (see :meth:`bans`).
@@ -642,8 +643,7 @@ class BroadcastServer:
         if self._closing:
             refusal = "server shutting down"
         elif (banned := self._hub.moderation.address_refusal(conn.address)) is not None:
-            refusal = banned  # moderation (#14): refused before a byte is read
-            conn.transport.pause_reading()  # type: ignore[union-attr]
+            refusal = banned  # moderation (#14): refused before a byte is decoded
         elif config.max_clients is not None and self._active > config.max_clients:
             refusal = f"server full ({config.max_clients} clients)"
         elif config.max_per_address is not None and self._per_address[ip] > config.max_per_address:

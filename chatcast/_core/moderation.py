@@ -12,8 +12,8 @@ Rules of this room:
   :func:`~.commands.name_key` compares names), an address, or both, with an optional expiry in
   wall-clock seconds (so a record means the same after a restart and on another server). A
   ban on the name of a member connected here also covers the address it is connected from,
-  unless another member is connected from that address too (a NAT, a shared machine): that is
-  how a ban survives a change of name. A banned address is refused at the accept, before a
+  unless that address is loopback or another member is connected from it too (a NAT, a
+  shared machine): that is how a ban survives a change of name. A banned address is refused at the accept, before a
   byte is read; a banned name at the hello and at ``/nick``.
 * **Mutes** are per room and name (carried over a change of name); a muted member's room
   messages are refused, its private messages are not.
@@ -428,8 +428,8 @@ class Moderation:
         """Ban a name, an address, or both, for ``duration`` seconds (``None``: until lifted).
 
         Connected members it matches are disconnected with the reason. A ban on the name of
-        a member connected here also covers its address, unless another member is connected
-        from there too. A new ban on a name or address already banned replaces the old one.
+        a member connected here also covers its address, unless that is loopback or another
+        member is connected from there too. A new ban on a name or address already banned replaces the old one.
 
         Returns:
             The ban made.
@@ -449,13 +449,7 @@ class Moderation:
         reason = _check_reason(reason)
         peer = self._host.peer_named(name) if name is not None else None
         if address is None and peer is not None and not peer.closing:
-            ip = _peer_ip(peer)
-            shared = any(
-                other is not peer and not other.closing and _peer_ip(other) == ip
-                for other in self._host.peers
-            )
-            if not shared:
-                address = normalize_address(ip) if ip else None
+            address = self._own_address(peer)
         now = self._wall()
         for old in (
             self._by_name.get(proto.name_key(name)) if name is not None else None,
@@ -689,6 +683,21 @@ class Moderation:
         for ban in [b for b in (*self._by_name.values(), *self._by_address.values())]:
             if ban.expired(now):
                 self._drop(ban)
+
+    def _own_address(self, peer: Peer) -> str | None:
+        """``peer``'s address, if it is its own: not loopback (every user of the server's
+        own machine has it) and no other member connected from it (a NAT, a shared host)."""
+        ip = _peer_ip(peer)
+        try:
+            address = normalize_address(ip)
+        except InvalidFrame:
+            return None
+        if ipaddress.ip_address(address).is_loopback:
+            return None
+        for other in self._host.peers:
+            if other is not peer and not other.closing and _peer_ip(other) == ip:
+                return None
+        return address
 
     def _matches(self, ban: BanRecord, peer: Peer) -> bool:
         if (
