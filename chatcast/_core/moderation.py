@@ -13,8 +13,8 @@ Rules of this room:
   wall-clock seconds (so a record means the same after a restart and on another server). A
   ban on the name of a member connected here also covers the address it is connected from,
   unless that address is loopback or another member is connected from it too (a NAT, a
-  shared machine): that is how a ban survives a change of name. A banned address is refused at the accept, before a
-  byte is read; a banned name at the hello and at ``/nick``.
+  shared machine): that is how a ban survives a change of name. A banned address is refused
+  at the accept, before a byte is decoded; a banned name at the hello and at ``/nick``.
 * **Mutes** are per room and name (carried over a change of name); a muted member's room
   messages are refused, its private messages are not.
 * **Topics** are per room, shown to whoever enters the room.
@@ -429,7 +429,8 @@ class Moderation:
 
         Connected members it matches are disconnected with the reason. A ban on the name of
         a member connected here also covers its address, unless that is loopback or another
-        member is connected from there too. A new ban on a name or address already banned replaces the old one.
+        member is connected from there too. A new ban on a name or address already banned
+        replaces the old one.
 
         Returns:
             The ban made.
