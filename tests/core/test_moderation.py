@@ -386,3 +386,39 @@ def test_parsing_and_helpers() -> None:
     ban = BanRecord("bob", None, None, "", "t", 0.0)
     assert ban.refusal(1.0) == "banned by t"
     assert ban.describe(1.0) == "bob, until lifted, by t"
+
+
+def test_actions_shared_with_another_server_are_applied_there_once() -> None:
+    """What one hub shares (share -> apply) bans, mutes, topics and unbans on the other,
+    and the other does not share it back."""
+    one, _, _ = make_chat()
+    two, _, events = make_chat()
+    sent: list[dict[str, Any]] = []
+    echoed: list[dict[str, Any]] = []
+
+    def share(action: dict[str, Any]) -> None:
+        sent.append(action)
+        two.hub.moderation.apply(json.loads(json.dumps(action)))  # as over the wire
+
+    one.hub.moderation.share = share
+    two.hub.moderation.share = echoed.append
+    bob, bob_transport = two.text_peer("bob")
+    one.hub.moderation.ban("bob", duration=60, reason="spam", by="teacher")
+    assert bob.closing
+    assert bob_transport.lines()[-1] == "! banned by teacher (1m left): spam"
+    one.hub.moderation.mute("carol", "lobby", by="teacher")
+    one.hub.moderation.set_topic("lobby", "hi", by="teacher")
+    one.hub.moderation.unban("bob", by="teacher")
+    assert [a["action"] for a in sent] == ["ban", "mute", "topic", "unban"]
+    assert echoed == []
+    assert two.hub.moderation.bans() == []
+    assert ("lobby", "carol") in two.hub.moderation.mutes
+    assert two.hub.moderation.topic("lobby") is not None
+    assert [e.kind for e in events if e.kind in (BAN, UNBAN, MUTE, TOPIC)] == [
+        BAN,
+        MUTE,
+        TOPIC,
+        UNBAN,
+    ]
+    with pytest.raises(ValueError, match="unknown moderation action"):
+        two.hub.moderation.apply({"action": "explode", "by": "x"})
