@@ -639,7 +639,7 @@ class BroadcastServer:
         self._per_address[ip] += 1
         self._active += 1
         config = self.config
-        refusal = None
+        refusal = banned = None
         if self._closing:
             refusal = "server shutting down"
         elif (banned := self._hub.moderation.address_refusal(conn.address)) is not None:
@@ -652,7 +652,9 @@ class BroadcastServer:
             self._rejected += 1
             # Over TLS there is no session yet, so nothing readable can be said without a
             # handshake, which is what a flood of refused connections must not cost.
-            self._hub.refuse(conn, refusal, say=not self._tls_per_connection)
+            self._hub.refuse(
+                conn, refusal, say=not self._tls_per_connection, quiet=banned is not None
+            )
         elif self._tls_per_connection:
             self._tls_waiting.append(conn)
             self._start_handshakes()

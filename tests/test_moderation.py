@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -257,12 +258,13 @@ async def test_python_api(op_server: BroadcastServer, peers: Callable[..., Any])
 
 
 async def test_a_banned_address_reconnecting_in_a_loop_costs_bounded_work(
-    op_server: BroadcastServer,
+    op_server: BroadcastServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """200 connections from a banned address, each sending a hello and 4 KiB: all refused
     with the reason before the server decodes a byte of them (no error, no message, no
     hello); the server counts no clients after."""
     op_server.ban(address="127.0.0.9", reason="bot")
+    caplog.set_level(logging.INFO, logger="chatcast")
     before = op_server.statistics()
     for _ in range(200):
         reader, writer = await asyncio.open_connection(
@@ -276,6 +278,8 @@ async def test_a_banned_address_reconnecting_in_a_loop_costs_bounded_work(
     after = op_server.statistics()
     assert (after.errors, after.messages_in) == (before.errors, before.messages_in)
     assert after.rejected == before.rejected + 200
+    refused_lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused_lines) <= 9  # one per doubling (1, 2, 4, ... 128), not 200
 
 
 async def test_cli_client_passes_moderation_commands(

@@ -165,9 +165,10 @@ class Hub:
             self._enter_text_mode(peer)
         log.debug("connection from %s", peer.address)
 
-    def refuse(self, peer: Peer, reason: str, *, say: bool = True) -> None:
-        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in)."""
-        log.info("refused %s: %s", peer.address, reason)
+    def refuse(self, peer: Peer, reason: str, *, say: bool = True, quiet: bool = False) -> None:
+        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in);
+        ``quiet``: logged at debug level only (a banned address, logged by moderation)."""
+        (log.debug if quiet else log.info)("refused %s: %s", peer.address, reason)
         assert peer.transport is not None
         if not say:
             self.release(peer)
