@@ -33,11 +33,18 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
 from ..exceptions import InvalidFrame
 from . import commands as proto
+from .modrecords import (
+    BanRecord,
+    MuteRecord,
+    TopicRecord,
+    format_duration,
+    normalize_address,
+    parse_record,
+)
 from .peer import Peer
 from .ports import Clock, ClusterLink
 from .rooms import Rooms
@@ -109,34 +116,6 @@ class Host(Protocol):
     def now(self) -> float: ...
 
 
-def normalize_address(address: str) -> str:
-    """The canonical form of an IP address (``::ffff:10.0.0.5`` is ``10.0.0.5``).
-
-    Raises:
-        InvalidFrame: Not an IP address.
-    """
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        raise InvalidFrame(f"not an IP address: {address[:64]!r}") from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
-def format_duration(seconds: float) -> str:
-    """``90`` is ``1m30s``, ``7200`` is ``2h``: the largest two units, to the second."""
-    left = max(1, round(seconds))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size:
-            parts.append(f"{left // size}{unit}")
-            left %= size
-        if len(parts) == 2:
-            break
-    return "".join(parts)
-
-
 def _peer_ip(peer: Peer) -> str:
     """The IP part of a peer's ``host:port`` address."""
     return peer.address.rpartition(":")[0]
@@ -147,81 +126,6 @@ def _check_reason(reason: str) -> str:
     if "\n" in reason:
         raise InvalidFrame("a reason must be one line")
     return proto.check_text(reason)[: proto.MAX_REASON_LENGTH] if reason else ""
-
-
-@dataclass(frozen=True, slots=True)
-class BanRecord:
-    """One ban. It matches a connection by its name, its address, or either.
-
-    Attributes:
-        name: The banned name as given (matched as names are compared), or ``None``.
-        address: The banned IP address (canonical form), or ``None``.
-        until: Wall-clock seconds when it expires, or ``None`` for a ban until lifted.
-        reason: Why, as the banned member is told.
-        by: Who banned (an operator's name, or ``"server"``).
-        at: Wall-clock seconds when it was made.
-    """
-
-    name: str | None
-    address: str | None
-    until: float | None
-    reason: str
-    by: str
-    at: float
-
-    def expired(self, now: float) -> bool:
-        """Whether the ban is over at wall-clock time ``now``."""
-        return self.until is not None and now >= self.until
-
-    def target(self) -> str:
-        """``bob``, ``@10.0.0.5`` or ``bob (@10.0.0.5)``."""
-        if self.name is None:
-            return f"@{self.address}"
-        return self.name if self.address is None else f"{self.name} (@{self.address})"
-
-    def refusal(self, now: float) -> str:
-        """What the banned member is told: ``banned by alice (9m58s left): spamming``."""
-        left = "" if self.until is None else f" ({format_duration(self.until - now)} left)"
-        return f"banned by {self.by}{left}" + (f": {self.reason}" if self.reason else "")
-
-    def describe(self, now: float) -> str:
-        """One line for ``/bans``."""
-        left = "until lifted" if self.until is None else format_duration(self.until - now)
-        reason = f": {self.reason}" if self.reason else ""
-        return f"{self.target()}, {left}, by {self.by}{reason}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as a plain dict (``"type": "ban"``), for a store or the backplane."""
-        return {"type": "ban", **asdict(self)}
-
-
-@dataclass(frozen=True, slots=True)
-class MuteRecord:
-    """``name`` may not speak in ``room`` (set by ``by`` at ``at``, for ``reason``)."""
-
-    room: str
-    name: str
-    reason: str
-    by: str
-    at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as a plain dict (``"type": "mute"``)."""
-        return {"type": "mute", **asdict(self)}
-
-
-@dataclass(frozen=True, slots=True)
-class TopicRecord:
-    """The topic of ``room`` is ``text`` (set by ``by`` at ``at``)."""
-
-    room: str
-    text: str
-    by: str
-    at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as a plain dict (``"type": "topic"``)."""
-        return {"type": "topic", **asdict(self)}
 
 
 class Moderation:
@@ -655,11 +559,8 @@ class Moderation:
             if not isinstance(by, str):
                 raise ValueError('an action needs "by"')
             if kind == "ban":
-                ban = BanRecord(**fields)
-                if ban.name is not None:
-                    proto.check_name(ban.name)
-                if ban.address is not None:
-                    normalize_address(ban.address)
+                ban = parse_record({**fields, "type": "ban"})
+                assert isinstance(ban, BanRecord)
                 if not ban.expired(self._wall()):
                     self._enforce(ban)
             elif kind == "unban":
@@ -668,7 +569,8 @@ class Moderation:
                 if self._host.peer_named(str(fields.get("name"))) is not None:
                     self.kick(str(fields["name"]), str(fields.get("reason", "")), by=by)
             elif kind == "mute":
-                mute = MuteRecord(**fields)
+                mute = parse_record({**fields, "type": "mute"})
+                assert isinstance(mute, MuteRecord)
                 self.mute(mute.name, mute.room, mute.reason, by=by)
             elif kind == "unmute":
                 self.unmute(str(fields.get("name")), fields.get("room"), by=by)
@@ -716,44 +618,25 @@ class Moderation:
         """
         now = self._wall()
         count = 0
-        for record in records:
+        for obj in records:
             try:
-                fields = {k: v for k, v in record.items() if k != "type"}
-                kind = record.get("type")
-                if kind == "ban":
-                    ban = BanRecord(**fields)
-                    if ban.name is not None:
-                        proto.check_name(ban.name)
-                    if ban.address is not None:
-                        ban = BanRecord(
-                            ban.name,
-                            normalize_address(ban.address),
-                            ban.until,
-                            ban.reason,
-                            ban.by,
-                            ban.at,
-                        )
-                    if ban.name is None and ban.address is None:
-                        raise ValueError("a ban needs a name or an address")
-                    if ban.expired(now):
-                        continue
-                    if len(self._by_name) + len(self._by_address) >= MAX_BANS:
-                        raise ValueError(f"more than {MAX_BANS} bans")
-                    self._add(ban)
-                elif kind == "mute":
-                    mute = MuteRecord(**fields)
-                    if len(self.mutes) >= MAX_MUTES:
-                        raise ValueError(f"more than {MAX_MUTES} mutes")
-                    self.mutes[(mute.room, proto.name_key(mute.name))] = mute
-                elif kind == "topic":
-                    topic = TopicRecord(**fields)
-                    if len(self._topics) >= MAX_TOPICS:
-                        raise ValueError(f"more than {MAX_TOPICS} topics")
-                    self._topics[topic.room] = topic
-                else:
-                    raise ValueError(f"unknown record type {kind!r}")
-            except (TypeError, InvalidFrame, AttributeError) as exc:
+                record = parse_record(obj)
+            except (ValueError, AttributeError) as exc:
                 raise ValueError(f"not a moderation record: {exc}") from None
+            if isinstance(record, BanRecord):
+                if record.expired(now):
+                    continue
+                if len(self._by_name) + len(self._by_address) >= MAX_BANS:
+                    raise ValueError(f"more than {MAX_BANS} bans")
+                self._add(record)
+            elif isinstance(record, MuteRecord):
+                if len(self.mutes) >= MAX_MUTES:
+                    raise ValueError(f"more than {MAX_MUTES} mutes")
+                self.mutes[(record.room, proto.name_key(record.name))] = record
+            else:
+                if len(self._topics) >= MAX_TOPICS:
+                    raise ValueError(f"more than {MAX_TOPICS} topics")
+                self._topics[record.room] = record
             count += 1
         return count
 
