@@ -192,6 +192,9 @@ async def test_json_client_operator(op_server: BroadcastServer, peers: Callable[
         while not listing.text.startswith("bans:"):
             listing = await receive_kind(op, "info")
         assert "dave, " in listing.text
+        await op.ban(address="127.0.0.8")  # permanent, by address
+        await wait_until(lambda: any(b.address == "127.0.0.8" for b in op_server.bans()))
+        assert await first_line(op_server.port, "127.0.0.8") == "! banned by teacher\n"
     with pytest.raises(AuthenticationError, match="operator authentication failed"):
         await BroadcastClient("127.0.0.1", op_server.port, op_token="wrong").connect()
 
@@ -288,6 +291,7 @@ async def test_cli_client_passes_moderation_commands(
     """`chatcast client` with CHATCAST_OP_TOKEN: /kick, /ban, /topic and /mute reach the
     server; /bans lists the bans."""
     bob = await peers("bob")
+    dave = await peers("dave")
     client = await Process.start(
         sys.executable,
         "-m",
@@ -311,6 +315,8 @@ async def test_cli_client_passes_moderation_commands(
         await client.until(lambda line: line.startswith("* @127.0.0.4, "))
         client.send("/kick bob out")
         assert "! kicked by teacher: out" in (await bob.eof()).decode()
+        client.send("/ban dave")  # permanent, by name
+        assert "! banned by teacher\n" in (await dave.eof()).decode()
     finally:
         await client.stop()
 
@@ -342,6 +348,9 @@ async def test_server_console_is_an_operator() -> None:
         assert "! banned by server (1d left)" in (await carol.eof()).decode()
         server.send("/bans")
         await server.until(lambda line: line.startswith("  carol, 1d, by server"))
+        server.send("/ban @127.0.0.6")
+        await server.until(lambda line: line == "* banned @127.0.0.6, until lifted, by server")
+        assert await first_line(port, "127.0.0.6") == "! banned by server\n"
         server.send("/kick nobody")
         await server.until(lambda line: line == "! no such user: nobody")
     finally:
