@@ -33,6 +33,7 @@ from ..message import (
     INFO,
     JOIN,
     LEAVE,
+    MODERATION_KINDS,
     NICK,
     PRIVATE,
     Message,
@@ -316,6 +317,8 @@ async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -
     async for event in server.events():
         if event.kind == ANNOUNCEMENT or (quiet and event.kind not in (JOIN, LEAVE, NICK)):
             continue  # the operator's own announcements are echoed by _operator
+        if event.kind in MODERATION_KINDS and event.sender == "server":
+            continue  # the console's own moderation is confirmed by _operator (#14)
         if event.kind == PRIVATE:
             console.write(f"[private] {event.sender} -> {event.to}: (not shown)")
         else:
