@@ -159,10 +159,11 @@ class Moderation:
     # -- hooks: the hub asks ----------------------------------------------------------------
 
     def address_refusal(self, address: str) -> str | None:
-        """Why a connection from ``address`` (``ip:port`` or ``ip``) is refused, or None."""
+        """Why a connection from ``address`` (a peer's ``host:port``, IPv6 hosts unbracketed
+        as asyncio gives them: ``::1:5000``) is refused, or None."""
         if not self._by_address:
             return None
-        ip = address.rpartition(":")[0] if address.count(":") == 1 else address
+        ip = address.rpartition(":")[0]
         try:
             ban = self._by_address.get(normalize_address(ip))
         except InvalidFrame:

@@ -381,6 +381,10 @@ def test_parsing_and_helpers() -> None:
     assert proto.parse_text("/ban bob rude words") == proto.Ban("bob", None, None, "rude words")
     assert "TOKEN" not in repr(proto.parse_text("/op TOKEN"))
     assert normalize_address("::ffff:10.0.0.5") == "10.0.0.5"
+    moderation = make_chat()[0].hub.moderation
+    moderation.ban(address="::1")
+    assert moderation.address_refusal("::1:5000") == "banned by server"
+    assert moderation.address_refusal("::2:5000") is None
     assert format_duration(5400) == "1h30m"
     assert format_duration(0.2) == "1s"
     ban = BanRecord("bob", None, None, "", "t", 0.0)
