@@ -21,6 +21,9 @@ from chatcast.message import BAN, KICK, MUTE, TOPIC, Message
 from chatcast.server import BroadcastServer
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
+from tests.test_multicast_netns import NetLab, in_netns, ip, netlab
+
+__all__ = ["netlab"]  # the fixture, re-used from the multicast namespace tests
 
 OP = "op-token-for-tests"
 NC = shutil.which("nc")
@@ -418,3 +421,46 @@ async def test_moderation_crosses_the_backplane() -> None:
             async with asyncio.timeout(timeout(10)):
                 await server.aclose()
         redis_process.kill()
+
+
+@pytest.mark.netns
+async def test_a_name_ban_survives_a_new_name_from_a_machine_of_its_own(netlab: NetLab) -> None:
+    """In a namespace whose lo carries two ordinary addresses (two machines, as far as the
+    server can tell): banning bob by name bans his address too, so he is refused at connect
+    under another name, while the other machine's members stay."""
+    name = netlab.namespace()
+    ip("-n", name, "addr", "add", "10.200.0.1/32", "dev", "lo")
+    ip("-n", name, "addr", "add", "10.200.0.2/32", "dev", "lo")
+    with in_netns(name):
+        async with BroadcastServer("10.200.0.1", 0, op_token=OP, join_grace=0.05) as server:
+
+            async def peer(nick: str, source: str) -> TextPeer:
+                reader, writer = await asyncio.open_connection(
+                    "10.200.0.1", server.port, local_addr=(source, 0)
+                )
+                made = TextPeer(reader, writer)
+                await made.line()
+                made.send(f"/nick {nick}\n")
+                await made.until(lambda line: line.endswith(f"is now {nick}"))
+                return made
+
+            bob = await peer("bob", "10.200.0.2")
+            carol = await peer("carol", "10.200.0.1")
+            try:
+                ban = server.ban("bob", duration=3600, reason="spam")
+                assert ban.address == "10.200.0.2"
+                assert "! banned by server (1h left): spam" in (await bob.eof()).decode()
+                reader, writer = await asyncio.open_connection(
+                    "10.200.0.1", server.port, local_addr=("10.200.0.2", 0)
+                )
+                async with asyncio.timeout(timeout(5)):
+                    assert await reader.readline() == b"! banned by server (1h left): spam\n"
+                writer.close()
+                carol.send("/who\n")
+                await carol.until(lambda line: line == "* in lobby: carol")
+                server.unban("bob")
+                robert = await peer("robert", "10.200.0.2")
+                await robert.close()
+            finally:
+                await bob.close()
+                await carol.close()
