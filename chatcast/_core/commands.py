@@ -605,8 +605,6 @@ def _text(text: str, commands: CommandSet) -> str:
     return text
 
 
-# One column for the summaries in every program's help: the longest usage and 4 blanks.
-_USAGE_WIDTH: Final = max(len(syntax.usage) for syntax in SYNTAX.values()) + 4
 
 
 def help_text(commands: CommandSet = SERVER_COMMANDS) -> str:
@@ -615,10 +613,12 @@ def help_text(commands: CommandSet = SERVER_COMMANDS) -> str:
     ``help_text()`` is :data:`HELP_TEXT`, what the server answers ``/help`` with.
     """
     rows = [SYNTAX[name] for name in commands.names] + [ESCAPE]
+    # One column for the summaries: the program's longest usage and 4 blanks.
+    width = max(len(row.usage) for row in rows) + 4
     return "\n".join(
         [
             "commands:",
-            *(f"  {row.usage:<{_USAGE_WIDTH}}{row.summary}" for row in rows),
+            *(f"  {row.usage:<{width}}{row.summary}" for row in rows),
             f"anything else is sent to {commands.chat_goes_to}",
         ]
     )
