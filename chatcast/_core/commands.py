@@ -605,8 +605,6 @@ def _text(text: str, commands: CommandSet) -> str:
     return text
 
 
-
-
 def help_text(commands: CommandSet = SERVER_COMMANDS) -> str:
     """The help for ``commands``: one line per command, then the escape and where chat goes.
 
