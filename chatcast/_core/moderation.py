@@ -280,6 +280,10 @@ class Moderation:
             assert command.text is not None
             room = proto.check_name(command.room, "room") if command.room else peer.room
             self.set_topic(room, command.text, by=by)
+            if room != peer.room:  # in its room, the topic message itself confirms
+                peer.send(
+                    Message(f"topic of {room} {'set' if command.text else 'cleared'}", kind=INFO)
+                )
 
     def _op(self, peer: Peer, token: str) -> None:
         if peer in self.operators:

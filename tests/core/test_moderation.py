@@ -293,7 +293,7 @@ def test_topic_is_shown_to_the_room_and_on_joining() -> None:
     """/topic ROOM TEXT reaches the room's members at once and whoever enters it later;
     anyone can ask for it; '-' clears it."""
     chat, _, events = make_chat()
-    teacher, _ = operator(chat)
+    teacher, teacher_transport = operator(chat)
     _, student = chat.text_peer("student")
     chat.hub.receive(teacher, b"/topic lobby Quiz at 10\n")
     assert student.lines()[-1] == "* topic of lobby: Quiz at 10 (set by teacher)"
@@ -305,10 +305,13 @@ def test_topic_is_shown_to_the_room_and_on_joining() -> None:
     assert topic[0]["room"] == "lobby"
     chat.hub.receive(late, b"/topic\n")
     assert late_transport.lines()[-1] == "* topic of lobby: Quiz at 10 (set by teacher)"
+    chat.hub.receive(teacher, b"/topic kelas-b Essays due\n")
+    assert teacher_transport.lines()[-1] == "* topic of kelas-b set"
+    assert "Essays" not in late_transport.text()  # another room's topic
     chat.hub.receive(teacher, b"/topic lobby -\n")
     chat.hub.receive(late, b"/topic\n")
     assert late_transport.lines()[-1] == "* no topic in lobby"
-    assert [e.text for e in events if e.kind == TOPIC] == ["Quiz at 10", ""]
+    assert [e.text for e in events if e.kind == TOPIC] == ["Quiz at 10", "Essays due", ""]
 
 
 def test_json_moderation_frames() -> None:
