@@ -464,3 +464,13 @@ async def test_a_name_ban_survives_a_new_name_from_a_machine_of_its_own(netlab: 
             finally:
                 await bob.close()
                 await carol.close()
+
+
+async def test_a_kicked_client_does_not_reconnect(op_server: BroadcastServer) -> None:
+    """BroadcastClient(reconnect=True) ends with the kick's reason instead of coming back."""
+    async with BroadcastClient("127.0.0.1", op_server.port, name="bob", reconnect=True) as bob:
+        op_server.kick("bob", "take a break")
+        with pytest.raises(ConnectionClosed, match="kicked by server: take a break"):
+            await receive_kind(bob, "never")  # every message up to the end, then its reason
+        assert bob.statistics().reconnects == 0
+        assert op_server.who() == []
