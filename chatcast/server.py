@@ -480,10 +480,11 @@ class BroadcastServer:
     # -- moderation (#14) -------------------------------------------------------------------
 
     def kick(self, name: str, reason: str = "") -> None:
-        """Disconnect the client called ``name``; it and its room are told ``reason``.
+        """Disconnect the client called ``name``; it and its room are told ``reason``. With
+        a backplane, a client of another server is kicked by that server.
 
         Raises:
-            KeyError: Nobody of that name is connected here.
+            KeyError: Nobody of that name is connected (here, or on the other servers).
             ValueError: A reason with control characters.
         """
         with _moderating():

@@ -710,8 +710,8 @@ class Hub:
                 peer.write(PONG_FRAME)
             elif type(command) is proto.Pong:
                 pass
-            elif type(command) in proto.MODERATION_TYPES:  # moderation (#14)
-                self.moderation.command(peer, command)  # type: ignore[arg-type]
+            elif isinstance(command, proto.MODERATION_TYPES):  # moderation (#14)
+                self.moderation.command(peer, command)
             elif type(command) is proto.Hello:
                 raise InvalidFrame("hello must be the first frame")
             elif type(command) is proto.Auth:
