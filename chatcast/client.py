@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._core import commands as proto
-from ._core.client import AUTH_REASONS, ClientProtocol, RequestKind
+from ._core.client import ClientProtocol, RequestKind, is_final
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from .exceptions import (
     AuthenticationError,
@@ -63,6 +63,8 @@ class BroadcastClient:
         name: The name to ask for; ``None`` lets the server pick (``guestN``).
         room: The room to join; ``None`` for the server's default room.
         token: The server's token, when it requires one.
+        op_token: The server's operator token: presented in the hello, it makes this
+            client an operator (:attr:`operator`); a wrong one is refused like a wrong token.
         ssl: ``True`` for TLS with the system's trust store and hostname checks, or an
             :class:`ssl.SSLContext` (e.g. one that trusts a private CA), or ``None``.
         server_hostname: The name to check the server's certificate against, when it is
@@ -97,6 +99,7 @@ class BroadcastClient:
         name: str | None = None,
         room: str | None = None,
         token: str | None = None,
+        op_token: str | None = None,
         ssl: ssl_module.SSLContext | bool | None = None,
         server_hostname: str | None = None,
         reconnect: bool = False,
@@ -144,6 +147,7 @@ class BroadcastClient:
             token=token,
             max_line_bytes=max_line_bytes,
             tls=self.ssl is not None,
+            op_token=op_token,
         )
         # Received messages, bounded by _deliver/_put; the end of the stream comes after them.
         self._inbox: collections.deque[Message] = collections.deque()
@@ -379,6 +383,64 @@ class BroadcastClient:
         rooms: dict[str, int] = await self._request("rooms", self._protocol.rooms())
         return rooms
 
+    # -- moderation (#14): operators only, but op() and topic() -----------------------------
+
+    @property
+    def operator(self) -> bool:
+        """Whether the server made this client an operator at its hello (``op_token``)."""
+        return self._protocol.operator
+
+    async def op(self, token: str) -> None:
+        """Present the operator token; an ``"info"`` message confirms, an ``"error"``
+        refuses (each failure counts against flood control; the third disconnects)."""
+        await self._send_frame(self._protocol.moderation("op", token=token))
+
+    async def kick(self, name: str, reason: str = "") -> None:
+        """Ask the server to disconnect ``name`` (an ``"error"`` if I am not an operator)."""
+        await self._send_frame(self._protocol.moderation("kick", name=name, reason=reason or None))
+
+    async def ban(
+        self,
+        name: str | None = None,
+        *,
+        address: str | None = None,
+        duration: float | None = None,
+        reason: str = "",
+    ) -> None:
+        """Ask the server to ban ``name`` or ``address`` for ``duration`` seconds (``None``:
+        until lifted); an ``"info"`` message confirms."""
+        frame = self._protocol.moderation(
+            "ban", name=name, address=address, duration=duration, reason=reason or None
+        )
+        await self._send_frame(frame)
+
+    async def unban(self, name: str | None = None, *, address: str | None = None) -> None:
+        """Ask the server to lift the ban on ``name`` or ``address``."""
+        await self._send_frame(self._protocol.moderation("unban", name=name, address=address))
+
+    async def list_bans(self) -> None:
+        """Ask for the bans: they arrive as an ``"info"`` message, one ban per line."""
+        await self._send_frame(self._protocol.moderation("bans"))
+
+    async def mute(self, name: str, room: str | None = None, reason: str = "") -> None:
+        """Ask the server to stop ``name`` speaking in ``room`` (default: its room)."""
+        frame = self._protocol.moderation("mute", name=name, room=room, reason=reason or None)
+        await self._send_frame(frame)
+
+    async def unmute(self, name: str, room: str | None = None) -> None:
+        """Ask the server to let ``name`` speak in ``room`` (default: its room) again."""
+        await self._send_frame(self._protocol.moderation("unmute", name=name, room=room))
+
+    async def set_topic(self, room: str, text: str) -> None:
+        """Ask the server to set the topic of ``room`` (``""`` clears it); the room's members
+        (me too, if I am in it) get a ``"topic"`` message."""
+        await self._send_frame(self._protocol.moderation("topic", room=room, text=text))
+
+    async def ask_topic(self, room: str | None = None) -> None:
+        """Ask for the topic of ``room`` (default: mine): it arrives as a ``"topic"`` message
+        (an ``"info"`` one if there is none)."""
+        await self._send_frame(self._protocol.moderation("topic", room=room))
+
     async def _request(self, kind: RequestKind, data: bytes) -> Any:
         writer = self._writable()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -537,7 +599,7 @@ class BroadcastClient:
             await self._drop_connection()
             if self._protocol.closed:
                 return
-            if not self.reconnect or reason in AUTH_REASONS:
+            if not self.reconnect or is_final(reason):
                 self._end(ConnectionClosed(reason))
                 return
             await self._put(Message(f"disconnected: {reason}; reconnecting", kind=INFO))
@@ -548,6 +610,12 @@ class BroadcastClient:
                 try:
                     await self._open()
                 except AuthenticationError as exc:
+                    self._end(exc)
+                    return
+                except ConnectionClosed as exc:
+                    if not is_final(exc.reason):  # banned (#14): retrying cannot help
+                        log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
+                        continue
                     self._end(exc)
                     return
                 except (OSError, TimeoutError, ChatcastError) as exc:

@@ -20,7 +20,7 @@ import logging
 import os
 import ssl as ssl_module
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
 
@@ -31,6 +31,7 @@ from ._core.config import DEFAULT_WELCOME, ServerConfig
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from ._core.history import HistoryLimits
 from ._core.hub import Hub
+from ._core.moderation import BanRecord, MuteRecord, TopicRecord, UnknownTarget
 from ._core.peer import Peer
 from ._core.ports import Store
 from ._events import EventStream, end_all
@@ -40,10 +41,13 @@ from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 
 __all__ = [
     "DEFAULT_WELCOME",
+    "BanRecord",
     "BroadcastServer",
     "EventStream",
     "HistoryLimits",
+    "MuteRecord",
     "ServerStatistics",
+    "TopicRecord",
 ]
 
 log = logging.getLogger("chatcast.server")
@@ -183,6 +187,9 @@ class BroadcastServer:
         keepalive: Turn on TCP keepalive on every connection.
         token: If set, clients must present this token (JSON hello ``"token"`` or text
             ``/auth TOKEN``) before they can send or receive anything.
+        op_token: If set, a client that presents this token (JSON hello ``"op"`` or text
+            ``/op TOKEN``) becomes an operator: it may kick, ban, mute and set topics
+            (``docs/security.md``). Must differ from ``token``.
         auth_timeout: Seconds a connection has to authenticate.
         rate: Messages per second each client may send (token bucket), or ``None`` (the
             default) for no flood control.
@@ -247,6 +254,7 @@ class BroadcastServer:
         idle_timeout: float | None = None,
         keepalive: bool = True,
         token: str | None = None,
+        op_token: str | None = None,
         auth_timeout: float = 5.0,
         rate: float | None = None,
         burst: float | None = None,
@@ -281,6 +289,7 @@ class BroadcastServer:
             idle_timeout=idle_timeout,
             keepalive=keepalive,
             token=token,
+            op_token=op_token,
             auth_timeout=auth_timeout,
             rate=rate,
             burst=burst,
@@ -554,6 +563,112 @@ class BroadcastServer:
         """Each room with members, and how many (on every server, with a backplane)."""
         return self._hub.room_counts()
 
+    # -- moderation (#14) -------------------------------------------------------------------
+
+    def kick(self, name: str, reason: str = "") -> None:
+        """Disconnect the client called ``name``; it and its room are told ``reason``. With
+        a backplane, a client of another server is kicked by that server.
+
+        Raises:
+            KeyError: Nobody of that name is connected (here, or on the other servers).
+            ValueError: A reason with control characters.
+        """
+        with _moderating():
+            self._hub.moderation.kick(name, reason)
+
+    def ban(
+        self,
+        name: str | None = None,
+        address: str | None = None,
+        duration: float | None = None,
+        reason: str = "",
+    ) -> BanRecord:
+        """Ban a name, an IP address, or both, for ``duration`` seconds (``None``: until
+        :meth:`unban`). Connected clients it matches are disconnected with the reason; a
+        banned address is refused at connect, a banned name at its hello or ``/nick``.
+
+        A ban on the name of a client connected here also covers the address it connects
+        from (so that it survives a change of name), unless that address is loopback (shared
+        by every user of this machine) or another client is connected from it too (a NAT, a
+        shared machine).
+
+        Returns:
+            The ban (see :meth:`bans`).
+
+        Raises:
+            ValueError: Neither name nor address, or a bad name, address, duration or reason.
+        """
+        with _moderating():
+            return self._hub.moderation.ban(name, address, duration, reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def unban(self, name: str | None = None, address: str | None = None) -> BanRecord:
+        """Lift the ban on ``name`` or ``address``; return it.
+
+        Raises:
+            KeyError: No such ban.
+        """
+        with _moderating():
+            return self._hub.moderation.unban(name, address)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def bans(self) -> list[BanRecord]:
+        """The bans in force, oldest first."""
+        return self._hub.moderation.bans()
+
+    def mute(self, name: str, room: str | None = None, reason: str = "") -> MuteRecord:
+        """Stop ``name`` speaking in ``room`` (default: the room it is in); it is told.
+
+        Raises:
+            KeyError: No room given, and nobody called ``name`` is connected here.
+            ValueError: A bad name, room or reason.
+        """
+        with _moderating():
+            return self._hub.moderation.mute(name, room, reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def unmute(self, name: str, room: str | None = None) -> MuteRecord:
+        """Let ``name`` speak in ``room`` (default: the room it is in) again.
+
+        Raises:
+            KeyError: ``name`` is not muted there.
+        """
+        with _moderating():
+            return self._hub.moderation.unmute(name, room)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def set_topic(self, room: str, text: str) -> None:
+        """Set the topic of ``room`` (``""`` clears it); shown to its members now and to
+        whoever enters it later.
+
+        Raises:
+            ValueError: A bad room name, or a topic with control characters or over 300
+                characters.
+        """
+        with _moderating():
+            self._hub.moderation.set_topic(room, text)
+
+    def topic(self, room: str) -> str | None:
+        """The topic of ``room``, or ``None``."""
+        record = self._hub.moderation.topic(room)
+        return None if record is None else record.text
+
+    def operators(self) -> list[str]:
+        """The names of the clients that are operators here, sorted."""
+        return sorted(peer.name for peer in self._hub.moderation.operators)
+
+    def moderation_records(self) -> list[dict[str, Any]]:
+        """Every ban, mute and topic as plain dicts, to keep (see :meth:`restore_moderation`)."""
+        return self._hub.moderation.records()
+
+    def restore_moderation(self, records: list[dict[str, Any]]) -> int:
+        """Load what :meth:`moderation_records` returned; return how many were loaded.
+
+        Raises:
+            ValueError: A record that is not one.
+        """
+        return self._hub.moderation.restore(records)
+
     def events(self, *, maxsize: int = 1000) -> EventStream:
         """Subscribe to what happens in the server: messages, privates, joins, leaves...
 
@@ -619,9 +734,11 @@ class BroadcastServer:
         self._per_address[ip] += 1
         self._active += 1
         config = self.config
-        refusal = None
+        refusal = banned = None
         if self._closing:
             refusal = "server shutting down"
+        elif (banned := self._hub.moderation.address_refusal(conn.address)) is not None:
+            refusal = banned  # moderation (#14): refused before a byte is decoded
         elif config.max_clients is not None and self._active > config.max_clients:
             refusal = f"server full ({config.max_clients} clients)"
         elif config.max_per_address is not None and self._per_address[ip] > config.max_per_address:
@@ -630,7 +747,9 @@ class BroadcastServer:
             self._rejected += 1
             # Over TLS there is no session yet, so nothing readable can be said without a
             # handshake, which is what a flood of refused connections must not cost.
-            self._hub.refuse(conn, refusal, say=not self._tls_per_connection)
+            self._hub.refuse(
+                conn, refusal, say=not self._tls_per_connection, quiet=banned is not None
+            )
         elif self._tls_per_connection:
             self._tls_waiting.append(conn)
             self._start_handshakes()
@@ -705,6 +824,18 @@ class BroadcastServer:
         while True:
             await asyncio.sleep(interval)
             self._hub.tick()
+
+
+@contextlib.contextmanager
+def _moderating() -> Iterator[None]:
+    """The core's refusals as the Python API raises them: KeyError for whom nobody knows,
+    ValueError for the rest."""
+    try:
+        yield
+    except UnknownTarget as exc:
+        raise KeyError(str(exc)) from None
+    except InvalidFrame as exc:
+        raise ValueError(str(exc)) from None
 
 
 class _LoopClock:

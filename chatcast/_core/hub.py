@@ -37,6 +37,7 @@ from .history import (
     room_entries,
     to_message,
 )
+from .moderation import Moderation
 from .peer import Peer, discard
 from .ports import Clock, ClusterLink, Recorder
 from .rooms import Rooms
@@ -157,6 +158,8 @@ class Hub:
         self.resumes = 0
         self.resume_failures = 0
         self.replayed = 0
+        #: Operators, bans, mutes, topics (#14).
+        self.moderation = Moderation(self, config.op_token, wall=wall)
 
     # -- what the server asks ---------------------------------------------------------------
 
@@ -210,9 +213,10 @@ class Hub:
             self._enter_text_mode(peer)
         log.debug("connection from %s", peer.address)
 
-    def refuse(self, peer: Peer, reason: str, *, say: bool = True) -> None:
-        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in)."""
-        log.info("refused %s: %s", peer.address, reason)
+    def refuse(self, peer: Peer, reason: str, *, say: bool = True, quiet: bool = False) -> None:
+        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in);
+        ``quiet``: logged at debug level only (a banned address, logged by moderation)."""
+        (log.debug if quiet else log.info)("refused %s: %s", peer.address, reason)
         assert peer.transport is not None
         if not say:
             self.release(peer)
@@ -248,6 +252,7 @@ class Hub:
                     self._end_session(pushed)
             else:
                 self._end_session(session, release=False)
+        self.moderation.forget(peer)  # moderation (#14)
         if peer.room:
             self._leave_room(peer, "connection lost" if exc is not None else "quit")
         key = proto.name_key(peer.name)
@@ -601,11 +606,27 @@ class Hub:
                 self._auth_failed(peer, "authentication failed")
                 return
             peer.authenticated = True
+        # -- moderation (#14): the operator token, and a banned name -------------------------
+        if hello.op is not None:
+            if not self.moderation.check_op_token(hello.op):
+                self._auth_failed(peer, "operator authentication failed")
+                return
+            self.moderation.operators.add(peer)
+        banned = self.moderation.name_refusal(hello.name) if hello.name else None
+        if banned is not None:
+            self.disconnect(peer, Message(banned, kind=ERROR))
+            return
+        # -- end of moderation ----------------------------------------------------------------
         room = proto.check_name(hello.room, "room") if hello.room else self.config.default_room
         resumed: bool | None = None
         if hello.session is not None:
             session = self.sessions.find(hello.session)
             if session is not None:
+                banned = self.moderation.name_refusal(session.name)  # moderation (#14)
+                if banned is not None:
+                    self._end_session(session)
+                    self.disconnect(peer, Message(banned, kind=ERROR))
+                    return
                 self._resume(peer, session, hello.last)
                 return
             # Unknown, expired or forged: a new session (the welcome says it did not resume,
@@ -661,6 +682,7 @@ class Hub:
             session.floor = self.history.latest_id
             peer.session = session
         self._send_welcome(peer, room, token, resumed)
+        self.moderation.welcomed(peer)  # moderation (#14)
         self._add_to_room(peer, room, announce=True)
         self._history_on_join(peer, room)
 
@@ -677,6 +699,8 @@ class Hub:
         }
         if token is not None:
             welcome["session"] = token
+        if self.moderation.is_operator(peer):  # moderation (#14)
+            welcome["op"] = True
         if resumed is not None:
             welcome["resumed"] = resumed
         peer.write(dump_frame(welcome))
@@ -794,6 +818,12 @@ class Hub:
             transport.write(b"".join(held))
         if transport.get_write_buffer_size() > self.config.max_buffer_bytes:
             self.paused(peer)  # it fell behind while the replay ignored back-pressure
+
+    def end_session(self, peer: Peer) -> None:
+        """``peer`` may not resume (kicked, banned): its session ends now."""
+        if peer.session is not None:
+            self._end_session(peer.session, release=False)
+            peer.session = None
 
     def _end_session(self, session: Session, *, release: bool = True) -> None:
         """Forget ``session`` and its private messages; a name it held waiting goes free."""
@@ -970,10 +1000,15 @@ class Hub:
             elif type(command) is proto.Who:
                 room = command.room or peer.room
                 names = self.who(room)
+                ops = self.moderation.operator_names(names)  # moderation (#14): marked
                 if peer.json:
-                    peer.write(dump_frame({"type": "who", "room": room, "names": names}))
+                    answer: dict[str, object] = {"type": "who", "room": room, "names": names}
+                    if ops:
+                        answer["operators"] = ops
+                    peer.write(dump_frame(answer))
                 else:
-                    peer.send(Message(f"in {room}: {', '.join(names) or '(nobody)'}", kind=INFO))
+                    shown = [f"{n} (op)" if n in ops else n for n in names]
+                    peer.send(Message(f"in {room}: {', '.join(shown) or '(nobody)'}", kind=INFO))
             elif type(command) is proto.Rooms:
                 rooms = self.room_counts()
                 if peer.json:
@@ -992,6 +1027,8 @@ class Hub:
                 peer.write(PONG_FRAME)
             elif type(command) is proto.Pong:
                 pass
+            elif isinstance(command, proto.MODERATION_TYPES):  # moderation (#14)
+                self.moderation.command(peer, command)
             elif type(command) is proto.Hello:
                 raise InvalidFrame("hello must be the first frame")
             elif type(command) is proto.Auth:
@@ -1038,6 +1075,9 @@ class Hub:
             self.cluster.moved(peer.name, room)
         if announce:
             self._announce(peer)
+        topic = self.moderation.topic_message(room)  # moderation (#14): shown on entering
+        if topic is not None:
+            peer.send(topic)
 
     def _leave_room(self, peer: Peer, reason: str) -> None:
         room = peer.room
@@ -1069,6 +1109,8 @@ class Hub:
         if name == peer.name:
             return
         self._check_free(peer, name)  # "Alice" may become "alice"
+        if self.moderation.name_refusal(name) is not None:  # moderation (#14)
+            raise InvalidFrame(f"name {name!r} is banned")
         if self.cluster is not None:
             self._claim(peer, name, peer.room, lambda claimed: self._renamed(peer, name, claimed))
             return
@@ -1082,6 +1124,7 @@ class Hub:
         self._set_name(peer, name)
         if peer.session is not None:
             self.sessions.rename(peer.session, proto.name_key(old), proto.name_key(name), name)
+        self.moderation.renamed(old, name)  # moderation (#14): mutes follow the member
         message = Message(name, sender=old, kind=NICK, room=peer.room, timestamp=self.now())
         if peer.announced:
             self.notify_room(peer.room, message, peer)
@@ -1189,6 +1232,10 @@ class Hub:
         """
         if not batch or not peer.room:
             batch.clear()
+            return
+        if self.moderation.mutes and self.moderation.muted(peer):  # moderation (#14)
+            batch.clear()
+            self._error(peer, f"you are muted in {peer.room}")
             return
         if not peer.announced:
             self._announce(peer)

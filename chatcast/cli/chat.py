@@ -14,6 +14,7 @@ from typing import Any
 
 from .._core.commands import (
     CLIENT_COMMANDS,
+    MODERATION_TYPES,
     Command,
     Help,
     History,
@@ -35,6 +36,7 @@ from ..message import (
     JOIN,
     LEAVE,
     MESSAGE,
+    MODERATION_KINDS,
     NICK,
     PRIVATE,
     Message,
@@ -44,13 +46,14 @@ from ..message import (
 from ..server import DEFAULT_WELCOME, BroadcastServer, HistoryLimits
 from .console import Console, log_to
 from .discover import add_discovery_options, choose_server, describe, multicast_key
-from .operator import announcements
+from .operator import announcements, client_moderation
 
 __all__ = ["add_parser"]
 
 log = logging.getLogger("chatcast.cli")
 
 TOKEN_ENV = "CHATCAST_TOKEN"
+OP_TOKEN_ENV = "CHATCAST_OP_TOKEN"
 BACKPLANE_ENV = "CHATCAST_BACKPLANE"
 
 
@@ -87,6 +90,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--token",
         default=None,
         help=f"require this token (better: set ${TOKEN_ENV}, kept out of ps)",
+    )
+    server.add_argument(
+        "--op-token",
+        default=None,
+        help=f"clients presenting this token become operators (better: set ${OP_TOKEN_ENV})",
     )
     server.add_argument(
         "--rate", type=float, default=None, help="flood control: messages per second per client"
@@ -216,6 +224,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     client.add_argument(
         "--token", default=None, help=f"the server's token (better: set ${TOKEN_ENV})"
     )
+    client.add_argument(
+        "--op-token", default=None, help=f"become an operator (better: set ${OP_TOKEN_ENV})"
+    )
     client.add_argument("--tls", action="store_true", help="connect with TLS")
     client.add_argument("--ca", default=None, help="trust this CA file (PEM) for --tls")
     client.add_argument(
@@ -250,6 +261,11 @@ async def run_server(args: argparse.Namespace) -> int:
         origin = "--token" if args.token is not None else f"${TOKEN_ENV}"
         raise ValueError(f"{origin} is empty; leave it out to run without a token")
     args.token = token
+    op_token = args.op_token if args.op_token is not None else os.environ.get(OP_TOKEN_ENV)
+    if op_token is not None and not op_token:
+        origin = "--op-token" if args.op_token is not None else f"${OP_TOKEN_ENV}"
+        raise ValueError(f"{origin} is empty; leave it out to run without operators")
+    args.op_token = op_token
     if args.burst is not None and args.rate is None:
         raise ValueError("--burst needs --rate")
     if args.rate is not None and not args.rate > 0:
@@ -296,6 +312,7 @@ async def run_server(args: argparse.Namespace) -> int:
         max_clients=args.max_clients,
         max_per_address=args.max_per_address,
         token=token,
+        op_token=op_token,
         rate=args.rate,
         burst=args.burst,
         idle_timeout=args.idle_timeout,
@@ -319,6 +336,7 @@ async def run_server(args: argparse.Namespace) -> int:
         scheme = "TLS " if context else ""
         extras = [
             *(["token required"] if token else []),
+            *(["operator token set"] if op_token else []),
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
             *([f"announced on {args.interface or args.host}"] if announce is not None else []),
@@ -368,7 +386,7 @@ async def _operator(
     :data:`OPERATOR_COMMANDS`: ``/quit`` (or ``/exit``) stops the server, ``/help`` lists
     them, and a mistyped command is answered here, never announced (``//text`` announces
     ``/text``). At end of input, keep serving."""
-    async for _, text in announcements(console, stop):
+    async for _, text in announcements(console, stop, server):
         count = await server.broadcast(text)
         connected = server.statistics().backplane_connected
         where = (
@@ -388,6 +406,8 @@ async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -
     async for event in server.events():
         if event.kind == ANNOUNCEMENT or (quiet and event.kind not in (JOIN, LEAVE, NICK)):
             continue  # the operator's own announcements are echoed by _operator
+        if event.kind in MODERATION_KINDS and event.sender == "server":
+            continue  # the console's own moderation is confirmed by _operator (#14)
         if event.kind == PRIVATE:
             console.write(f"[private] {event.sender} -> {event.to}: (not shown)")
         else:
@@ -418,6 +438,7 @@ async def run_client(args: argparse.Namespace) -> int:
         name=args.name,
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
+        op_token=args.op_token or os.environ.get(OP_TOKEN_ENV) or None,
         ssl=context,
         server_hostname=args.tls_name,
         reconnect=args.reconnect,
@@ -554,6 +575,8 @@ async def _client_command(
             return False
         case Help():
             console.write(render_text(Message(help_text(CLIENT_COMMANDS), kind=INFO)))
+        case _ if isinstance(command, MODERATION_TYPES):  # moderation (#14)
+            await client_moderation(client, command)
         case _:  # not in CLIENT_COMMANDS: never parsed
             raise AssertionError(f"no client action for {command!r}")
     return True
