@@ -534,6 +534,10 @@ async def _typing(console: Console, client: BroadcastClient, names: _Names) -> N
             console.write(f"! {exc}")
         except ConnectionClosed as exc:
             console.write(f"! not sent: {exc.reason}")
+        except Refused as exc:
+            console.write(f"! {sanitize(exc.reason)}")
+        except TimeoutError:
+            console.write("! no answer from the server")
 
 
 async def _client_command(
