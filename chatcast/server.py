@@ -513,10 +513,24 @@ class BroadcastServer:
     # -- connections: limits and TLS (called by Connection) ---------------------------------
 
     def _connection_made(self, conn: Connection) -> None:
-        self._hub.add(conn)
+        refusal = self._admit(conn)
+        if refusal is not None:
+            # Over TLS there is no session yet, so nothing readable can be said without a
+            # handshake, which is what a flood of refused connections must not cost.
+            self._hub.refuse(conn, refusal, say=not self._tls_per_connection)
+        elif self._tls_per_connection:
+            self._tls_waiting.append(conn)
+            self._start_handshakes()
+        else:
+            self._hub.greet(conn)
+
+    def _admit(self, peer: Peer) -> str | None:
+        """Count a new connection (a TCP one, or a WebSocket one from :mod:`chatcast.web`)
+        against the limits; return why it is refused (it is counted as rejected), or None."""
+        self._hub.add(peer)
         self._connections_total += 1
         self._all_gone.clear()
-        ip = conn.address.rpartition(":")[0]
+        ip = peer.address.rpartition(":")[0]
         self._per_address[ip] += 1
         self._active += 1
         config = self.config
@@ -529,16 +543,9 @@ class BroadcastServer:
             refusal = f"too many connections from {ip}"
         if refusal is not None:
             self._rejected += 1
-            # Over TLS there is no session yet, so nothing readable can be said without a
-            # handshake, which is what a flood of refused connections must not cost.
-            self._hub.refuse(conn, refusal, say=not self._tls_per_connection)
-        elif self._tls_per_connection:
-            self._tls_waiting.append(conn)
-            self._start_handshakes()
-        else:
-            self._hub.greet(conn)
+        return refusal
 
-    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
+    def _connection_lost(self, conn: Peer, exc: Exception | None) -> None:
         self._hub.lost(conn, exc)
         if not self._hub.peers:
             self._all_gone.set()
