@@ -273,7 +273,8 @@
         refreshLists();
         clearInterval(state.roomsTimer);
         state.roomsTimer = setInterval(() => send({ type: "rooms" }), 10000);
-        if (document.activeElement === document.body || document.activeElement === $("go")) {
+        const at = document.activeElement;
+        if (!at || at === document.body || $("join").contains(at)) {
           $("text").focus();
         }
         break;

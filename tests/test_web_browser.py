@@ -1,0 +1,221 @@
+"""The chat page in a real browser (headless Chromium): chat with TCP peers, restarts, tokens.
+
+One browser for the module; each test opens its own windows. Skipped, with the reason, where
+Chromium and chromedriver are not installed (``.ci/run`` installs them, so CI runs these).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("selenium", reason="needs selenium (pip install '.[test]')")
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from chatcast import BroadcastClient, BroadcastServer
+from chatcast.web import WebGateway
+from tests.browser import Page, find_browser, start_browser
+from tests.conftest import receive_kind
+from tests.helpers import timeout
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        find_browser() is None,
+        reason="no chromium/chromedriver (apt-get install chromium chromium-driver)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[WebDriver]:
+    """One headless Chromium for the whole module (starting one takes about a second)."""
+    browser, profile = start_browser()
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        profile.cleanup()
+
+
+@pytest.fixture
+def windows(driver: WebDriver) -> Iterator[list[Page]]:
+    """Pages opened by a test; all but the first window are closed after it."""
+    pages: list[Page] = []
+    yield pages
+    first = driver.window_handles[0]
+    for handle in driver.window_handles[1:]:
+        driver.switch_to.window(handle)
+        driver.close()
+    driver.switch_to.window(first)
+    driver.get("about:blank")
+
+
+def open_page(driver: WebDriver, pages: list[Page]) -> Page:
+    page = Page.new(driver, first=not pages)
+    pages.append(page)
+    return page
+
+
+async def run(function: Any, *args: Any) -> Any:
+    """Selenium blocks: call it in a thread so the server keeps serving meanwhile."""
+    return await asyncio.to_thread(function, *args)
+
+
+async def test_pages_chat_with_each_other_nc_and_a_client(
+    driver: WebDriver, windows: list[Page]
+) -> None:
+    """Two pages, nc and a BroadcastClient all talk in one room; typed HTML stays text."""
+    nc = shutil.which("nc")
+    if nc is None:
+        pytest.skip("needs nc (apt-get install netcat-openbsd)")
+    async with (
+        BroadcastServer("127.0.0.1", 0, join_grace=0.05) as server,
+        WebGateway(server, port=0) as gateway,
+    ):
+        alice, bob = open_page(driver, windows), open_page(driver, windows)
+        for page, name in ((alice, "alice"), (bob, "bob")):
+            await run(page.open, gateway.url)
+            await run(page.join, name)
+            await run(page.wait_text, "status", f"connected as {name}")
+            assert await run(page.focused) == "text"  # keyboard: straight to the message box
+        process = await asyncio.create_subprocess_exec(
+            nc, "-q", "1", "127.0.0.1", str(server.port),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            async with BroadcastClient("127.0.0.1", server.port, name="carol") as carol:
+
+                async def nc_line(part: str) -> str:
+                    async with asyncio.timeout(timeout(10)):
+                        while True:
+                            line = (await process.stdout.readline()).decode()  # type: ignore[union-attr]
+                            assert line, f"nc ended before {part!r}"
+                            if part in line:
+                                return line.strip()
+
+                await run(alice.say, "hello from alice")
+                assert "alice: hello from alice" in await run(bob.wait_line, "hello from alice")
+                assert (await receive_kind(carol, "message")).text == "hello from alice"
+                await nc_line("alice: hello from alice")
+
+                process.stdin.write(b"hi from nc\n")
+                assert ": hi from nc" in await run(alice.wait_line, "hi from nc")
+                await run(bob.wait_line, "hi from nc")
+                await carol.send("hi from carol")
+                assert "carol: hi from carol" in await run(bob.wait_line, "hi from carol")
+                await run(alice.wait_line, "carol: hi from carol")
+                await nc_line("carol: hi from carol")
+
+                hostile = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
+                await run(bob.say, hostile)
+                assert hostile in await run(alice.wait_line, "<script>")
+                assert await run(alice.script, "return window.pwned") is None
+                assert await run(alice.script, "return document.querySelectorAll('#log img, #log script').length") == 0  # fmt: skip
+                await nc_line(hostile)
+
+                # Who is here, and a private message chosen from that list.
+                await run(alice.wait_text, "who", "carol")
+                assert "alice (you)" in await run(alice.text, "who")
+                await run(alice.say, "/msg bob psst")
+                assert "[private] alice: psst" in await run(bob.wait_line, "psst")
+                await carol.send("for bob only", to="bob")
+                await run(bob.wait_line, "[private] carol: for bob only")
+
+                # Room switching: bob goes to the kitchen by clicking a room after /join.
+                await run(bob.say, "/join kitchen")
+                await run(bob.wait_text, "room-title", "kitchen")
+                await run(alice.wait_line, "bob left lobby")
+                await run(alice.wait, lambda d: "bob" not in alice.text("who"))
+                await run(bob.say, "anyone in the kitchen?")
+                await carol.join("kitchen")
+                await run(bob.wait_line, "carol joined kitchen")
+                await carol.send("me")
+                await run(bob.wait_line, "carol: me")
+                await run(bob.wait_text, "rooms", "lobby")
+                lobby = await run(
+                    bob.wait, lambda d: d.find_element(By.CSS_SELECTOR, "#rooms [data-room=lobby]")
+                )
+                await run(lobby.click)
+                await run(bob.wait_text, "room-title", "lobby")
+                await run(alice.wait_line, "bob joined lobby")
+
+                stats = server.statistics()
+                assert stats.clients == 4  # two pages, nc, carol: members alike
+                assert gateway.statistics().clients == 2
+
+                # A phone's width: nothing wider than the screen.
+                await run(driver.set_window_size, 375, 740)
+                await run(alice.script, "window.dispatchEvent(new Event('resize'))")
+                wide = await run(
+                    alice.script,
+                    "return document.documentElement.scrollWidth - window.innerWidth",
+                )
+                assert wide <= 0
+                await run(driver.set_window_size, 1000, 700)
+                logs = await run(driver.get_log, "browser")
+                assert not [
+                    entry for entry in logs if "Content Security Policy" in entry["message"]
+                ]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+async def test_a_page_survives_the_server_restarting(
+    driver: WebDriver, windows: list[Page]
+) -> None:
+    """The page reconnects with backoff to the restarted server, under its name, and chats."""
+    server = BroadcastServer("127.0.0.1", 0, join_grace=0.05)
+    await server.start()
+    gateway = WebGateway(server, port=0)
+    await gateway.start()
+    port = gateway.port
+    page = open_page(driver, windows)
+    try:
+        await run(page.open, gateway.url)
+        await run(page.join, "dora")
+        await run(page.wait_text, "status", "connected as dora")
+        await server.aclose("restarting")
+        gateway.close()
+        await gateway.wait_closed()
+        await run(page.wait_text, "status", "reconnecting")
+        await run(page.wait_line, "restarting")
+        server = BroadcastServer("127.0.0.1", 0, join_grace=0.05)
+        await server.start()
+        gateway = WebGateway(server, port=port)
+        await gateway.start()
+        await run(page.wait_text, "status", "connected as dora", 15.0)
+        async with BroadcastClient("127.0.0.1", server.port, name="eve") as eve:
+            await run(page.say, "back again")
+            message = await receive_kind(eve, "message")
+            assert (message.sender, message.text) == ("dora", "back again")
+    finally:
+        gateway.close()
+        await server.aclose()
+
+
+async def test_the_page_asks_for_the_token(driver: WebDriver, windows: list[Page]) -> None:
+    """With a token, the page asks for it; a wrong one is refused in plain words."""
+    async with (
+        BroadcastServer("127.0.0.1", 0, token="sesame", join_grace=0.05) as server,
+        WebGateway(server, port=0) as gateway,
+    ):
+        page = open_page(driver, windows)
+        await run(page.open, gateway.url)
+        await run(page.wait, lambda d: d.find_element(By.ID, "token").is_displayed())
+        await run(page.join, "fred", "wrong")
+        await run(page.wait_text, "join-error", "authentication failed")
+        assert await run(page.script, "return document.getElementById('chat').hidden")
+        assert server.statistics().auth_failures == 1
+        await run(page.join, "fred", "sesame")
+        await run(page.wait_text, "status", "connected as fred")
