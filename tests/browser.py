@@ -45,7 +45,7 @@ def find_browser() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def start_browser() -> tuple[WebDriver, tempfile.TemporaryDirectory[str]]:
+def start_browser() -> tuple[webdriver.Chrome, tempfile.TemporaryDirectory[str]]:
     """A headless Chromium with a fresh profile (remove the directory after ``quit()``)."""
     found = find_browser()
     if found is None:

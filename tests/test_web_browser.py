@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("selenium", reason="needs selenium (pip install '.[test]')")
 
+from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -35,7 +36,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[WebDriver]:
+def driver() -> Iterator[Chrome]:
     """One headless Chromium for the whole module (starting one takes about a second)."""
     browser, profile = start_browser()
     try:
@@ -70,7 +71,7 @@ async def run(function: Any, *args: Any) -> Any:
 
 
 async def test_pages_chat_with_each_other_nc_and_a_client(
-    driver: WebDriver, windows: list[Page]
+    driver: Chrome, windows: list[Page]
 ) -> None:
     """Two pages, nc and a BroadcastClient all talk in one room; typed HTML stays text."""
     nc = shutil.which("nc")
@@ -90,14 +91,16 @@ async def test_pages_chat_with_each_other_nc_and_a_client(
             nc, "-q", "1", "127.0.0.1", str(server.port),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
+        stdout = process.stdout
         try:
             async with BroadcastClient("127.0.0.1", server.port, name="carol") as carol:
 
                 async def nc_line(part: str) -> str:
                     async with asyncio.timeout(timeout(10)):
                         while True:
-                            line = (await process.stdout.readline()).decode()  # type: ignore[union-attr]
+                            line = (await stdout.readline()).decode()
                             assert line, f"nc ended before {part!r}"
                             if part in line:
                                 return line.strip()
@@ -119,7 +122,8 @@ async def test_pages_chat_with_each_other_nc_and_a_client(
                 await run(bob.say, hostile)
                 assert hostile in await run(alice.wait_line, "<script>")
                 assert await run(alice.script, "return window.pwned") is None
-                assert await run(alice.script, "return document.querySelectorAll('#log img, #log script').length") == 0  # fmt: skip
+                tags = "return document.querySelectorAll('#log img, #log script').length"
+                assert await run(alice.script, tags) == 0
                 await nc_line(hostile)
 
                 # Who is here, and a private message chosen from that list.
