@@ -274,5 +274,5 @@ async def test_wss_with_the_servers_certificate(chat: Any) -> None:
     _, gateway = await chat(ssl=server_context)
     assert gateway.url.startswith("https://")
     url = f"wss://127.0.0.1:{gateway.port}/ws"
-    async with connect(url, ssl=client_context, origin=gateway.url.rstrip("/")) as ws:  # type: ignore[arg-type]
+    async with connect(url, ssl=client_context, origin=gateway.url.rstrip("/")) as ws:
         assert (await hello(ws, name="secure"))["name"] == "secure"
