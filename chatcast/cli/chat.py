@@ -138,6 +138,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     server.add_argument(
         "--reuse-port", action="store_true", help="set SO_REUSEPORT (share the port with others)"
     )
+    server.add_argument(
+        "--web-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the chat page and a WebSocket on PORT, e.g. 8081 "
+        "(needs: pip install 'chatcast[web]')",
+    )
+    server.add_argument(
+        "--web-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin allowed to open the WebSocket, e.g. https://chat.example.org "
+        "(the page's own is always allowed; repeatable)",
+    )
     server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     server.add_argument("--worker-events", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
@@ -195,6 +211,14 @@ async def run_server(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         where = redact(args.backplane)
+    web = None
+    if args.web_port is not None:
+        if args.workers != 1:
+            raise ValueError("--web-port works with one worker only")
+        try:
+            from ..web import WebGateway
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
     if args.workers != 1:
         from .workers import run_workers
 
@@ -234,6 +258,10 @@ async def run_server(args: argparse.Namespace) -> int:
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
         ]
+        if args.web_port is not None:
+            web = WebGateway(server, port=args.web_port, origins=args.web_origin)
+            await web.start()
+            extras.append(f"chat page at {web.url}")
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"
             + "".join(f", {extra}" for extra in extras)
@@ -246,6 +274,9 @@ async def run_server(args: argparse.Namespace) -> int:
         await stop.wait()
         console.write("shutting down...")
         await _shut_down(server, tasks)
+        if web is not None:
+            web.close()
+            await web.wait_closed()
     return 0
 
 
