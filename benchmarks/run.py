@@ -286,6 +286,28 @@ def client(cfg: Config) -> list[Row]:
     return rows
 
 
+def web(cfg: Config) -> list[Row]:
+    """WebSocket subscribers against TCP ones (see :mod:`benchmarks.web`)."""
+    child = Child(["-m", "benchmarks.web", *(["--quick"] if cfg.quick else [])])
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=900))
+    finally:
+        child.stop()
+    for row in rows:
+        if row["kind"] == "ratio":
+            _progress(
+                row,
+                f"memory {row['memory_ratio']:.2f} x, deliveries/s {row['throughput_ratio']:.2f} x",
+            )
+        else:
+            _progress(
+                row,
+                f"{row['rss_per_client_kb']:.2f} KB/idle client, "
+                f"{row['deliveries_per_s']:,.0f} deliveries/s",
+            )
+    return rows
+
+
 def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
     """Workload 4: a raw blocking sender into a raw receiver or a MulticastChannel."""
     rows: list[Row] = []
@@ -783,6 +805,11 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['rss_after_mb']:>9.1f}{r['accept_s']:>12.2f}{r['ready_s']:>10.2f}"
                 f"{r['alive_at_end']:>7}"
             )
+    web_rows = [r for r in rows if r["workload"] == "web"]
+    if web_rows:
+        from .web import table as web_table
+
+        lines += ["", web_table(web_rows)]
     hot = [r for r in rows if r["workload"] == "hotpath"]
     if hot:
         lines.append("")
@@ -867,7 +894,7 @@ def _chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
-WORKLOADS = ("burst", "paced", "scale", "multicast", "hotpath", "client", "cross")
+WORKLOADS = ("burst", "paced", "scale", "multicast", "hotpath", "client", "cross", "web")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -926,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
         ("hotpath", lambda: hotpath(cfg)),
         ("client", lambda: client(cfg)),
         ("cross", lambda: cross(cfg)),
+        ("web", lambda: web(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:

@@ -62,7 +62,7 @@ class WebStatistics:
         clients: WebSocket members now.
         requests: Connections accepted (page, files and WebSockets).
         upgrades: WebSockets opened.
-        refused: Connections turned away because ``max_handshakes`` were already opening.
+        refused: Connections turned away because ``max_clients`` were already opening.
         bad_origin: WebSocket handshakes refused for their ``Origin``.
         timeouts: Connections dropped for opening too slowly or saying no hello in time.
     """
@@ -94,8 +94,10 @@ class WebGateway:
     TLS, the token and every limit are the server's: with ``ssl`` set the page is served over
     ``https://`` and the socket is ``wss://`` with the same certificate; an upgraded WebSocket
     counts against ``max_clients`` and ``max_per_address`` as a TCP client does; at most
-    ``max_handshakes`` connections may be opening at once, each for at most
-    ``ssl_handshake_timeout`` seconds; a WebSocket must say hello within ``auth_timeout``.
+    ``max_clients`` (1024 without a limit) connections may be opening at once (HTTP requests
+    for the page and WebSocket handshakes), each for at most ``ssl_handshake_timeout``
+    seconds from its accept (its TLS handshake included); a WebSocket must say hello within
+    ``auth_timeout``.
 
     Raises:
         ValueError: ``port`` or ``max_message_bytes`` is out of range.
@@ -161,7 +163,9 @@ class WebGateway:
             route=self._route,
             allowed=self._allowed,
             max_message_bytes=self.max_message_bytes,
-            max_pending=config.max_handshakes,
+            # Opening connections are cheap (TLS, if any, is done by then) but each browser
+            # opens several at once for the page: allow as many as there may be clients.
+            max_pending=config.max_clients or 1024,
             open_timeout=config.ssl_handshake_timeout,
             hello_timeout=config.auth_timeout,
             close_timeout=config.close_timeout,

@@ -218,8 +218,8 @@ async def test_no_hello_in_time_is_dropped(chat: Any) -> None:
 
 
 async def test_a_silent_connection_cannot_hold_an_opening_slot(chat: Any) -> None:
-    """Connections still opening are bounded by max_handshakes and ssl_handshake_timeout."""
-    _, gateway = await chat(max_handshakes=1, ssl_handshake_timeout=0.3)
+    """Connections still opening are bounded in number and time (ssl_handshake_timeout)."""
+    _, gateway = await chat(max_clients=1, ssl_handshake_timeout=0.3)
     silent = await TextPeer.connect(gateway.port)
     refused = await TextPeer.connect(gateway.port)
     assert await refused.eof() == b""
