@@ -23,25 +23,30 @@ import sys
 import time
 from typing import Any
 
-from ._util import Child, cpu_seconds, rss_bytes
+from ._util import Child, rss_bytes
 
 Row = dict[str, Any]
 
 
 async def serve() -> None:
-    """A server and its gateway; prints ``PORT tcp web``, exits at end of stdin."""
+    """A server and its gateway; prints ``PORT tcp web``; ``CPU`` lines are answered with
+    the process's CPU seconds (finer than /proc's 10 ms ticks); exits at end of stdin."""
     from chatcast import BroadcastServer
     from chatcast.web import WebGateway
 
+    loop = asyncio.get_running_loop()
     async with (
         BroadcastServer("127.0.0.1", 0, max_clients=5000, heartbeat_interval=600) as server,
         WebGateway(server, port=0) as gateway,
     ):
         print(f"PORT {server.port} {gateway.port}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if line.strip() == "CPU":
+                print(f"CPU {time.process_time()}", flush=True)
 
 
 async def _tcp_client(port: int, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A JSON-mode TCP client, welcomed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(json.dumps({"type": "hello", "name": name}).encode() + b"\n")
     while b'"welcome"' not in await reader.readline():
@@ -49,31 +54,48 @@ async def _tcp_client(port: int, name: str) -> tuple[asyncio.StreamReader, async
     return reader, writer
 
 
+async def _ws_client(port: int, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client, welcomed: websockets' client protocol does the handshake and frames
+    the hello (masked, as a browser does)."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    protocol.send_request(protocol.connect())
+    writer.write(b"".join(protocol.data_to_send()))
+    said_hello = welcomed = False
+    while not welcomed:
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionError("closed before the welcome")
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Frame) and b'"welcome"' in event.data:
+                welcomed = True
+        if protocol.state is State.OPEN and not said_hello:
+            said_hello = True
+            protocol.send_text(json.dumps({"type": "hello", "name": name}).encode())
+        writer.write(b"".join(protocol.data_to_send()))
+    return reader, writer
+
+
 async def load(kind: str, pid: int, tcp: int, web: int, idle: int, subs: int, msgs: int) -> Row:
-    """Connect the clients of ``kind``, measure, burst; the figures."""
-    from websockets.asyncio.client import connect
+    """Connect ``idle`` clients of ``kind``; say READY and wait for GO; burst to ``subs``.
 
-    closers: list[Any] = []
-
-    async def subscriber(index: int) -> Any:
-        name = f"{kind}{index}"
-        if kind == "tcp":
-            reader, writer = await _tcp_client(tcp, name)
-            closers.append(writer.close)
-            return reader
-        ws = await connect(f"ws://127.0.0.1:{web}/ws", max_queue=None, compression=None)
-        await ws.send(json.dumps({"type": "hello", "name": name}))
-        while '"welcome"' not in await ws.recv():
-            pass
-        closers.append(ws.close)
-        return ws
-
+    Deliveries are counted in the bytes received (the server's frames are unmasked, so each
+    message's JSON is there as it is, in both kinds): the load process then costs the same
+    per delivery for both, and the comparison is the server's.
+    """
+    connect = _tcp_client if kind == "tcp" else _ws_client
+    port = tcp if kind == "tcp" else web
     before = rss_bytes(pid)
-    clients = []
+    clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     for start in range(0, idle, 100):
-        clients += await asyncio.gather(
-            *(subscriber(i) for i in range(start, min(idle, start + 100)))
-        )
+        batch = range(start, min(idle, start + 100))
+        clients += await asyncio.gather(*(connect(port, f"{kind}{i}") for i in batch))
     after = rss_bytes(pid)
     row: Row = {
         "workload": "web",
@@ -84,61 +106,47 @@ async def load(kind: str, pid: int, tcp: int, web: int, idle: int, subs: int, ms
         "subscribers": subs,
         "messages": msgs,
     }
-    readers = clients[:subs]
+    for _, writer in clients[subs:]:  # the burst goes to the first `subs` only
+        writer.close()
+    _, publisher = await _tcp_client(tcp, "publisher")
+    marker = b'"type":"message"'
 
-    async def count(reader: Any) -> int:
-        got = 0
-        if kind == "tcp":
-            while got < msgs:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                got += chunk.count(b'"type":"message"')
-        else:
-            async for message in reader:
-                got += '"type":"message"' in message
-                if got >= msgs:
-                    break
+    async def count(reader: asyncio.StreamReader) -> int:
+        got, tail = 0, b""
+        while got < msgs:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data = tail + chunk
+            got += data.count(marker)
+            tail = data[-(len(marker) - 1) :]
         return got
 
-    # Everyone is in the lobby; the burst goes to the first `subs` (the rest leave first).
-    for extra in clients[subs:]:
-        if kind == "tcp":
-            closers.pop(subs).__call__()
-        else:
-            await extra.close()
-    del closers[subs:]
-    _, publisher = await _tcp_client(tcp, "publisher")
-    text = "x" * 64
-    frame = json.dumps({"type": "message", "text": text}).encode() + b"\n"
-    cpu0 = cpu_seconds(pid)
+    print("READY", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # GO
+    frame = json.dumps({"type": "message", "text": "x" * 64}).encode() + b"\n"
     started = time.perf_counter()
-    counters = [asyncio.create_task(count(r)) for r in readers]
+    counters = [asyncio.create_task(count(reader)) for reader, _ in clients[:subs]]
     publisher.write(frame * msgs)
     got = await asyncio.wait_for(asyncio.gather(*counters), 300)
     seconds = time.perf_counter() - started
-    cpu = cpu_seconds(pid) - cpu0
     deliveries = sum(got)
     row.update(
         seconds=seconds,
         deliveries=deliveries,
         deliveries_per_s=deliveries / seconds,
-        server_cpu_s=cpu,
-        server_cpu_us_per_1k=cpu / max(1, deliveries) * 1e9,
         lost=subs * msgs - deliveries,
         all_counted=deliveries == subs * msgs,
     )
     publisher.close()
-    for close in closers:
-        result = close()
-        if asyncio.iscoroutine(result):
-            await result
+    for _, writer in clients[:subs]:
+        writer.close()
     return row
 
 
 def measure(quick: bool) -> list[Row]:
     """Both kinds, each against a fresh server; rows plus a ratio row."""
-    idle, subs, msgs = (50, 20, 20) if quick else (1000, 100, 2000)
+    idle, subs, msgs = (50, 20, 20) if quick else (1000, 100, 10_000)
     rows: list[Row] = []
     for kind in ("tcp", "ws"):
         server = Child(["-m", "benchmarks.web", "serve"])
@@ -151,11 +159,20 @@ def measure(quick: bool) -> list[Row]:
                 ]
             )  # fmt: skip
             try:
-                rows.append(json.loads(loader.expect("RESULT", timeout=600)))
+                loader.expect("READY", timeout=600)
+                server.send("CPU")
+                cpu0 = float(server.expect("CPU"))
+                loader.send("GO")
+                row: Row = json.loads(loader.expect("RESULT", timeout=600))
+                server.send("CPU")
+                cpu = float(server.expect("CPU")) - cpu0
             finally:
                 loader.stop()
         finally:
             server.stop()
+        row["server_cpu_s"] = cpu
+        row["server_cpu_us_per_1k"] = cpu / max(1, row["deliveries"]) * 1e9
+        rows.append(row)
     tcp_row, ws_row = rows
     rows.append(
         {
@@ -165,7 +182,7 @@ def measure(quick: bool) -> list[Row]:
             "memory_ratio": ws_row["rss_per_client_kb"] / max(0.01, tcp_row["rss_per_client_kb"]),
             "throughput_ratio": ws_row["deliveries_per_s"] / tcp_row["deliveries_per_s"],
             "cpu_ratio": ws_row["server_cpu_us_per_1k"]
-            / max(0.01, tcp_row["server_cpu_us_per_1k"]),
+            / max(1e-9, tcp_row["server_cpu_us_per_1k"]),
             "all_counted": True,
         }
     )

@@ -103,6 +103,9 @@ class Door:
         return out
 
 
+_REASONS = (b'{"type":"error"', b'{"type":"closing"')
+
+
 class _MessageTransport:
     """The transport the hub writes to: JSON frames in, WebSocket messages out."""
 
@@ -120,7 +123,12 @@ class _MessageTransport:
             return
         if conn.ws.state is not State.OPEN or not data:
             return
-        self.last = data
+        # The hub writes the reason for closing (an error, or closing) on its own just before
+        # close(): only such a buffer is kept, not every buffer (a fan-out's would stay alive).
+        if data.startswith(_REASONS):
+            self.last = data
+        elif self.last:
+            self.last = b""
         conn.raw.write(conn.door.frames(data))
 
     def write_eof(self) -> None:
@@ -268,6 +276,14 @@ class WebConnection(Peer, asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(self.door.close_timeout, raw.abort)
 
     def _request(self, request: Request) -> None:
+        try:
+            self._answer(request)
+        finally:
+            # websockets' parser keeps the request for the connection's life: its headers
+            # (about 1.5 KB) are not needed once answered.
+            request.headers.clear()
+
+    def _answer(self, request: Request) -> None:
         door = self.door
         if request.path.partition("?")[0] != "/ws":
             self.ws.send_response(door.route(request))
