@@ -11,6 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._core.framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
+from ._core.history import HistoryLimits
 from .client import BroadcastClient, ClientStatistics
 from .exceptions import (
     AuthenticationError,
@@ -22,6 +23,8 @@ from .exceptions import (
     LineTooLong,
     MessageTooLong,
     ProtocolError,
+    Refused,
+    StoreError,
 )
 from .message import Message
 from .multicast import MulticastChannel, MulticastStatistics, SenderStatistics
@@ -38,6 +41,7 @@ __all__ = [
     "ClientStatistics",
     "ConnectionClosed",
     "EventStream",
+    "HistoryLimits",
     "InvalidFrame",
     "LineDecoder",
     "LineTooLong",
@@ -46,7 +50,9 @@ __all__ = [
     "MulticastChannel",
     "MulticastStatistics",
     "ProtocolError",
+    "Refused",
     "SenderStatistics",
     "ServerStatistics",
+    "StoreError",
     "__version__",
 ]

@@ -194,7 +194,7 @@ class Cluster:
         kind = envelope.kind
         if kind == bp.BATCH:
             if envelope.room is not None and envelope.sender is not None:
-                hub.rooms.relay_remote(
+                hub.relay_remote(
                     envelope.sender, envelope.room, list(envelope.texts), envelope.ts or 0.0
                 )
             return
@@ -209,13 +209,13 @@ class Cluster:
                     to=envelope.to,
                     timestamp=envelope.ts,
                 )
-                hub.rooms.deliver_private(target, message)
+                hub.deliver_private(target, message)
             return
         if kind == bp.ANNOUNCEMENT:
             message = Message(
                 text, sender="server", kind=ANNOUNCEMENT, room=envelope.room, timestamp=envelope.ts
             )
-            hub.rooms.announce(message)
+            hub.announce(message)
             return
         # A notice: keep the replica of who is where, then tell the room here.
         sender = envelope.sender or ""

@@ -26,8 +26,9 @@ from .exceptions import (
     ChatcastError,
     ConnectionClosed,
     InvalidFrame,
+    Refused,
 )
-from .message import INFO, Message
+from .message import INFO, MESSAGE, PRIVATE, Message
 
 __all__ = ["BroadcastClient", "ClientStatistics"]
 
@@ -77,6 +78,12 @@ class BroadcastClient:
         max_line_bytes: Largest frame accepted from the server (and sent to it).
         queue_size: Messages held for :meth:`receive`; when full, the client stops reading
             from the socket (TCP backpressure) rather than grow.
+        ack_timeout: Seconds :meth:`send` waits for the server to accept a message.
+
+    With ``reconnect=True`` the client resumes its session after a lost connection: the
+    server gives its name back at once (closing a ghost connection that still held it) and
+    replays every room and private message missed meanwhile, exactly once and in order
+    (marked ``history``), or a ``"gap"`` message saying how many are gone for good.
 
     Raises:
         ValueError: An argument is out of range or an invalid name.
@@ -98,6 +105,7 @@ class BroadcastClient:
         connect_timeout: float = 10.0,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         queue_size: int = 1024,
+        ack_timeout: float = 10.0,
     ) -> None:
         if not 0 < port <= 65535:
             raise ValueError(f"port must be in 1..65535, got {port}")
@@ -116,6 +124,9 @@ class BroadcastClient:
             raise ValueError(f"connect_timeout must be > 0, got {connect_timeout}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not ack_timeout > 0:
+            raise ValueError(f"ack_timeout must be > 0, got {ack_timeout}")
+        self.ack_timeout = ack_timeout
         self.host = host
         self.port = port
         self.ssl = ssl_module.create_default_context() if ssl is True else ssl or None
@@ -143,6 +154,7 @@ class BroadcastClient:
         self._ending: ChatcastError | None = None
         self._early: list[Message] = []  # read with the welcome, delivered by the reader
         self._requests: dict[int, asyncio.Future[Any]] = {}
+        self._awaiting: dict[str, asyncio.Future[Any]] = {}  # by ref: acks, history
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._heard = 0.0  # loop time of the last read from the server
@@ -242,21 +254,107 @@ class BroadcastClient:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(self, text: str, *, to: str | None = None) -> None:
-        """Send ``text`` to my room, or privately to the client named ``to``.
+    async def send(self, text: str, *, to: str | None = None) -> Message:
+        """Send ``text`` to my room, or privately to the client named ``to``, and wait until
+        the server has accepted it.
 
-        Returns once the text is handed to the operating system, waiting only when this
-        connection's own send buffer is full. The server stamps the sender name.
+        The server stamps the sender name and gives the message its id. To send many
+        messages without a round trip each, use :meth:`post` and await the results later.
+
+        Returns:
+            The message as accepted: its :attr:`~chatcast.Message.id`, my name, the room
+            (or ``to``).
 
         Raises:
+            Refused: The server refused it (flood control, an unknown recipient, too long,
+                not allowed), with its reason.
+            TimeoutError: No answer within ``ack_timeout`` seconds.
             ValueError: ``text`` is empty or holds control characters other than tab and
                 newline.
             MessageTooLong: The encoded frame is over ``max_line_bytes``; nothing was sent.
-            ConnectionClosed: Not connected (also while reconnecting).
+            ConnectionClosed: Not connected (also while reconnecting), or the connection
+                ended before the answer: the message may or may not have been delivered.
             ChannelClosed: :meth:`close` was called.
         """
-        await self._send_frame(self._protocol.message(text, to=to))
+        accepted = await self.post(text, to=to)
+        async with asyncio.timeout(self.ack_timeout):
+            return await accepted
+
+    async def post(self, text: str, *, to: str | None = None) -> asyncio.Future[Message]:
+        """Send ``text`` like :meth:`send`, but return as soon as it is written: the
+        returned future completes when the server accepts the message (or raises as
+        :meth:`send` does). Many posts in a row are pipelined, one write each.
+
+        Raises:
+            ValueError, MessageTooLong, ConnectionClosed, ChannelClosed: As for :meth:`send`,
+                before anything is sent.
+        """
+        protocol = self._protocol
+        ref = protocol.new_ref()
+        data = protocol.message(text, to=to, ref=ref)
+        writer = self._writable()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        accepted: asyncio.Future[Message] = loop.create_future()
+        name, room = protocol.name, protocol.room
+
+        def done(answer: asyncio.Future[Any]) -> None:
+            if accepted.done():
+                return
+            if answer.cancelled():
+                accepted.cancel()
+            elif answer.exception() is not None:
+                accepted.set_exception(answer.exception())  # type: ignore[arg-type]
+            else:
+                kind = PRIVATE if to is not None else MESSAGE
+                accepted.set_result(
+                    Message(text, name, kind, None if to else room, None, to, None, answer.result())
+                )
+
+        answer.add_done_callback(done)
+        self._awaiting[ref] = answer
+        self._write(writer, data)
         self._sent += 1
+        await self._drain(writer)
+        return accepted
+
+    async def history(
+        self,
+        room: str | None = None,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> list[Message]:
+        """Return messages the server keeps for ``room`` (default: my room), oldest first,
+        each marked ``history``: the latest ``limit``, or those before or after an id.
+
+        Args:
+            room: The room.
+            limit: At most this many (1 to 500).
+            before: Only messages with a smaller id.
+            after: Only messages with a larger id.
+
+        Raises:
+            Refused: The server refused the request (an id it has not given yet, a bad room).
+            TimeoutError: No answer within ``ack_timeout`` seconds.
+            ValueError: ``limit`` out of range, a negative id, an invalid room name.
+            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+        """
+        protocol = self._protocol
+        ref = protocol.new_ref()
+        data = protocol.history(ref, room=room, limit=limit, before=before, after=after)
+        writer = self._writable()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._awaiting[ref] = answer
+        try:
+            self._write(writer, data)
+            await self._drain(writer)
+            async with asyncio.timeout(self.ack_timeout):
+                messages: list[Message] = await answer
+            return messages
+        finally:
+            self._awaiting.pop(ref, None)
 
     async def join(self, room: str) -> None:
         """Move to ``room``. The server confirms with a ``"join"`` message of my own.
@@ -536,6 +634,14 @@ class BroadcastClient:
                 future.set_exception(answer.value)
             else:
                 future.set_result(answer.value)
+        for reply in self._protocol.replies_received():
+            future = self._awaiting.pop(reply.ref, None)
+            if future is None or future.done():
+                continue
+            if isinstance(reply.value, Refused):
+                future.set_exception(reply.value)
+            else:
+                future.set_result(reply.value)
 
     def _check_silence(self, writer: asyncio.StreamWriter, again: bool = False) -> None:
         """The heartbeat timer: ping a silent server, give up on one that does not answer."""
@@ -588,6 +694,10 @@ class BroadcastClient:
                 future.set_exception(ConnectionClosed("connection closed"))
                 future.exception()  # retrieved: nobody may be waiting any more
         self._requests.clear()  # what is left was given up on by its caller
+        awaiting, self._awaiting = self._awaiting, {}
+        for future in awaiting.values():
+            if not future.done():
+                future.set_exception(ConnectionClosed("connection lost before the server answered"))
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):

@@ -12,7 +12,9 @@ where::
     │   ├── LineTooLong         a frame over the per-frame limit
     │   └── InvalidFrame        bad UTF-8, bad JSON, unknown type, wrong field types
     ├── AuthenticationError     a token was refused
-    └── BackplaneError          the backplane's engine refused our settings (password, db)
+    ├── Refused                 the server refused a message or request (with its reason)
+    ├── BackplaneError          the backplane's engine refused our settings (password, db)
+    └── StoreError              the message store's database cannot be used
 
 Argument errors (a bad port, a group that is not multicast) are plain :class:`ValueError` or
 :class:`TypeError`, raised at construction with the bad value and the allowed range.
@@ -30,6 +32,8 @@ __all__ = [
     "LineTooLong",
     "MessageTooLong",
     "ProtocolError",
+    "Refused",
+    "StoreError",
 ]
 
 
@@ -101,3 +105,19 @@ class BackplaneError(ChatcastError):
     """The backplane's engine answered but refused us (a wrong password, a database it does
     not have): retrying would not help. Raised when the server starts; an engine that is
     merely unreachable is not an error (the server serves locally and keeps retrying)."""
+
+
+class StoreError(ChatcastError):
+    """The message store cannot be used: its database is locked by another process, corrupt,
+    not a chatcast store, or not writable. Raised when the server starts, with the path and
+    the reason, never as a traceback later."""
+
+
+class Refused(ChatcastError):
+    """The server refused what this client sent (flood control, too long, an unknown
+    recipient, not allowed): :attr:`reason` is the server's own words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        #: The server's reason.
+        self.reason = reason

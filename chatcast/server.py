@@ -17,18 +17,21 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import ssl as ssl_module
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
 
 from ._cluster import Cluster
 from ._connection import Acceptor, Connection
 from ._core.config import DEFAULT_WELCOME, ServerConfig
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
+from ._core.history import HistoryLimits
 from ._core.hub import Hub
 from ._core.peer import Peer
+from ._core.ports import Store
 from ._events import EventStream, end_all
 from .backplane import Backplane
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
@@ -101,6 +104,14 @@ class ServerStatistics:
         backplane_failures: Envelopes that could not cross (lost for the other servers).
         backplane_lost_messages: Chat messages in those envelopes.
         backplane_reconnects: Times the backplane reconnected after a loss.
+        last_id: The id of the newest message (room, private or announcement).
+        history_messages: Messages kept in the history now (all rooms and conversations).
+        history_bytes: What they count against the byte limits.
+        history_evicted: Messages pushed out of the history by its limits.
+        sessions_waiting: Sessions whose connection ended, holding their names to resume.
+        resumes: Sessions resumed.
+        resume_failures: Resumes refused (an unknown, expired or forged session token).
+        replayed: Messages replayed: missed ones after a resume, and history on join.
     """
 
     clients: int
@@ -124,6 +135,17 @@ class ServerStatistics:
     backplane_failures: int = 0
     backplane_reconnects: int = 0
     backplane_lost_messages: int = 0
+    last_id: int = 0
+    history_messages: int = 0
+    history_bytes: int = 0
+    history_evicted: int = 0
+    sessions_waiting: int = 0
+    resumes: int = 0
+    resume_failures: int = 0
+    replayed: int = 0
+
+
+_DEFAULT_HISTORY: Final = HistoryLimits()
 
 
 class BroadcastServer:
@@ -173,6 +195,18 @@ class BroadcastServer:
             notices in rooms of any size.
         backplane: Join other servers through this backplane (e.g.
             :class:`~chatcast.backplane.RedisBackplane`) so that all act as one chat.
+        history: What history the server keeps: a :class:`~chatcast.HistoryLimits` (the
+            default keeps the last 1000 messages and 1 MiB per room for a day, 100,000
+            messages and 64 MiB in all), or ``None`` for none (ids are given all the same).
+        history_on_join: How many of a room's last messages a client gets, marked as
+            history, when it joins (JSON clients of protocol version 2; text clients ask
+            with ``/history``). 0 turns it off.
+        resume_window: Seconds a JSON client's name (and the private messages sent to it)
+            are held after its connection ends, for it to resume with its session token.
+            0 turns resuming off.
+        store: Keep the history and the ids on disk, in this SQLite file (a path, or a
+            :class:`~chatcast.store.SQLiteStore`), so that they survive a restart.
+            ``None`` (the default) keeps them in memory only.
 
     Attributes:
         config: The settings above, validated and frozen. Each is also readable on the
@@ -213,6 +247,10 @@ class BroadcastServer:
         reuse_port: bool = False,
         backplane: Backplane | None = None,
         notice_limit: int | None = 100,
+        history: HistoryLimits | None = _DEFAULT_HISTORY,
+        history_on_join: int = 20,
+        resume_window: float = 120.0,
+        store: str | os.PathLike[str] | Store | None = None,
     ) -> None:
         #: The settings, validated (:class:`~chatcast._core.config.ServerConfig`).
         self.config = ServerConfig(
@@ -240,8 +278,19 @@ class BroadcastServer:
             close_timeout=close_timeout,
             reuse_port=reuse_port,
             notice_limit=notice_limit,
+            history=history if history is not None else HistoryLimits(messages=0),
+            history_on_join=history_on_join,
+            resume_window=resume_window,
         )
         self.ssl = ssl
+        #: The on-disk store, or ``None``.
+        self.store: Store | None
+        if isinstance(store, str | os.PathLike):
+            from .store import SQLiteStore  # sqlite3 is loaded only by those who use it
+
+            self.store = SQLiteStore(store, limits=self.config.history)
+        else:
+            self.store = store
         self._port = port
         self._cluster = Cluster(backplane) if backplane is not None else None
         self._clock = _LoopClock()
@@ -289,6 +338,8 @@ class BroadcastServer:
     close_timeout: _Setting[float] = _Setting()
     reuse_port: _Setting[bool] = _Setting()
     notice_limit: _Setting[int | None] = _Setting()
+    history_on_join: _Setting[int] = _Setting()
+    resume_window: _Setting[float] = _Setting()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -312,6 +363,12 @@ class BroadcastServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         loop = self._clock.loop = asyncio.get_running_loop()
+        if self.store is not None:
+            # A locked, corrupt or unwritable database is a StoreError here, not later.
+            next_id, kept = await asyncio.to_thread(self.store.open)
+            self._hub.history.restore(kept)
+            self._hub.history.next_id = max(self._hub.history.next_id, next_id)
+            self._hub.recorder = self.store
         if self._cluster is not None:
             await self._cluster.start()  # before listening: the first client sees the others
         # TLS is started on each accepted connection by the server itself (start_tls), not
@@ -395,6 +452,9 @@ class BroadcastServer:
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
             await cluster.close()
+        if self.store is not None and self._hub.recorder is not None:
+            self._hub.recorder = None
+            await self.store.aclose()  # what is still queued is written first
 
     async def aclose(self, reason: str = "server shutting down") -> None:
         """:meth:`close`, then :meth:`wait_closed`."""
@@ -426,7 +486,7 @@ class BroadcastServer:
         )
         if self._cluster is not None:
             self._cluster.announcement(message)
-        return self._hub.rooms.announce(message)
+        return self._hub.announce(message)
 
     async def send(self, name: str, text: str) -> None:
         """Send ``text`` from the server privately to the client called ``name``.
@@ -443,7 +503,7 @@ class BroadcastServer:
         message = Message(text, sender="server", kind=PRIVATE, to=name, timestamp=self._hub.now())
         peer = self._hub.peer_named(name)
         if peer is not None and not peer.closing:
-            self._hub.rooms.deliver_private(peer, message)
+            self._hub.deliver_private(peer, message)
             return
         try:
             if self._cluster is None or not self._cluster.private(message):
@@ -507,6 +567,14 @@ class BroadcastServer:
             rate_limited=hub.rate_limited,
             timeouts=hub.timeouts,
             events_dropped=hub.rooms.events_dropped,
+            last_id=hub.history.latest_id,
+            history_messages=hub.history.total_messages,
+            history_bytes=hub.history.total_bytes,
+            history_evicted=hub.history.evicted,
+            sessions_waiting=hub.sessions.waiting,
+            resumes=hub.resumes,
+            resume_failures=hub.resume_failures,
+            replayed=hub.replayed,
             **cluster,
         )
 

@@ -57,12 +57,15 @@ class TextPeer:
             await self.writer.wait_closed()
 
 
-async def receive_kind(client: BroadcastClient, *kinds: str, seconds: float = 5.0) -> Message:
-    """The next message of one of ``kinds``, skipping others."""
+async def receive_kind(
+    client: BroadcastClient, *kinds: str, seconds: float = 5.0, history: bool = False
+) -> Message:
+    """The next live message of one of ``kinds``, skipping others (and history, unless
+    ``history``)."""
     async with asyncio.timeout(timeout(seconds)):
         while True:
             message = await client.receive()
-            if message.kind in kinds:
+            if message.kind in kinds and (history or not message.history):
                 return message
 
 

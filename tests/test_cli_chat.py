@@ -220,6 +220,7 @@ def test_client_with_piped_input(server_process: tuple[subprocess.Popen[str], in
             "*   /msg NAME TEXT    private message to NAME",
             "*   /who [ROOM]       who is in your room (or ROOM)",
             "*   /rooms            list the rooms",
+            "*   /history [N]      show the last N messages of your room",
             "*   /quit [REASON]    leave",
             "*   //text            send a line that starts with '/'",
         ]

@@ -17,6 +17,8 @@ from chatcast.exceptions import (
     LineTooLong,
     MessageTooLong,
     ProtocolError,
+    Refused,
+    StoreError,
 )
 
 #: Each exception and its direct bases, as the tree in the module docstring draws it.
@@ -29,7 +31,9 @@ TREE: dict[type[Exception], tuple[type[Exception], ...]] = {
     LineTooLong: (ProtocolError,),
     InvalidFrame: (ProtocolError,),
     AuthenticationError: (ChatcastError,),
+    Refused: (ChatcastError,),
     BackplaneError: (ChatcastError,),
+    StoreError: (ChatcastError,),
 }
 
 

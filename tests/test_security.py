@@ -15,8 +15,8 @@ import pytest
 import trustme
 
 from chatcast.client import BroadcastClient
-from chatcast.exceptions import AuthenticationError, ConnectionClosed
-from chatcast.message import ERROR, MESSAGE, Message, render_text
+from chatcast.exceptions import AuthenticationError, ConnectionClosed, Refused
+from chatcast.message import MESSAGE, Message, render_text
 from chatcast.server import BroadcastServer
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
@@ -384,14 +384,14 @@ async def test_persistent_flooding_disconnects(start_server: Factory) -> None:
 
 
 async def test_rate_limit_json_error_frame(start_server: Factory) -> None:
-    """A JSON client over the limit gets an error frame and keeps its connection."""
+    """A JSON client over the limit is refused (send() raises the server's reason) and keeps
+    its connection."""
     server = await start_server(rate=1, burst=1)
     alice = BroadcastClient("127.0.0.1", server.port, name="alice")
     await alice.connect()
     await alice.send("one")
-    await alice.send("two")
-    error = await receive_kind(alice, ERROR)
-    assert error.text == "rate limit (1/s) exceeded: message dropped"
+    with pytest.raises(Refused, match=r"^rate limit \(1/s\) exceeded: message dropped$"):
+        await alice.send("two")
     assert alice.connected
     await alice.close()
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from chatcast.client import BroadcastClient
-from chatcast.message import ANNOUNCEMENT, CLOSING, ERROR, JOIN, LEAVE, MESSAGE, NICK, PRIVATE
+from chatcast.exceptions import Refused
+from chatcast.message import ANNOUNCEMENT, CLOSING, JOIN, LEAVE, MESSAGE, NICK, PRIVATE
 from chatcast.server import BroadcastServer
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
@@ -161,11 +162,13 @@ async def test_rooms_isolate_and_private_messages(connect: Factory) -> None:
 
 
 async def test_private_to_unknown_name_is_an_error(connect: Factory) -> None:
-    """A private message to nobody gets an error naming the missing user."""
+    """A private message to nobody is refused: send() raises with the server's reason."""
     alice = await connect("alice")
-    await alice.send("hello?", to="ghost")
-    error = await receive_kind(alice, ERROR)
-    assert error.text == "no such user: ghost"
+    with pytest.raises(Refused, match=r"^no such user: ghost$"):
+        await alice.send("hello?", to="ghost")
+    accepted = await alice.send("still here")  # the connection goes on
+    assert accepted.id is not None
+    assert accepted.text == "still here"
 
 
 async def test_names_are_unique(connect: Factory, text_peer: Factory) -> None:

@@ -40,12 +40,14 @@ from ..exceptions import (
     InvalidFrame,
     MessageTooLong,
     ProtocolError,
+    Refused,
 )
 from . import commands
 from .framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
 from .wire import (
     CLOSING,
     ERROR,
+    GAP,
     JOIN,
     MESSAGE,
     NICK,
@@ -55,7 +57,7 @@ from .wire import (
     parse_frame,
 )
 
-__all__ = ["AUTH_REASONS", "Answer", "ClientProtocol", "RequestKind"]
+__all__ = ["AUTH_REASONS", "Answer", "ClientProtocol", "Reply", "RequestKind"]
 
 log = logging.getLogger("chatcast.client")
 
@@ -71,7 +73,7 @@ _PING: Final = b'{"type":"ping"}\n'
 _PONG: Final = b'{"type":"pong"}\n'
 
 
-def _chat_factory() -> Callable[[str, str, str, float], Message]:
+def _chat_factory() -> Callable[[str, str, str, float, int | None], Message]:
     """A maker of chat :class:`Message` objects, several times cheaper than ``Message(...)``.
 
     A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; on the
@@ -82,18 +84,21 @@ def _chat_factory() -> Callable[[str, str, str, float], Message]:
     """
     fields = [field.name for field in dataclasses.fields(Message)]
     plain = (
-        fields == ["text", "sender", "kind", "room", "timestamp", "to", "seq"]
+        fields
+        == ["text", "sender", "kind", "room", "timestamp", "to", "seq", "id", "history", "missed"]
         and not hasattr(Message, "__post_init__")
         and "__slots__" in Message.__dict__
     )
     if not plain:
-        return lambda text, sender, room, ts: Message(text, sender, MESSAGE, room, ts)
-    set_text, set_sender, set_kind, set_room, set_ts, set_to, set_seq = (
-        Message.__dict__[name].__set__ for name in fields
-    )
+        return lambda text, sender, room, ts, ident: Message(
+            text, sender, MESSAGE, room, ts, id=ident
+        )
+    setters = [Message.__dict__[name].__set__ for name in fields]
+    set_text, set_sender, set_kind, set_room, set_ts, set_to, set_seq, set_id = setters[:8]
+    set_history, set_missed = setters[8:]
     new = object.__new__
 
-    def chat(text: str, sender: str, room: str, ts: float) -> Message:
+    def chat(text: str, sender: str, room: str, ts: float, ident: int | None) -> Message:
         message: Message = new(Message)
         set_text(message, text)
         set_sender(message, sender)
@@ -102,6 +107,9 @@ def _chat_factory() -> Callable[[str, str, str, float], Message]:
         set_ts(message, ts)
         set_to(message, None)
         set_seq(message, None)
+        set_id(message, ident)
+        set_history(message, False)
+        set_missed(message, None)
         return message
 
     return chat
@@ -132,6 +140,21 @@ class Answer:
     value: list[str] | dict[str, int] | InvalidFrame
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The server's answer to a frame sent with a ``ref``: an acknowledged message, a
+    history request's messages, or a refusal.
+
+    Attributes:
+        ref: The ``ref`` the frame carried.
+        value: The accepted message's id (``int``), the messages of a history request
+            (``list[Message]``, oldest first), or the server's refusal.
+    """
+
+    ref: str
+    value: int | list[Message] | Refused
+
+
 class ClientProtocol:
     """The state of one chat client, across its connections, fed bytes and giving back events.
 
@@ -156,6 +179,10 @@ class ClientProtocol:
         bad_frames: Frames from the server that were skipped: undecodable, unknown, malformed.
         end_reason: Why the current connection would have ended if it ended now: the last
             ``error`` or ``closing`` reason, else ``"connection closed by server"``.
+        session: The session token of the last welcome (a secret: never log it); the next
+            hello presents it to resume, with :attr:`last_id`.
+        last_id: The id of the newest message received (live or replayed after a resume).
+        duplicates: Messages dropped because their id had been received already.
     """
 
     def __init__(
@@ -188,6 +215,16 @@ class ClientProtocol:
         self._cancelled: set[int] = set()
         self._tickets = 0
         self._pinged_at: float | None = None  # silence (s) at which we pinged; None: not
+        self.session: str | None = None
+        self.last_id = 0
+        self.duplicates = 0
+        self._resuming = False  # the hello asked to resume
+        self._refs = 0
+        self._replies: list[Reply] = []
+        # History requests being answered: ref -> the messages so far.
+        self._histories: dict[str, list[Message]] = {}
+        # Pushed ahead of the next messages: a gap when a resume was refused.
+        self._notices: list[Message] = []
 
     # -- state ------------------------------------------------------------------------------
 
@@ -228,6 +265,7 @@ class ClientProtocol:
         self._answers.clear()
         self._pending.clear()
         self._cancelled.clear()
+        self._histories.clear()
         self._pinged_at = None
         hello: dict[str, Any] = {"type": "hello", "version": commands.PROTOCOL_VERSION}
         if self.name is not None:
@@ -236,6 +274,10 @@ class ClientProtocol:
             hello["room"] = self.room
         if self.token is not None:
             hello["token"] = self.token
+        self._resuming = self.session is not None
+        if self.session is not None:
+            hello["session"] = self.session
+            hello["last"] = self.last_id
         return dump_frame(hello)
 
     def receive_eof(self) -> str:
@@ -268,6 +310,7 @@ class ClientProtocol:
         self._pending.clear()
         self._cancelled.clear()
         self._answers.clear()
+        self._histories.clear()
         self._out.clear()
         return lost
 
@@ -282,8 +325,9 @@ class ClientProtocol:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def message(self, text: str, *, to: str | None = None) -> bytes:
-        """Return the frame that sends ``text`` to my room, or privately to ``to``.
+    def message(self, text: str, *, to: str | None = None, ref: str | None = None) -> bytes:
+        """Return the frame that sends ``text`` to my room, or privately to ``to``; with a
+        ``ref`` (:meth:`new_ref`), the server answers it (:meth:`replies_received`).
 
         Raises:
             ValueError: ``text`` is empty or holds forbidden control characters, or ``to`` is
@@ -300,7 +344,49 @@ class ClientProtocol:
         frame: dict[str, Any] = {"type": "message", "text": text}
         if to is not None:
             frame["to"] = to
+        if ref is not None:
+            frame["ref"] = ref
         return self._encode(frame)
+
+    def new_ref(self) -> str:
+        """A ``ref`` not used before by this client."""
+        self._refs += 1
+        return str(self._refs)
+
+    def history(
+        self,
+        ref: str,
+        *,
+        room: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> bytes:
+        """Return the history request for ``room`` (default: mine): the latest ``limit``
+        messages, or those before/after an id. Its answer is a :class:`Reply` for ``ref``.
+
+        Raises:
+            ValueError: ``limit`` is not from 1 to 500, an id is negative, or ``room`` is
+                not a valid name.
+            ChannelClosed: :meth:`close` was called.
+        """
+        if not 1 <= limit <= commands.MAX_HISTORY_REQUEST:
+            raise ValueError(f"limit must be from 1 to {commands.MAX_HISTORY_REQUEST}")
+        frame: dict[str, Any] = {"type": "history", "limit": limit, "ref": ref}
+        if room is not None:
+            frame["room"] = self._checked(room, "room")
+        for key, value in (("before", before), ("after", after)):
+            if value is not None:
+                if value < 0:
+                    raise ValueError(f"{key} must be >= 0")
+                frame[key] = value
+        self._histories[ref] = []
+        return self._encode(frame)
+
+    def replies_received(self) -> list[Reply]:
+        """Return (and forget) the answers to frames sent with a ``ref``, in order."""
+        replies, self._replies = self._replies, []
+        return replies
 
     def join(self, room: str) -> bytes:
         """Return the frame that moves me to ``room`` (errors as for :meth:`message`)."""
@@ -403,6 +489,9 @@ class ClientProtocol:
                 return []
             frames = self._hello_frames(frames)
         out: list[Message] = []
+        if self._notices:
+            out.extend(self._notices)
+            self._notices.clear()
         append = out.append
         loads = json.loads
         for frame in frames:
@@ -418,19 +507,27 @@ class ClientProtocol:
                     # A JSON text that starts with "{" is an object: a dict.
                     obj = loads(frame)
                     text, sender, room, ts = obj["text"], obj["from"], obj["room"], obj["ts"]
+                    ident = obj.get("id")
                 except (ValueError, RecursionError, KeyError):
                     pass  # the full path says what is wrong
                 else:
                     if (
-                        len(obj) == 5  # nothing but type, from, text, room and ts
+                        # nothing but type, from, text, room, ts and (version 2) id
+                        len(obj) == (5 if ident is None else 6)
                         and obj["type"] == MESSAGE  # not a later duplicate "type"
                         and text.__class__ is str
                         and sender.__class__ is str
                         and room.__class__ is str
                         and ts.__class__ is float
                         and ts - ts == 0.0  # finite
+                        and (ident is None or (ident.__class__ is int and ident >= 0))
                     ):
-                        append(_chat(text, sender, room, ts))
+                        if ident is not None:
+                            if ident <= self.last_id:
+                                self.duplicates += 1
+                                continue
+                            self.last_id = ident
+                        append(_chat(text, sender, room, ts, ident))
                         continue
             message = self._frame(frame)
             if message is not None:
@@ -471,6 +568,22 @@ class ClientProtocol:
     def _welcomed(self, obj: dict[str, Any]) -> None:
         self.name = str(obj.get("name") or self.name)
         self.room = str(obj.get("room") or self.room)
+        session, last = obj.get("session"), obj.get("last")
+        resumed = obj.get("resumed") is True
+        if isinstance(session, str) and 0 < len(session) <= 64:
+            self.session = session
+        if not resumed and isinstance(last, int) and not isinstance(last, bool) and last >= 0:
+            # A new session: what came before it is history, not missed.
+            if self._resuming:
+                self._notices.append(
+                    Message(
+                        "the server could not resume the session: messages may have been missed",
+                        kind=GAP,
+                        room=self.room,
+                    )
+                )
+            self.last_id = last
+        self._resuming = False
         if isinstance(obj.get("text"), str):
             self.welcome = obj["text"]
         heartbeat = obj.get("heartbeat")
@@ -497,16 +610,37 @@ class ClientProtocol:
         if kind in ("who", "rooms"):
             self._answer(kind, obj)
             return None
+        if kind == "ack" or (kind == "history" and "ref" in obj):
+            self._reply(kind, obj)
+            return None
         if kind == "pong":
             return None
         if kind == "welcome":
             self._welcomed(obj)
+            return None
+        ref = obj.get("ref")
+        if ref is not None and kind == ERROR:
+            self._replies.append(Reply(str(ref), Refused(str(obj.get("text", "refused")))))
+            self._histories.pop(str(ref), None)
+            self.errors += 1
             return None
         try:
             message = decode_message(obj)
         except InvalidFrame as exc:
             self._bad(f"unexpected frame from server: {exc}")
             return None
+        if ref is not None:
+            collected = self._histories.get(str(ref))
+            if collected is not None:
+                collected.append(message)
+                return None
+        ident = message.id
+        if ident is not None and message.kind != GAP:
+            if ident > self.last_id:
+                self.last_id = ident
+            elif not message.history:
+                self.duplicates += 1
+                return None
         if message.kind == NICK and message.sender == self.name:
             self.name = message.text
         elif message.kind == JOIN and message.sender == self.name:
@@ -533,6 +667,21 @@ class ClientProtocol:
             self._cancelled.discard(ticket)
         else:
             self._answers.append(Answer(ticket, value))
+
+    def _reply(self, kind: str, obj: dict[str, Any]) -> None:
+        ref = str(obj["ref"])
+        if kind == "ack":
+            ident = obj.get("id")
+            if isinstance(ident, int) and not isinstance(ident, bool):
+                self._replies.append(Reply(ref, ident))
+            else:
+                self._bad("bad 'ack' from server: no id")
+            return
+        collected = self._histories.pop(ref, None)
+        if collected is None:
+            self._bad("unexpected 'history' answer from server")
+            return
+        self._replies.append(Reply(ref, collected))
 
     def _bad(self, what: str) -> None:
         self.bad_frames += 1

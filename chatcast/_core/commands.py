@@ -27,8 +27,10 @@ __all__ = [
     "CLIENT_COMMANDS",
     "ESCAPE",
     "HELP_TEXT",
+    "MAX_HISTORY_REQUEST",
     "MAX_NAME_LENGTH",
     "MAX_REASON_LENGTH",
+    "MAX_REF_LENGTH",
     "MULTICAST_COMMANDS",
     "OPERATOR_COMMANDS",
     "PROTOCOL_VERSION",
@@ -39,6 +41,7 @@ __all__ = [
     "CommandSet",
     "Hello",
     "Help",
+    "History",
     "Join",
     "Nick",
     "Ping",
@@ -55,11 +58,17 @@ __all__ = [
     "name_key",
     "parse_json",
     "parse_text",
+    "ref_of",
     "split_command",
 ]
 
-PROTOCOL_VERSION: Final = 1
+#: 2: message ids, history, resume and acks (docs/protocol.md, "Version 2").
+PROTOCOL_VERSION: Final = 2
 MAX_NAME_LENGTH: Final = 32
+#: The most messages one history request may ask for.
+MAX_HISTORY_REQUEST: Final = 500
+#: The longest ``ref`` a client may put on a frame to have it acknowledged.
+MAX_REF_LENGTH: Final = 64
 
 # Letters, digits, "_", "." and "-": printable everywhere, safe in "name: text" displays.
 _NAME = re.compile(r"[^\W][\w.\-]*")
@@ -82,6 +91,11 @@ class Hello:
     name: str | None
     room: str | None
     token: str | None
+    version: int = 1
+    session: str | None = None
+    """A session token from an earlier welcome: resume that session."""
+    last: int | None = None
+    """With ``session``: the id of the last message the client saw."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +104,19 @@ class Say:
 
     text: str
     to: str | None = None
+    ref: str | None = None
+    """The client's reference: the server acknowledges with it (``ack``) or refuses."""
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Ask for a room's recent messages: the latest ``limit``, or those before/after an id."""
+
+    room: str | None = None
+    limit: int = 50
+    before: int | None = None
+    after: int | None = None
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +174,7 @@ class Pong:
     """The answer to :class:`Ping`."""
 
 
-Command = Hello | Say | Join | Nick | Who | Rooms | Help | Quit | Auth | Ping | Pong
+Command = Hello | Say | Join | Nick | Who | Rooms | Help | Quit | Auth | Ping | Pong | History
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -246,6 +273,7 @@ SYNTAX: Final[Mapping[str, Syntax]] = MappingProxyType(
         "msg": Syntax("/msg NAME TEXT", "private message to NAME", needs_argument=True),
         "who": Syntax("/who [ROOM]", "who is in your room (or ROOM)"),
         "rooms": Syntax("/rooms", "list the rooms"),
+        "history": Syntax("/history [N]", "show the last N messages of your room"),
         "auth": Syntax(
             "/auth TOKEN", "log in, when the server asks for a token", needs_argument=True
         ),
@@ -289,11 +317,13 @@ class CommandSet:
 
 
 #: What a text-mode client may send the server (``docs/protocol.md``).
-SERVER_COMMANDS: Final = CommandSet(("nick", "join", "msg", "who", "rooms", "auth", "quit"))
+SERVER_COMMANDS: Final = CommandSet(
+    ("nick", "join", "msg", "who", "rooms", "history", "auth", "quit")
+)
 #: What ``chatcast client`` understands: the server's set but ``/auth`` (the token is given
 #: at start), and ``/exit`` for ``/quit``.
 CLIENT_COMMANDS: Final = CommandSet(
-    ("nick", "join", "msg", "who", "rooms", "quit"), aliases={"exit": "quit"}
+    ("nick", "join", "msg", "who", "rooms", "history", "quit"), aliases={"exit": "quit"}
 )
 #: What ``chatcast multicast chat`` understands.
 MULTICAST_COMMANDS: Final = CommandSet(
@@ -371,6 +401,12 @@ def parse_text(line: str, commands: CommandSet = SERVER_COMMANDS) -> Command:
         return Who(rest or None)
     if command == "rooms":
         return Rooms()
+    if command == "history":
+        if not rest:
+            return History()
+        if not rest.isdigit() or not 1 <= int(rest) <= MAX_HISTORY_REQUEST:
+            raise InvalidFrame(f"usage: /history [N], N from 1 to {MAX_HISTORY_REQUEST}")
+        return History(limit=int(rest))
     if command == "quit":
         return Quit(_reason(rest))
     if command == "auth":
@@ -414,7 +450,20 @@ def parse_json(frame: str | dict[str, Any]) -> Command:
     obj = parse_frame(frame) if isinstance(frame, str) else frame
     kind = obj["type"]
     if kind == "message":
-        return Say(check_text(_field(obj, "text", required=True)), to=_field(obj, "to"))
+        return Say(
+            check_text(_field(obj, "text", required=True)), to=_field(obj, "to"), ref=_ref(obj)
+        )
+    if kind == "history":
+        limit = _int(obj, "limit")
+        if limit is not None and not 1 <= limit <= MAX_HISTORY_REQUEST:
+            raise InvalidFrame(f'"limit" must be from 1 to {MAX_HISTORY_REQUEST}')
+        return History(
+            _field(obj, "room"),
+            50 if limit is None else limit,
+            _int(obj, "before"),
+            _int(obj, "after"),
+            _ref(obj),
+        )
     if kind == "join":
         return Join(_field(obj, "room", required=True))
     if kind == "nick":
@@ -430,8 +479,40 @@ def parse_json(frame: str | dict[str, Any]) -> Command:
     if kind == "quit":
         return Quit(_reason(_field(obj, "reason") or ""))
     if kind == "hello":
-        return Hello(_field(obj, "name"), _field(obj, "room"), _field(obj, "token"))
+        version = _int(obj, "version")
+        return Hello(
+            _field(obj, "name"),
+            _field(obj, "room"),
+            _field(obj, "token"),
+            1 if version is None else version,
+            _field(obj, "session"),
+            _int(obj, "last"),
+        )
     raise InvalidFrame(f"unknown frame type {kind!r}")  # "auth" too: the hello has the token
+
+
+def _int(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise InvalidFrame(f'"{key}" must be an integer from 0 to 2**63-1')
+    return value
+
+
+def ref_of(obj: dict[str, Any]) -> str | None:
+    """The ``ref`` of a frame, or None (also when it is not a valid one)."""
+    try:
+        return _ref(obj)
+    except InvalidFrame:
+        return None
+
+
+def _ref(obj: dict[str, Any]) -> str | None:
+    ref = _field(obj, "ref")
+    if ref is not None and not 0 < len(ref) <= MAX_REF_LENGTH:
+        raise InvalidFrame(f'"ref" must be 1 to {MAX_REF_LENGTH} characters')
+    return ref  # type: ignore[no-any-return]
 
 
 def _field(obj: dict[str, Any], key: str, *, required: bool = False) -> Any:

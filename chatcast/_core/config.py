@@ -13,6 +13,7 @@ from typing import Final, Literal
 from ..exceptions import InvalidFrame
 from .commands import check_name
 from .framing import DEFAULT_MAX_LINE_BYTES
+from .history import HistoryLimits
 
 __all__ = ["DEFAULT_WELCOME", "ServerConfig"]
 
@@ -56,6 +57,10 @@ class ServerConfig:
     close_timeout: float = 5.0
     reuse_port: bool = False
     notice_limit: int | None = 100
+    history: HistoryLimits = field(default_factory=HistoryLimits)
+    history_on_join: int = 20
+    resume_window: float = 120.0
+    max_sessions: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -101,6 +106,14 @@ class ServerConfig:
             raise ValueError(f"rate must be > 0 messages/s or None, got {self.rate}")
         if self.burst is not None and not self.burst >= 1:
             raise ValueError(f"burst must be >= 1, got {self.burst}")
+        if not isinstance(self.history, HistoryLimits):
+            raise TypeError(f"history must be a HistoryLimits, got {self.history!r}")
+        if not 0 <= self.history_on_join <= 500:
+            raise ValueError(f"history_on_join must be in 0..500, got {self.history_on_join}")
+        if not self.resume_window >= 0:
+            raise ValueError(f"resume_window must be >= 0 seconds, got {self.resume_window}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty (use None for no authentication)")
 

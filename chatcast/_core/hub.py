@@ -28,12 +28,16 @@ from . import commands as proto
 from .backlog import Backlog
 from .config import ServerConfig
 from .flood import Bucket
+from .history import ANNOUNCEMENTS, Entry, History, entry, room_entries, to_message
 from .peer import Peer, discard
-from .ports import Clock, ClusterLink
+from .ports import Clock, ClusterLink, Recorder
 from .rooms import Rooms
+from .sessions import Session, Sessions
 from .textpath import plain_chat, plain_lines
 from .wire import (
+    CLOSING,
     ERROR,
+    GAP,
     INFO,
     JOIN,
     LEAVE,
@@ -53,6 +57,16 @@ __all__ = ["Hub"]
 log = logging.getLogger("chatcast.server")
 
 
+def _frame_ref(frame: str) -> str | None:
+    """The ``ref`` of a JSON frame that failed to parse as a command, if it has one."""
+    if '"ref"' not in frame:
+        return None
+    try:
+        return proto.ref_of(parse_frame(frame))
+    except InvalidFrame:
+        return None
+
+
 def _shown(name: str) -> str:
     """A name as quoted back in an error: no longer than any name can be (a 64 KiB "name"
     must not come back whole)."""
@@ -62,6 +76,14 @@ def _shown(name: str) -> str:
 
 # Frames flood control lets through: heartbeats, and leaving.
 _UNMETERED: Final = (proto.Ping, proto.Pong, proto.Quit)
+
+#: Messages replayed to a resuming client per turn of the loop: a long replay is spread over
+#: turns, so the other clients' messages keep flowing meanwhile.
+REPLAY_CHUNK: Final = 256
+#: Private messages kept per session, for its owner to resume.
+PRIVATE_HISTORY: Final = 1000
+# How often the age limits of the history are applied (seconds).
+_EXPIRE_EVERY: Final = 5.0
 
 
 class Hub:
@@ -74,6 +96,10 @@ class Hub:
         release: Called once per peer when it stops counting against the server's limits
             (it is closing); the shell keeps those counts.
         wall: Wall-clock seconds, for message timestamps.
+        recorder: Where numbered room messages and announcements are handed to be kept on
+            disk (a store), or ``None``.
+        history: The ids and history to start from (a store's), or ``None`` for new ones.
+        token: Makes session tokens (tests pass a predictable one).
     """
 
     def __init__(
@@ -84,6 +110,9 @@ class Hub:
         cluster: ClusterLink | None = None,
         release: Callable[[Peer], None] = lambda peer: None,
         wall: Callable[[], float] = time.time,
+        recorder: Recorder | None = None,
+        history: History | None = None,
+        token: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -100,6 +129,14 @@ class Hub:
         self._names: dict[str, Peer] = {}  # by name_key(): one "alice" or "Alice"
         self._guest_counter = 0
         self.closing = False
+        #: Message ids and the bounded history of rooms, announcements and conversations.
+        self.history = history if history is not None else History(config.history)
+        self.recorder = recorder
+        #: Resumable sessions of JSON clients.
+        self.sessions = (
+            Sessions(config.max_sessions) if token is None else Sessions(config.max_sessions, token)
+        )
+        self._expired_at = 0.0
         # Counters (ServerStatistics).
         self.messages_in = 0
         self.bytes_in = 0
@@ -109,6 +146,9 @@ class Hub:
         self.auth_failures = 0
         self.rate_limited = 0
         self.timeouts = 0
+        self.resumes = 0
+        self.resume_failures = 0
+        self.replayed = 0
 
     # -- what the server asks ---------------------------------------------------------------
 
@@ -184,14 +224,28 @@ class Hub:
     def lost(self, peer: Peer, exc: Exception | None) -> None:
         """The connection of ``peer`` ended (``exc`` if it broke): it leaves, names go free."""
         peer.detach()
+        peer.replay = None
         self.peers.discard(peer)
         self.release(peer)
+        session = peer.session
+        held = False
+        if session is not None and session.peer is peer:
+            peer.session = None
+            session.room = peer.room or session.room
+            if self.config.resume_window > 0 and not self.closing:
+                # The name waits for its owner to come back with the token.
+                held = True
+                now = self.clock.time()
+                for pushed in self.sessions.detach(session, now + self.config.resume_window):
+                    self._end_session(pushed)
+            else:
+                self._end_session(session, release=False)
         if peer.room:
             self._leave_room(peer, "connection lost" if exc is not None else "quit")
         key = proto.name_key(peer.name)
         if peer.name and self._names.get(key) is peer:
             del self._names[key]
-            if self.cluster is not None:
+            if self.cluster is not None and not held:
                 self.cluster.release(peer.name)
         log.debug("connection from %s closed (%s)", peer.address, exc or "clean")
 
@@ -258,8 +312,8 @@ class Hub:
         Called from inside ``transport.write()``, possibly in the middle of a fan-out loop:
         it only swaps the peer's writer, and drops it (disconnect mode) on a later turn.
         """
-        if peer.closing:
-            return
+        if peer.closing or peer.replay is not None:
+            return  # a replay in progress checks the buffer itself when it ends
         if self.config.slow_consumer == "drop-oldest":
             if peer.backlog is None:
                 backlog = peer.backlog = Backlog()
@@ -288,7 +342,7 @@ class Hub:
         """The transport of ``peer`` drained: write its backlog (and what was dropped)."""
         backlog = peer.backlog
         transport = peer.transport
-        if backlog is None or transport is None or peer.closing:
+        if backlog is None or transport is None or peer.closing or peer.replay is not None:
             return
         peer.backlog = None
         peer.write = transport.write
@@ -305,6 +359,11 @@ class Hub:
         """Heartbeats, idle and authentication timeouts; call every ``sweep_interval``."""
         config = self.config
         now = self.clock.time()
+        for session in self.sessions.expired(now):
+            self._end_session(session)
+        if now - self._expired_at >= _EXPIRE_EVERY:
+            self._expired_at = now
+            self.history.expire(self._wall())
         for peer in list(self.peers):
             if peer.closing or not peer.greeted:  # a handshake has its own timeout
                 continue
@@ -432,11 +491,12 @@ class Hub:
             peer.deferred.extend(frames)
             return
         batch: list[str] = []
+        refs: list[tuple[int, str]] = []  # (index in batch, ref) of messages to acknowledge
         for index, frame in enumerate(frames):
             if peer.closing:
                 break
             if type(frame) is not str:
-                self._flush_batch(peer, batch)
+                self._flush_batch(peer, batch, refs)
                 self._error(peer, str(frame))
                 continue
             assert isinstance(frame, str)
@@ -457,27 +517,29 @@ class Hub:
                 else:
                     command = proto.parse_text(frame)
             except InvalidFrame as exc:
-                self._flush_batch(peer, batch)
-                self._error(peer, str(exc))
+                self._flush_batch(peer, batch, refs)
+                self._error(peer, str(exc), _frame_ref(frame) if peer.json else None)
                 continue
             if not peer.authenticated:
-                self._flush_batch(peer, batch)
+                self._flush_batch(peer, batch, refs)
                 self._unauthenticated(peer, command)
                 continue
             if type(command) is proto.Say and command.to is None:
-                if self._admit(peer):
+                if self._admit(peer, command.ref):
+                    if command.ref is not None:
+                        refs.append((len(batch), command.ref))
                     batch.append(command.text)
                 elif self._flooding(peer):
                     break  # relay what was accepted before this, then drop the flooder
                 continue
-            self._flush_batch(peer, batch)
+            self._flush_batch(peer, batch, refs)
             self._command(peer, command)
             if peer.deferred is not None:
                 peer.deferred.extend(frames[index + 1 :])
                 return
             if not peer.announced and peer.room and not peer.closing:
                 self._announce(peer)  # any first command ends the silent join grace
-        self._flush_batch(peer, batch)
+        self._flush_batch(peer, batch, refs)
         if self._flooding(peer) and not peer.closing:
             self._drop_flooder(peer)
 
@@ -519,6 +581,7 @@ class Hub:
 
     def _hello(self, peer: Peer, hello: proto.Hello) -> None:
         peer.json = True
+        peer.version = hello.version
         if peer.flush_timer is not None:
             peer.flush_timer.cancel()
             peer.flush_timer = None
@@ -531,20 +594,44 @@ class Hub:
                 return
             peer.authenticated = True
         room = proto.check_name(hello.room, "room") if hello.room else self.config.default_room
+        resumed: bool | None = None
+        if hello.session is not None:
+            session = self.sessions.find(hello.session)
+            if session is not None:
+                self._resume(peer, session, hello.last)
+                return
+            # Unknown, expired or forged: a new session (the welcome says it did not resume,
+            # so the client knows it may have missed messages). The token is never logged.
+            resumed = False
+            self.resume_failures += 1
+            log.info("resume refused for %s: unknown or expired session", peer.address)
         name = hello.name
         if name is not None:
             proto.check_name(name)
-            holder = self._names.get(proto.name_key(name))
-            if holder is not None and holder is not peer:
-                raise InvalidFrame(f"name {name!r} is taken")
+            self._check_free(peer, name)
             if self.cluster is not None:
                 self._claim(
-                    peer, name, room, lambda claimed: self._welcome(peer, name, room, claimed)
+                    peer,
+                    name,
+                    room,
+                    lambda claimed: self._welcome(peer, name, room, claimed, resumed),
                 )
                 return
-        self._welcome(peer, name, room, True)
+        self._welcome(peer, name, room, True, resumed)
 
-    def _welcome(self, peer: Peer, name: str | None, room: str, claimed: bool) -> None:
+    def _check_free(self, peer: Peer, name: str) -> None:
+        """Raise unless ``name`` is free for ``peer``: nobody has it, nor holds it to resume."""
+        key = proto.name_key(name)
+        holder = self._names.get(key)
+        if holder is not None and holder is not peer:
+            raise InvalidFrame(f"name {name!r} is taken")
+        session = self.sessions.holder(key)
+        if session is not None and session.peer is not peer:
+            raise InvalidFrame(f"name {name!r} is taken")
+
+    def _welcome(
+        self, peer: Peer, name: str | None, room: str, claimed: bool, resumed: bool | None = None
+    ) -> None:
         """Finish a hello: take the name and room, or refuse a name taken elsewhere."""
         if not claimed:
             self.errors += 1
@@ -559,19 +646,210 @@ class Hub:
                 self.rooms.discard(peer.room, peer)
                 peer.room = ""
         self._set_name(peer, name or (peer.name or self._guest_name()))
-        peer.write(
-            dump_frame(
-                {
-                    "type": "welcome",
-                    "name": peer.name,
-                    "room": room,
-                    "text": self.config.welcome,
-                    "version": proto.PROTOCOL_VERSION,
-                    "heartbeat": float(self.config.heartbeat_interval),
-                }
-            )
-        )
+        session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
+        peer.session = session
+        self._send_welcome(peer, room, token, resumed)
         self._add_to_room(peer, room, announce=True)
+        self._history_on_join(peer, room)
+
+    def _send_welcome(self, peer: Peer, room: str, token: str, resumed: bool | None) -> None:
+        welcome = {
+            "type": "welcome",
+            "name": peer.name,
+            "room": room,
+            "text": self.config.welcome,
+            "version": proto.PROTOCOL_VERSION,
+            "heartbeat": float(self.config.heartbeat_interval),
+            "session": token,
+            "last": self.history.latest_id,
+            "max_bytes": self.config.max_line_bytes,
+        }
+        if resumed is not None:
+            welcome["resumed"] = resumed
+        peer.write(dump_frame(welcome))
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def _resume(self, peer: Peer, session: Session, last: int | None) -> None:
+        """Give ``peer`` the name, room and missed messages of ``session``.
+
+        A ghost connection still holding the session (the server did not notice its link
+        die) is closed with a reason, and ``peer`` steps into its place without leave or
+        join notices; a session that was waiting gets a join notice.
+        """
+        self.resumes += 1
+        ghost = session.peer
+        room = session.room
+        seamless = False
+        if ghost is not None and ghost is not peer:
+            room = ghost.room or room
+            seamless = ghost.announced and bool(ghost.room)
+            ghost.session = None
+            if ghost.room:
+                self.rooms.discard(ghost.room, ghost)
+                ghost.room = ""
+                ghost.announced = False
+            key = proto.name_key(ghost.name)
+            if self._names.get(key) is ghost:
+                del self._names[key]  # now the new connection's: the cluster keeps its claim
+            log.info("%s resumed from %s: closing the old connection", session.name, peer.address)
+            self.disconnect(ghost, Message("resumed from another connection", kind=CLOSING))
+        else:
+            log.info("%s resumed from %s", session.name, peer.address)
+        if peer.room:  # the text-mode guest identity held since connecting
+            if peer.announced:
+                self._leave_room(peer, "switched to JSON mode")
+            else:
+                self.rooms.discard(peer.room, peer)
+                peer.room = ""
+        self._set_name(peer, session.name)
+        self.sessions.attach(session, peer)
+        peer.session = session
+        token = self.sessions.renew(session)  # a token is good for one resume
+        self._send_welcome(peer, room, token, True)
+        if seamless:
+            peer.room = room
+            peer.announced = True
+            self.rooms.add(room, peer)
+            if self.cluster is not None:
+                self.cluster.moved(peer.name, room)
+        else:
+            self._add_to_room(peer, room, announce=True)
+        self._replay_missed(peer, session, room, last)
+
+    def _replay_missed(self, peer: Peer, session: Session, room: str, last: int | None) -> None:
+        """Send ``peer`` what it missed after id ``last``: its room's messages (not its own),
+        announcements and its private messages, in id order; a gap first for what is gone."""
+        latest = self.history.latest_id
+        if last is None:
+            return
+        if last > latest:
+            self._error(peer, f"last id {last} is ahead of this server (latest {latest})")
+            return
+        items: list[Entry] = []
+        missed = 0
+        name = session.name
+        for key in (room, ANNOUNCEMENTS, session.key):
+            stream = self.history.log(key)
+            if stream is None:
+                continue
+            found = stream.after(last)
+            if key == room:
+                found = [item for item in found if item[3] != name]
+            items.extend(found)
+            missed += stream.missed(last)
+        items.sort(key=lambda item: item[0])
+        gap = Message("", kind=GAP, room=room, missed=missed) if missed else None
+        self._replay(peer, items, gap)
+
+    def _replay(self, peer: Peer, items: list[Entry], gap: Message | None = None) -> None:
+        """Write ``items`` (as history) to ``peer``, after ``gap``; a long replay is spread
+        over turns of the loop (:data:`REPLAY_CHUNK`), live output waiting behind it."""
+        json = peer.json
+        if gap is not None:
+            peer.write(encode(gap, json))
+        if not items:
+            return
+        self.replayed += len(items)
+        if len(items) <= REPLAY_CHUNK or peer.transport is None:
+            peer.write(b"".join([encode(to_message(item), json) for item in items]))
+            return
+        held: list[bytes] = []
+        peer.replay = held
+        peer.write = held.append
+        self.clock.call_soon(self._replay_chunk, peer, items, 0)
+
+    def _replay_chunk(self, peer: Peer, items: list[Entry], start: int) -> None:
+        held = peer.replay
+        transport = peer.transport
+        if held is None or transport is None or peer.closing:
+            peer.replay = None
+            return
+        end = start + REPLAY_CHUNK
+        json = peer.json
+        transport.write(b"".join([encode(to_message(item), json) for item in items[start:end]]))
+        if end < len(items):
+            self.clock.call_soon(self._replay_chunk, peer, items, end)
+            return
+        peer.replay = None
+        peer.write = transport.write
+        if held:
+            transport.write(b"".join(held))
+        if transport.get_write_buffer_size() > self.config.max_buffer_bytes:
+            self.paused(peer)  # it fell behind while the replay ignored back-pressure
+
+    def _end_session(self, session: Session, *, release: bool = True) -> None:
+        """Forget ``session`` and its private messages; a name it held waiting goes free."""
+        waiting = session.peer is None
+        self.sessions.end(session, proto.name_key)
+        self.history.drop(session.key)
+        if (
+            release
+            and waiting
+            and self.cluster is not None
+            and proto.name_key(session.name) not in self._names
+        ):
+            self.cluster.release(session.name)
+
+    # -- history ----------------------------------------------------------------------------
+
+    def _history_on_join(self, peer: Peer, room: str) -> None:
+        """The room's last messages, marked as history, to a client that understands them."""
+        count = self.config.history_on_join
+        if not count or not peer.json or peer.version < 2 or peer.closing:
+            return
+        stream = self.history.log(room)
+        if stream is not None and len(stream):
+            self._replay(peer, stream.before(None, count))
+
+    def _history_request(self, peer: Peer, command: proto.History) -> None:
+        room = proto.check_name(command.room, "room") if command.room else peer.room
+        latest = self.history.latest_id
+        for bound in (command.before, command.after):
+            if bound is not None and bound > latest + 1:
+                raise InvalidFrame(f"id {bound} is ahead of this server (latest {latest})")
+        stream = self.history.log(room)
+        items: list[Entry] = []
+        newest_first = command.after is None
+        if stream is not None:
+            if command.after is not None:
+                items = stream.after(command.after, command.limit)
+                if command.before is not None:
+                    items = [item for item in items if item[0] < command.before]
+            else:
+                items = stream.before(command.before, command.limit)
+        # A reply fits in half the client's buffer: a request costs bounded memory.
+        budget = self.config.max_buffer_bytes // 2
+        json = peer.json
+        frames: list[bytes] = []
+        size = 0
+        more = False
+        for item in reversed(items) if newest_first else items:
+            message = to_message(item)
+            if json and command.ref is not None:
+                data = dump_frame({**message.to_wire(), "ref": command.ref})
+            else:
+                data = encode(message, json)
+            size += len(data)
+            if size > budget and frames:
+                more = True
+                break
+            frames.append(data)
+        if newest_first:
+            frames.reverse()
+        if json:
+            end: dict[str, object] = {"type": "history", "room": room, "count": len(frames)}
+            if more:
+                end["more"] = True
+            if command.ref is not None:
+                end["ref"] = command.ref
+            frames.append(dump_frame(end))
+        elif not frames:
+            frames.append(encode(Message(f"no history in {room}", kind=INFO), False))
+        else:
+            head = f"last {len(frames)} message(s) in {room}:"
+            frames.insert(0, encode(Message(head, kind=INFO), False))
+        peer.write(b"".join(frames))
 
     def _unauthenticated(self, peer: Peer, command: proto.Command) -> None:
         if type(command) is proto.Auth:
@@ -623,11 +901,12 @@ class Hub:
 
     # -- flood control ----------------------------------------------------------------------
 
-    def _admit(self, peer: Peer) -> bool:
+    def _admit(self, peer: Peer, ref: str | None = None) -> bool:
         """Flood control (:class:`~.flood.Bucket`): take a token, or refuse the message.
 
         One error per run of refused messages, not one per message: a flood must not turn
-        into a flood of error frames.
+        into a flood of error frames. A message with a ``ref`` is always answered: its sender
+        waits for the answer (and a flooder is dropped soon anyway).
         """
         bucket = peer.bucket
         if bucket is None:
@@ -636,8 +915,9 @@ class Hub:
         if bucket.take(self.clock.time()):
             return True
         self.rate_limited += 1
-        if first and not bucket.flooding:
-            self._error(peer, f"rate limit ({self.config.rate:g}/s) exceeded: message dropped")
+        if ref is not None or (first and not bucket.flooding):
+            reason = f"rate limit ({self.config.rate:g}/s) exceeded: message dropped"
+            self._error(peer, reason, ref)
         return False
 
     def _flooding(self, peer: Peer) -> bool:
@@ -652,7 +932,8 @@ class Hub:
     # -- commands ---------------------------------------------------------------------------
 
     def _command(self, peer: Peer, command: proto.Command) -> None:
-        if type(command) not in _UNMETERED and not self._admit(peer):
+        ref = command.ref if type(command) is proto.Say or type(command) is proto.History else None
+        if type(command) not in _UNMETERED and not self._admit(peer, ref):
             # Every command takes a token, not only chat: /nick and /join make notices for a
             # whole room, and a flood of them is a flood.
             if self._flooding(peer):
@@ -660,7 +941,11 @@ class Hub:
             return
         try:
             if type(command) is proto.Say:
-                self._private(peer, command.text, command.to)
+                ident = self._private(peer, command.text, command.to)
+                if command.ref is not None and peer.json:
+                    peer.write(dump_frame({"type": "ack", "ref": command.ref, "id": ident}))
+            elif type(command) is proto.History:
+                self._history_request(peer, command)
             elif type(command) is proto.Join:
                 self.join(peer, proto.check_name(command.room, "room"))
             elif type(command) is proto.Nick:
@@ -682,6 +967,9 @@ class Hub:
             elif type(command) is proto.Help:
                 peer.send(Message(proto.HELP_TEXT, kind=INFO))
             elif type(command) is proto.Quit:
+                if peer.session is not None:  # leaving on purpose: nothing to resume
+                    self._end_session(peer.session, release=False)
+                    peer.session = None
                 self.disconnect(peer, None, leave_reason=command.reason or "quit")
             elif type(command) is proto.Ping:
                 peer.write(PONG_FRAME)
@@ -692,12 +980,16 @@ class Hub:
             elif type(command) is proto.Auth:
                 raise InvalidFrame("already authenticated")
         except InvalidFrame as exc:
-            self._error(peer, str(exc))
+            self._error(peer, str(exc), ref)
 
-    def _error(self, peer: Peer, reason: str) -> None:
+    def _error(self, peer: Peer, reason: str, ref: str | None = None) -> None:
+        """Tell ``peer`` of an error; with a ``ref`` (JSON mode), the frame carries it."""
         self.errors += 1
         log.debug("error for %s: %s", peer.name or peer.address, reason)
-        peer.send(Message(reason, kind=ERROR))
+        if ref is not None and peer.json:
+            peer.write(dump_frame({"type": "error", "text": reason, "reason": reason, "ref": ref}))
+        else:
+            peer.send(Message(reason, kind=ERROR))
 
     # -- rooms and names --------------------------------------------------------------------
 
@@ -754,13 +1046,12 @@ class Hub:
         self._add_to_room(peer, room, announce=True)
         if not peer.json:
             peer.send(Message(f"you are now in {room}", kind=INFO))
+        self._history_on_join(peer, room)
 
     def _nick(self, peer: Peer, name: str) -> None:
         if name == peer.name:
             return
-        holder = self._names.get(proto.name_key(name))
-        if holder is not None and holder is not peer:  # "Alice" may become "alice"
-            raise InvalidFrame(f"name {name!r} is taken")
+        self._check_free(peer, name)  # "Alice" may become "alice"
         if self.cluster is not None:
             self._claim(peer, name, peer.room, lambda claimed: self._renamed(peer, name, claimed))
             return
@@ -772,6 +1063,8 @@ class Hub:
             return
         old = peer.name
         self._set_name(peer, name)
+        if peer.session is not None:
+            self.sessions.rename(peer.session, proto.name_key(old), proto.name_key(name), name)
         message = Message(name, sender=old, kind=NICK, room=peer.room, timestamp=self.now())
         if peer.announced:
             self.notify_room(peer.room, message, peer)
@@ -780,18 +1073,83 @@ class Hub:
         # the join under the new one.
         peer.send(message)
 
-    def _private(self, peer: Peer, text: str, to: str | None) -> None:
+    def _private(self, peer: Peer, text: str, to: str | None) -> int:
+        """Deliver a private message; return its id."""
         assert to is not None
-        message = Message(text, sender=peer.name, kind=PRIVATE, to=to, timestamp=self.now())
-        target = self._names.get(proto.name_key(to))
+        key = proto.name_key(to)
+        target = self._names.get(key)
         if target is None or target.closing or not target.authenticated:
+            session = self.sessions.holder(key)
+            if session is not None and session.peer is None:
+                # Its owner is away but may resume: the message waits, for the owner only.
+                ident = self.history.take_ids(1)
+                message = Message(
+                    text, peer.name, PRIVATE, None, self.now(), session.name, None, ident
+                )
+                self.history.keep(session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
+                self.messages_in += 1
+                self.rooms.publish(message)
+                return ident
+            ident = self.history.take_ids(1)
+            message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
             if self.cluster is None or not self.cluster.private(message):
                 raise InvalidFrame(f"no such user: {_shown(to)}")
             self.messages_in += 1
             self.rooms.publish(message)
-            return
+            return ident
         self.messages_in += 1
+        ident = self.history.take_ids(1)
+        message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
+        self.deliver_private(target, message)
+        return ident
+
+    def deliver_private(self, target: Peer, message: Message) -> None:
+        """Deliver a private message (numbered here if it is not) to a local ``target``; its
+        session keeps it, for a resume."""
+        if message.id is None:
+            message = Message(
+                message.text,
+                message.sender,
+                PRIVATE,
+                None,
+                message.timestamp,
+                message.to,
+                None,
+                self.history.take_ids(1),
+            )
         self.rooms.deliver_private(target, message)
+        if target.session is not None:
+            self.history.keep(target.session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
+
+    def announce(self, message: Message) -> int:
+        """Number, keep and deliver an announcement to everyone (or its room); return how
+        many it was handed to."""
+        message = Message(
+            message.text,
+            message.sender,
+            message.kind,
+            message.room,
+            message.timestamp,
+            None,
+            None,
+            self.history.take_ids(1),
+        )
+        key = message.room if message.room is not None else ANNOUNCEMENTS
+        self._keep(key, [entry(message)])
+        return self.rooms.announce(message)
+
+    def relay_remote(self, sender: str, room: str, batch: list[str], timestamp: float) -> None:
+        """Number, keep and relay a batch another server's member sent to ``room``."""
+        first = self.history.take_ids(len(batch))
+        if room in self.rooms:
+            self.rooms.fan_out(room, None, sender, encode_str(sender), batch, timestamp, first)
+        self._keep(room, room_entries(first, timestamp, sender, room, batch))
+
+    def _keep(self, key: str, items: list[Entry]) -> None:
+        if self.history.enabled:
+            self.history.keep(key, items)
+        if self.recorder is not None:
+            self.recorder.record(items)
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -804,8 +1162,11 @@ class Hub:
             self.cluster.notice(message)
         self.rooms.notify(room, message, exclude)
 
-    def _flush_batch(self, peer: Peer, batch: list[str]) -> None:
-        """Relay the room messages in ``batch`` from ``peer`` to the rest of its room.
+    def _flush_batch(
+        self, peer: Peer, batch: list[str], refs: list[tuple[int, str]] | None = None
+    ) -> None:
+        """Relay the room messages in ``batch`` from ``peer`` to the rest of its room,
+        numbered and kept; acknowledge those in ``refs``.
 
         With a cluster the batch also crosses to the other servers, once per batch.
         """
@@ -814,9 +1175,24 @@ class Hub:
             return
         if not peer.announced:
             self._announce(peer)
-        self.messages_in += len(batch)
+        count = len(batch)
+        self.messages_in += count
         timestamp = self.now()
-        self.rooms.fan_out(peer.room, peer, peer.name, peer.name_json, batch, timestamp)
+        room = peer.room
+        first = self.history.take_ids(count)
+        self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp, first)
+        if self.history.enabled or self.recorder is not None:
+            self._keep(room, room_entries(first, timestamp, peer.name, room, batch))
         if self.cluster is not None:
-            self.cluster.batch(peer.name, peer.room, batch, timestamp)
+            self.cluster.batch(peer.name, room, batch, timestamp)
+        if refs:
+            peer.write(
+                b"".join(
+                    [
+                        b'{"type":"ack","ref":%s,"id":%d}\n' % (encode_str(ref).encode(), first + i)
+                        for i, ref in refs
+                    ]
+                )
+            )
+            refs.clear()
         batch.clear()

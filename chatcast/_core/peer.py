@@ -6,6 +6,7 @@ beyond attaching its transport. The hub (``hub.py``) is the only module that cha
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..exceptions import ProtocolError
 from .backlog import Backlog
@@ -13,6 +14,9 @@ from .flood import Bucket
 from .framing import LineDecoder
 from .ports import Timer, Transport
 from .wire import Message, encode
+
+if TYPE_CHECKING:
+    from .sessions import Session
 
 __all__ = ["Peer", "discard"]
 
@@ -46,8 +50,11 @@ class Peer:
         "name",
         "name_json",
         "pinged_at",
+        "replay",
         "room",
+        "session",
         "transport",
+        "version",
         "write",
     )
 
@@ -73,6 +80,10 @@ class Peer:
         self.flush_timer: Timer | None = None
         self.backlog: Backlog | None = None  # output waiting while paused (drop-oldest)
         self.bucket: Bucket | None = None  # flood control, when the server has a rate
+        self.version = 1  # the protocol version of a JSON client's hello
+        self.session: Session | None = None  # resumable identity (JSON clients)
+        # Live output held while missed messages are replayed (see Hub._replay), or None.
+        self.replay: list[bytes] | None = None
 
     def attach(self, transport: Transport, address: str) -> None:
         """Write to ``transport`` from now on (a new one after a TLS handshake, too)."""

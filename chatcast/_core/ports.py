@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from .wire import Message
 
-__all__ = ["Clock", "ClusterLink", "Timer", "Transport"]
+__all__ = ["Clock", "ClusterLink", "Recorder", "Store", "Timer", "Transport"]
 
 
 class Timer(Protocol):
@@ -54,6 +54,8 @@ class Transport(Protocol):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
 
+    def get_write_buffer_size(self) -> int: ...
+
 
 class ClusterLink(Protocol):
     """The hub's view of the other servers (``chatcast._cluster.Cluster``).
@@ -81,3 +83,34 @@ class ClusterLink(Protocol):
     def claim(
         self, claimant: object, name: str, room: str, then: Callable[[bool], None]
     ) -> None: ...
+
+
+class Recorder(Protocol):
+    """Where the hub hands every numbered room message and announcement to be kept on disk
+    (``chatcast.store.SQLiteStore``). Never blocks: the store writes in batches elsewhere.
+
+    Each item is a :data:`~chatcast._core.history.Entry`:
+    ``(id, timestamp, kind, sender, text, room, to)``; ``room`` is ``None`` for an
+    announcement to everyone.
+    """
+
+    def record(
+        self, items: list[tuple[int, float, str, str, str, str | None, str | None]]
+    ) -> None: ...
+
+
+class Store(Recorder, Protocol):
+    """A message store a server opens at start and closes at the end
+    (``chatcast.store.SQLiteStore``)."""
+
+    def open(self) -> tuple[int, list[Message]]:
+        """Open (blocking: run it in a thread); return the next id and the kept messages.
+
+        Raises:
+            StoreError: The store cannot be used.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Write what is queued, then close."""
+        ...

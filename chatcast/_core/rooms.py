@@ -14,7 +14,7 @@ from typing import Final
 
 from .peer import Peer
 from .ports import Clock
-from .wire import JOIN, LEAVE, MESSAGE, NICK, Message, encode, encode_str, json_batch, text_batch
+from .wire import JOIN, LEAVE, MESSAGE, NICK, Message, encode, json_batch, text_batch
 
 __all__ = ["NOTICE_DELAY", "Rooms"]
 
@@ -200,11 +200,6 @@ class Rooms:
             count += 1
         return count
 
-    def relay_remote(self, sender: str, room: str, batch: list[str], timestamp: float) -> None:
-        """Relay a batch that another server's member sent to ``room``, to our members."""
-        if room in self._rooms:
-            self.fan_out(room, None, sender, encode_str(sender), batch, timestamp)
-
     def fan_out(
         self,
         room: str,
@@ -213,11 +208,13 @@ class Rooms:
         sender_json: str,
         batch: list[str],
         timestamp: float,
+        first_id: int | None = None,
     ) -> None:
         """Hand ``batch`` to every member of ``room`` but ``exclude``; never waits.
 
         The hot path: both wire forms are built once for the whole batch (lazily, only if
-        a recipient needs that form) and handed to each transport in one write.
+        a recipient needs that form) and handed to each transport in one write. JSON frames
+        carry ids from ``first_id`` on.
         """
         if self._notices:
             self._flush_room_notices(room)  # who joined or left before these messages
@@ -228,7 +225,7 @@ class Rooms:
                 continue
             if member.json:
                 if not json_members:
-                    json_data = json_batch(sender_json, room, batch, timestamp)
+                    json_data = json_batch(sender_json, room, batch, timestamp, first_id)
                 member.write(json_data)
                 json_members += 1
             else:
@@ -239,7 +236,6 @@ class Rooms:
         self.messages_out += len(batch) * (text_members + json_members)
         self.bytes_out += text_members * len(text_data) + json_members * len(json_data)
         if self._sinks:
-            for text in batch:
-                self.publish(
-                    Message(text, sender=sender, kind=MESSAGE, room=room, timestamp=timestamp)
-                )
+            for offset, text in enumerate(batch):
+                ident = None if first_id is None else first_id + offset
+                self.publish(Message(text, sender, MESSAGE, room, timestamp, None, None, ident))

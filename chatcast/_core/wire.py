@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import count
 from typing import Any, Final
 
 from ..exceptions import InvalidFrame
@@ -171,17 +172,24 @@ def text_batch(name: str, batch: list[str]) -> bytes:
     return (prefix + "\n".join(batch).replace("\n", "\n" + prefix) + "\n").encode()
 
 
-def json_batch(name_json: str, room: str, batch: list[str], timestamp: float) -> bytes:
+def json_batch(
+    name_json: str, room: str, batch: list[str], timestamp: float, first_id: int | None = None
+) -> bytes:
     """Room messages in the JSON form, one frame each, all in one buffer.
 
     ``name_json`` is the sender already encoded (:data:`encode_str`). Everything but the text
-    is the same for the whole batch, so the frames are the encoded texts joined by
-    "tail + head" (a C loop, not a Python one). Equal to encoding each
-    ``Message(text, name, MESSAGE, room, timestamp)`` with :func:`encode`.
+    (and the id) is the same for the whole batch. Without ids the frames are the encoded texts
+    joined by "tail + head" (a C loop, not a Python one); with ids (``first_id``, then one
+    more per message) one format per frame. Equal to encoding each
+    ``Message(text, name, MESSAGE, room, timestamp, id=...)`` with :func:`encode`.
     """
     head = '{"type":"message","from":' + name_json + ',"text":'
-    tail = ',"room":' + encode_str(room) + ',"ts":' + repr(timestamp) + "}\n"
-    return (head + (tail + head).join(map(encode_str, batch)) + tail).encode()
+    tail = ',"room":' + encode_str(room) + ',"ts":' + repr(timestamp)
+    if first_id is None:
+        tail += "}\n"
+        return (head + (tail + head).join(map(encode_str, batch)) + tail).encode()
+    frame = head.replace("%", "%%") + "%s" + tail.replace("%", "%%") + ',"id":%d}\n'
+    return "".join([frame % pair for pair in zip(map(encode_str, batch), count(first_id))]).encode()
 
 
 def parse_frame(frame: str) -> dict[str, Any]:
@@ -366,6 +374,8 @@ def render_text(message: Message) -> str:
         return f"* {count} message(s) missed{source} (no longer available)"
     else:
         prefix = "* "
+    if message.history:
+        prefix = "[history] " + prefix
     return "\n".join(
         prefix + line for line in sanitize(message.text, keep_newlines=True).split("\n")
     )

@@ -16,6 +16,7 @@ from .._core.commands import (
     CLIENT_COMMANDS,
     Command,
     Help,
+    History,
     Join,
     Nick,
     Quit,
@@ -25,8 +26,9 @@ from .._core.commands import (
     help_text,
     parse_text,
 )
+from .._core.history import HistoryLimits
 from ..client import BroadcastClient
-from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame
+from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame, Refused
 from ..message import (
     ANNOUNCEMENT,
     INFO,
@@ -139,6 +141,35 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--reuse-port", action="store_true", help="set SO_REUSEPORT (share the port with others)"
     )
     server.add_argument(
+        "--store",
+        metavar="FILE",
+        default=None,
+        help="keep the history and message ids in this SQLite file, across restarts "
+        "(default: in memory only)",
+    )
+    server.add_argument(
+        "--history",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="messages kept per room for /history, joins and resumes (default: %(default)s; "
+        "0: none)",
+    )
+    server.add_argument(
+        "--history-on-join",
+        type=int,
+        default=20,
+        metavar="N",
+        help="last messages a client gets on joining a room (default: %(default)s; 0: none)",
+    )
+    server.add_argument(
+        "--resume-window",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long a dropped client's name waits for it to resume (default: %(default)s)",
+    )
+    server.add_argument(
         "--web-port",
         type=int,
         default=None,
@@ -211,6 +242,8 @@ async def run_server(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         where = redact(args.backplane)
+    if args.history < 0:
+        raise ValueError(f"--history must be 0 or more, got {args.history}")
     web = None
     if args.web_port is not None:
         if args.workers != 1:
@@ -220,6 +253,8 @@ async def run_server(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise ValueError(str(exc)) from None
     if args.workers != 1:
+        if args.store:
+            raise ValueError("--store needs one process: --workers would share one database")
         from .workers import run_workers
 
         return await run_workers(args, where)
@@ -245,6 +280,10 @@ async def run_server(args: argparse.Namespace) -> int:
         ssl=context,
         reuse_port=args.reuse_port,
         backplane=backplane,
+        history=HistoryLimits(messages=args.history) if args.history else None,
+        history_on_join=args.history_on_join,
+        resume_window=args.resume_window,
+        store=args.store,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -417,7 +456,18 @@ async def _client_command(console: Console, client: BroadcastClient, command: Co
     """
     match command:
         case Say(text, to):
-            await client.send(text, to=to)
+            try:
+                await client.send(text, to=to)
+            except Refused as exc:
+                console.write(f"! {sanitize(exc.reason)}")
+            except TimeoutError:
+                console.write("! the server did not confirm that message")
+        case History(limit=limit):
+            messages = await client.history(limit=limit)
+            if not messages:
+                console.write(f"* no history in {client.room}")
+            for message in messages:
+                console.write(render_text(message))
         case Join(room):
             await client.join(room)
         case Nick(name):

@@ -70,13 +70,13 @@ def test_hello_carries_name_room_and_token() -> None:
     """The hello names what was asked for, the token included, and the protocol version."""
     protocol = ClientProtocol(name="alice", room="den", token="s3cret")
     hello = json.loads(protocol.connect())
-    assert hello == {"type": "hello", "version": 1, "name": "alice", "room": "den",
+    assert hello == {"type": "hello", "version": 2, "name": "alice", "room": "den",
                      "token": "s3cret"}  # fmt: skip
 
 
 def test_hello_without_name_room_or_token() -> None:
     """Without a name, room or token the hello leaves them out: the server picks."""
-    assert json.loads(ClientProtocol().connect()) == {"type": "hello", "version": 1}
+    assert json.loads(ClientProtocol().connect()) == {"type": "hello", "version": 2}
 
 
 def test_welcome_sets_name_room_text_and_heartbeat() -> None:
@@ -477,3 +477,84 @@ def test_a_frame_with_leading_blanks_is_still_json() -> None:
     (message,) = protocol.receive_data(b"  " + chat("spaced"))
     assert (message.sender, message.text) == ("bob", "spaced")
     assert protocol.receive_data(b"* a stray text line\n") == []
+
+
+# -- version 2: ids, resume, acks, history --------------------------------------------------
+
+
+def welcome2(session: str = "tok", last: int = 10, **extra: Any) -> bytes:
+    return frame(
+        type="welcome", name="alice", room="lobby", text="hi", version=2, heartbeat=30.0,
+        session=session, last=last, **extra,
+    )  # fmt: skip
+
+
+def chat2(text: str, ident: int, **extra: Any) -> bytes:
+    return frame(type="message", sender="bob", text=text, room="lobby", ts=1.5, id=ident, **extra)
+
+
+def test_the_next_hello_resumes_with_the_token_and_the_last_id() -> None:
+    protocol = ClientProtocol(name="alice")
+    protocol.connect()
+    protocol.receive_data(welcome2(session="s1", last=10))
+    assert (protocol.session, protocol.last_id) == ("s1", 10)
+    got = protocol.receive_data(chat2("a", 11) + chat2("b", 12))
+    assert [(m.text, m.id) for m in got] == [("a", 11), ("b", 12)]
+    protocol.connection_lost()
+    hello = json.loads(protocol.connect())
+    assert (hello["session"], hello["last"]) == ("s1", 12)
+    # The replay (history) raises last_id; a live duplicate is dropped and counted.
+    replay = chat2("c", 13, history=True)
+    got = protocol.receive_data(welcome2(session="s2", last=99, resumed=True) + replay)
+    assert [(m.text, m.history) for m in got] == [("c", True)]
+    assert (protocol.session, protocol.last_id) == ("s2", 13)
+    assert protocol.receive_data(chat2("c", 13)) == []
+    assert protocol.duplicates == 1
+
+
+def test_a_refused_resume_is_a_gap_to_the_application() -> None:
+    protocol = ClientProtocol(name="alice")
+    protocol.connect()
+    protocol.receive_data(welcome2(session="s1", last=3))
+    protocol.connection_lost()
+    protocol.connect()
+    got = protocol.receive_data(welcome2(session="s9", last=50, resumed=False))
+    assert [m.kind for m in got] == ["gap"]
+    assert protocol.last_id == 50
+
+
+def test_history_on_join_does_not_move_the_last_id() -> None:
+    protocol = ClientProtocol(name="alice")
+    protocol.connect()
+    got = protocol.receive_data(welcome2(last=10) + chat2("old", 4, history=True))
+    assert [(m.text, m.history) for m in got] == [("old", True)]
+    assert protocol.last_id == 10
+
+
+def test_acks_refusals_and_history_answers_go_to_their_refs() -> None:
+    protocol = opened()
+    first, second, third = protocol.new_ref(), protocol.new_ref(), protocol.new_ref()
+    assert json.loads(protocol.message("hi", ref=first))["ref"] == first
+    request = json.loads(protocol.history(third, room="den", limit=2, before=9))
+    assert request == {"type": "history", "limit": 2, "ref": third, "room": "den", "before": 9}
+    data = (
+        frame(type="ack", ref=first, id=7)
+        + frame(type="error", text="no such user: carol", reason="no such user: carol", ref=second)
+        + chat2("h1", 3, history=True, ref=third)
+        + chat2("h2", 4, history=True, ref=third)
+        + frame(type="history", room="den", count=2, ref=third)
+    )
+    assert protocol.receive_data(data) == []  # none of it is for the application's queue
+    replies = protocol.replies_received()
+    assert [reply.ref for reply in replies] == [first, second, third]
+    assert replies[0].value == 7
+    assert str(replies[1].value) == "no such user: carol"
+    history = replies[2].value
+    assert isinstance(history, list)
+    assert [(m.text, m.history) for m in history] == [("h1", True), ("h2", True)]
+
+
+@pytest.mark.parametrize("limit", [0, 501])
+def test_a_history_request_out_of_range_is_refused_before_sending(limit: int) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        opened().history("1", limit=limit)

@@ -158,7 +158,7 @@ def test_server_is_the_default_set() -> None:
 
 
 def test_help_text_is_the_servers_documented_help() -> None:
-    """The server's /help answer is unchanged by building it from the table."""
+    """The server's /help answer is built from the table, in the documented order."""
     assert (
         proto.HELP_TEXT
         == help_text()
@@ -169,6 +169,7 @@ def test_help_text_is_the_servers_documented_help() -> None:
             "  /msg NAME TEXT    private message to NAME\n"
             "  /who [ROOM]       who is in your room (or ROOM)\n"
             "  /rooms            list the rooms\n"
+            "  /history [N]      show the last N messages of your room\n"
             "  /auth TOKEN       log in, when the server asks for a token\n"
             "  /quit [REASON]    leave\n"
             "  //text            send a line that starts with '/'\n"
@@ -191,6 +192,7 @@ def test_help_lists_what_parses(commands: CommandSet) -> None:
     for usage in usages:
         typed = usage.replace("[", "").replace("]", "").replace("TOKEN", "t")
         typed = typed.replace("TEXT", "hello").replace("NAME", "bob").replace("ROOM", "den")
+        typed = typed.replace(" N", " 5")
         assert parse_text(typed, commands) != Say(typed)  # a command, not chat text
 
 

@@ -97,6 +97,9 @@ class FakeTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high = high
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def text(self) -> str:
         return b"".join(self.chunks).decode()
 

@@ -1,0 +1,335 @@
+"""Ids, acks, history and resume in the hub, with fake peers and a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+from chatcast._core.history import HistoryLimits
+from chatcast._core.hub import REPLAY_CHUNK
+from chatcast._core.peer import Peer
+from chatcast._core.rooms import NOTICE_DELAY
+
+from .test_hub import Chat, FakeTransport
+
+
+class ResumeChat(Chat):
+    """A chat whose session tokens are predictable: t1, t2, ..."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        tokens = (f"t{n}" for n in itertools.count(1))
+        self.hub.sessions._token = lambda: next(tokens)
+
+    def hello(self, **fields: Any) -> tuple[Peer, FakeTransport]:
+        """A JSON client (protocol version 2 unless told) that sent ``fields`` in its hello."""
+        peer, transport = self.connect()
+        hello = {"type": "hello", "version": 2, **fields}
+        self.hub.receive(peer, (json.dumps(hello) + "\n").encode())
+        self.clock.advance(NOTICE_DELAY)
+        return peer, transport
+
+    def send(self, peer: Peer, **frame: Any) -> None:
+        self.hub.receive(peer, (json.dumps(frame) + "\n").encode())
+        self.clock.advance(NOTICE_DELAY)
+
+
+def welcome(transport: FakeTransport) -> dict[str, Any]:
+    return next(frame for frame in transport.frames() if frame["type"] == "welcome")
+
+
+def texts(transport: FakeTransport, kind: str = "message") -> list[str]:
+    return [frame["text"] for frame in transport.frames() if frame["type"] == kind]
+
+
+def test_welcome_gives_a_session_and_messages_carry_increasing_ids() -> None:
+    chat = ResumeChat()
+    alice, alice_out = chat.hello(name="alice")
+    bob, bob_out = chat.hello(name="bob")
+    assert welcome(alice_out)["session"] == "t1"
+    assert welcome(bob_out)["session"] == "t2"
+    assert welcome(bob_out)["last"] == 0
+    chat.send(alice, type="message", text="one")
+    chat.hub.receive(alice, b'{"type":"message","text":"two"}\n{"type":"message","text":"3"}\n')
+    chat.send(bob, type="message", text="private", to="alice")
+    received = [f for f in bob_out.frames() if f["type"] == "message"]
+    assert [(f["text"], f["id"]) for f in received] == [("one", 1), ("two", 2), ("3", 3)]
+    private = [f for f in alice_out.frames() if f["type"] == "private"]
+    assert private[0]["id"] == 4
+
+
+def test_acks_carry_the_ref_and_the_id() -> None:
+    chat = ResumeChat()
+    alice, alice_out = chat.hello(name="alice")
+    chat.hello(name="bob")
+    alice_out.chunks.clear()
+    chat.hub.receive(
+        alice,
+        b'{"type":"message","text":"a","ref":"r1"}\n'
+        b'{"type":"message","text":"b"}\n'
+        b'{"type":"message","text":"c","ref":"r3"}\n'
+        b'{"type":"message","text":"d","to":"bob","ref":"r4"}\n',
+    )
+    acks = [f for f in alice_out.frames() if f["type"] == "ack"]
+    assert acks == [
+        {"type": "ack", "ref": "r1", "id": 1},
+        {"type": "ack", "ref": "r3", "id": 3},
+        {"type": "ack", "ref": "r4", "id": 4},
+    ]
+
+
+def test_refusals_carry_the_ref() -> None:
+    chat = ResumeChat(rate=1, burst=1)
+    alice, alice_out = chat.hello(name="alice")
+    alice_out.chunks.clear()
+    chat.hub.receive(
+        alice,
+        b'{"type":"message","text":"to nobody","to":"ghost","ref":"p"}\n'
+        b'{"type":"message","text":"over the limit","ref":"q"}\n'
+        b'{"type":"message","text":"bell \\u0007","ref":"r"}\n',
+    )
+    errors = {f["ref"]: f["reason"] for f in alice_out.frames() if f["type"] == "error"}
+    assert errors == {
+        "p": "no such user: ghost",
+        "q": "rate limit (1/s) exceeded: message dropped",
+        "r": "control character U+0007 is not allowed",
+    }
+
+
+def test_a_ref_that_is_too_long_is_refused() -> None:
+    chat = ResumeChat()
+    alice, alice_out = chat.hello(name="alice")
+    chat.send(alice, type="message", text="x", ref="r" * 65)
+    assert texts(alice_out, "error") == ['"ref" must be 1 to 64 characters']
+
+
+def test_resume_closes_the_ghost_and_replays_what_was_missed_once() -> None:
+    """The link died without a FIN: the server still holds the old connection. The client
+    comes back with its token and last id: name back at once, the ghost closed with a
+    reason, every missed message once, in order, then the live stream."""
+    chat = ResumeChat()
+    ghost, ghost_out = chat.hello(name="alice")
+    bob, bob_out = chat.hello(name="bob")
+    chat.send(bob, type="message", text="seen")
+    last = max(f["id"] for f in ghost_out.frames() if "id" in f)
+    bob_out.chunks.clear()
+    for n in range(5):  # alice's link is dead: these reach the ghost's transport only
+        chat.send(bob, type="message", text=f"missed {n}")
+    alice, alice_out = chat.hello(name="alice", session="t1", last=last)
+    assert ghost.closing
+    assert ghost_out.frames()[-1] == {
+        "type": "closing",
+        "text": "resumed from another connection",
+        "reason": "resumed from another connection",
+    }
+    hello = welcome(alice_out)
+    assert hello["resumed"] is True
+    assert hello["name"] == "alice"
+    assert hello["session"] == "t3"  # a token is good for one resume
+    replayed = [f for f in alice_out.frames() if f["type"] == "message"]
+    assert [f["text"] for f in replayed] == [f"missed {n}" for n in range(5)]
+    assert all(f["history"] is True for f in replayed)
+    chat.send(bob, type="message", text="live")
+    assert texts(alice_out)[-1] == "live"
+    assert texts(alice_out).count("live") == 1
+    chat.hub.lost(ghost, None)  # the ghost's end, when it comes, changes nothing
+    assert chat.hub.peer_named("alice") is alice
+    chat.clock.advance(1)
+    assert [f for f in bob_out.frames() if f["type"] in ("join", "leave")] == []
+    assert chat.hub.resumes == 1
+
+
+def test_a_dropped_session_holds_its_name_and_private_messages() -> None:
+    chat = ResumeChat(resume_window=60)
+    alice, alice_out = chat.hello(name="alice")
+    bob, bob_out = chat.hello(name="bob")
+    last = welcome(alice_out)["last"]
+    chat.hub.lost(alice, ConnectionResetError())
+    chat.clock.advance(NOTICE_DELAY)
+    assert [f["text"] for f in bob_out.frames() if f["type"] == "leave"] == ["connection lost"]
+    _thief, thief_out = chat.hello(name="ALICE")
+    assert thief_out.frames()[-1]["reason"] == "name 'ALICE' is taken"
+    chat.send(bob, type="message", text="for your eyes", to="alice", ref="k")
+    assert next(f for f in bob_out.frames() if f["type"] == "ack")["ref"] == "k"
+    chat.send(bob, type="message", text="to the room")
+    back, back_out = chat.hello(session="t1", last=last)
+    assert back.name == "alice"
+    frames = [f for f in back_out.frames() if f["type"] in ("private", "message")]
+    assert [(f["type"], f["text"]) for f in frames] == [
+        ("private", "for your eyes"),
+        ("message", "to the room"),
+    ]
+    assert [f["from"] for f in bob_out.frames() if f["type"] == "join"][-1] == "alice"
+
+
+def test_after_the_window_the_name_is_free_and_the_privates_are_gone() -> None:
+    chat = ResumeChat(resume_window=60)
+    alice, _ = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob")
+    chat.hub.lost(alice, None)
+    chat.send(bob, type="message", text="secret", to="alice")
+    chat.clock.advance(61)
+    chat.hub.tick()
+    assert chat.hub.sessions.waiting == 0
+    newcomer, newcomer_out = chat.hello(name="alice", session="t1", last=0)
+    hello = welcome(newcomer_out)
+    assert hello["resumed"] is False  # expired: a new session, under the name now free
+    assert newcomer.name == "alice"
+    assert "secret" not in newcomer_out.text()
+    assert chat.hub.resume_failures == 1
+
+
+def test_a_gap_says_how_many_are_gone() -> None:
+    chat = ResumeChat(history=HistoryLimits(messages=3))
+    _ghost, ghost_out = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob")
+    last = welcome(ghost_out)["last"]
+    for n in range(10):
+        chat.send(bob, type="message", text=str(n))
+    _, alice_out = chat.hello(session="t1", last=last)
+    frames = [f for f in alice_out.frames() if f["type"] in ("gap", "message")]
+    assert frames[0] == {"type": "gap", "text": "", "room": "lobby", "missed": 7}
+    assert [f["text"] for f in frames[1:]] == ["7", "8", "9"]
+
+
+def test_forged_and_replayed_tokens_get_nothing() -> None:
+    chat = ResumeChat()
+    _alice, _alice_out = chat.hello(name="alice")
+    for token in ("t2", "x" * 5000, "", "t1\u0000"):
+        _, out = chat.hello(name="mallory", session=token, last=0)
+        if out.frames()[-1]["type"] == "error":
+            assert out.frames()[-1]["reason"] == "name 'mallory' is taken"
+            continue
+        assert welcome(out)["resumed"] is False
+        assert welcome(out)["name"] == "mallory"
+        chat.hub.receive(chat.hub.peer_named("mallory"), b'{"type":"quit"}\n')  # type: ignore[arg-type]
+    # The real token, twice at once: the second finds it already replaced.
+    first, first_out = chat.hello(session="t1", last=0)
+    second, second_out = chat.hello(session="t1", last=0)
+    assert welcome(first_out)["resumed"] is True
+    assert welcome(second_out)["resumed"] is False
+    assert second.name != "alice"
+    assert chat.hub.peer_named("alice") is first
+
+
+def test_an_id_from_the_future_is_an_error_and_replays_nothing() -> None:
+    chat = ResumeChat()
+    chat.hello(name="alice")
+    _, out = chat.hello(session="t1", last=10**12)
+    assert welcome(out)["resumed"] is True
+    assert texts(out, "error") == ["last id 1000000000000 is ahead of this server (latest 0)"]
+
+
+def test_a_long_replay_is_spread_over_turns_and_live_output_waits_behind_it() -> None:
+    chat = ResumeChat()
+    _ghost, ghost_out = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob")
+    last = welcome(ghost_out)["last"]
+    count = REPLAY_CHUNK * 3 + 7
+    for n in range(count):
+        chat.hub.receive(bob, f'{{"type":"message","text":"m{n}"}}\n'.encode())
+    alice, alice_out = chat.connect()
+    chat.hub.receive(alice, b'{"type":"hello","version":2,"session":"t1","last":%d}\n' % last)
+    chat.hub.receive(bob, b'{"type":"message","text":"live"}\n')  # during the replay
+    assert alice.replay is not None
+    chat.clock.advance(1)
+    assert alice.replay is None
+    got = texts(alice_out)
+    assert got == [f"m{n}" for n in range(count)] + ["live"]
+
+
+def test_quit_ends_the_session_and_frees_the_name_at_once() -> None:
+    chat = ResumeChat()
+    alice, _ = chat.hello(name="alice")
+    chat.send(alice, type="quit")
+    chat.hub.lost(alice, None)
+    again, _out = chat.hello(name="alice")
+    assert again.name == "alice"
+    _, forged = chat.hello(session="t1", last=0)
+    assert welcome(forged)["resumed"] is False
+
+
+def test_history_on_join_is_marked_and_only_for_version_2() -> None:
+    chat = ResumeChat(history_on_join=2)
+    bob, _ = chat.hello(name="bob")
+    for text in ("a", "b", "c"):
+        chat.send(bob, type="message", text=text)
+    _, new_out = chat.hello(name="new")
+    frames = [f for f in new_out.frames() if f["type"] == "message"]
+    assert [(f["text"], f["history"]) for f in frames] == [("b", True), ("c", True)]
+    _, old_out = chat.hello(name="old", version=1)
+    assert texts(old_out) == []
+    _, text_out = chat.text_peer("nc")
+    assert "alice" not in text_out.text()
+    assert [line for line in text_out.lines() if line.startswith("bob:")] == []
+
+
+def test_history_requests() -> None:
+    chat = ResumeChat()
+    bob, bob_out = chat.hello(name="bob")
+    for n in range(1, 11):
+        chat.send(bob, type="message", text=f"m{n}")  # ids 1..10
+    bob_out.chunks.clear()
+    chat.send(bob, type="history", limit=3, ref="h")
+    frames = bob_out.frames()
+    assert [f["text"] for f in frames[:3]] == ["m8", "m9", "m10"]
+    assert all(f["history"] and f["ref"] == "h" for f in frames[:3])
+    assert frames[3] == {"type": "history", "room": "lobby", "count": 3, "ref": "h"}
+    bob_out.chunks.clear()
+    chat.send(bob, type="history", after=4, before=7)
+    assert texts(bob_out) == ["m5", "m6"]
+    bob_out.chunks.clear()
+    for bad in ({"limit": 501}, {"limit": 0}, {"after": 99}, {"before": -1}, {"room": "../x"}):
+        chat.send(bob, type="history", ref="e", **bad)
+    reasons = [f["reason"] for f in bob_out.frames() if f["type"] == "error"]
+    assert reasons == [
+        '"limit" must be from 1 to 500',
+        '"limit" must be from 1 to 500',
+        "id 99 is ahead of this server (latest 10)",
+        '"before" must be an integer from 0 to 2**63-1',
+        "room may hold only letters, digits, '_', '.' and '-'",
+    ]
+
+
+def test_a_history_reply_is_bounded_in_bytes() -> None:
+    chat = ResumeChat(max_buffer_bytes=200_000)
+    bob, bob_out = chat.hello(name="bob")
+    big = "x" * 20_000
+    for _ in range(30):
+        chat.send(bob, type="message", text=big)
+    bob_out.chunks.clear()
+    chat.send(bob, type="history", limit=30)
+    end = bob_out.frames()[-1]
+    assert end["more"] is True
+    assert sum(len(chunk) for chunk in bob_out.chunks) <= 100_000 + 25_000
+
+
+def test_text_mode_history_is_marked() -> None:
+    chat = ResumeChat()
+    alice, _ = chat.text_peer("alice")
+    bob, bob_out = chat.text_peer("bob")
+    chat.hub.receive(alice, b"one\ntwo\n")
+    bob_out.chunks.clear()
+    chat.hub.receive(bob, b"/history 5\n")
+    assert bob_out.lines() == [
+        "* last 2 message(s) in lobby:",
+        "[history] alice: one",
+        "[history] alice: two",
+    ]
+    chat.hub.receive(bob, b"/history 9999\n")
+    assert bob_out.lines()[-1] == "! usage: /history [N], N from 1 to 500"
+
+
+def test_announcements_are_numbered_kept_and_replayed() -> None:
+    from chatcast.message import ANNOUNCEMENT, Message
+
+    chat = ResumeChat()
+    _, ghost_out = chat.hello(name="alice")
+    last = welcome(ghost_out)["last"]
+    chat.hub.announce(Message("server restarts at noon", "server", ANNOUNCEMENT, None, 1.0))
+    announced = [f for f in ghost_out.frames() if f["type"] == "announcement"]
+    assert announced[0]["id"] == 1
+    _, out = chat.hello(session="t1", last=last)
+    replayed = [f for f in out.frames() if f["type"] == "announcement"]
+    assert [(f["text"], f["history"]) for f in replayed] == [("server restarts at noon", True)]
