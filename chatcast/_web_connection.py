@@ -159,6 +159,9 @@ class _MessageTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._conn.raw.set_write_buffer_limits(high, low)
 
+    def get_write_buffer_size(self) -> int:
+        return self._conn.raw.get_write_buffer_size()
+
 
 def _close_code(data: bytes) -> tuple[int, str]:
     """The close code and reason for a connection whose last frame was ``data``'s last."""

@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from chatcast import BroadcastClient, BroadcastServer
+from chatcast._web_connection import WebConnection
 from chatcast.web import WebGateway
 from tests.browser import Page, find_browser, start_browser
 from tests.conftest import receive_kind
@@ -223,3 +224,38 @@ async def test_the_page_asks_for_the_token(driver: WebDriver, windows: list[Page
         assert server.statistics().auth_failures == 1
         await run(page.join, "fred", "sesame")
         await run(page.wait_text, "status", "connected as fred")
+
+
+async def test_a_dropped_page_resumes_and_shows_what_it_missed(
+    driver: WebDriver, windows: list[Page]
+) -> None:
+    """History on joining; after a dropped link the page resumes its session, and what was
+    said meanwhile is shown once, marked as earlier."""
+    async with (
+        BroadcastServer("127.0.0.1", 0, join_grace=0.05) as server,
+        WebGateway(server, port=0) as gateway,
+        BroadcastClient("127.0.0.1", server.port, name="gus") as gus,
+    ):
+        await gus.send("before you came")
+        page = open_page(driver, windows)
+        await run(page.open, gateway.url)
+        await run(page.join, "hana")
+        await run(page.wait_text, "status", "connected as hana")
+        await run(page.wait_line, "gus: before you came")
+        earlier = (
+            "return [...document.querySelectorAll('#log li.history')].map(li => li.textContent)"
+        )
+        assert any("before you came" in line for line in await run(page.script, earlier))
+        # The link dies as a network's would: the server drops the connection.
+        (web_peer,) = [peer for peer in server._hub.peers if isinstance(peer, WebConnection)]
+        web_peer.raw.abort()
+        await gus.send("while you were away")
+        await run(page.wait_line, "what you missed follows")
+        await run(page.wait_line, "gus: while you were away")
+        lines = await run(page.lines)
+        assert len([line for line in lines if "while you were away" in line]) == 1
+        assert any("while you were away" in line for line in await run(page.script, earlier))
+        assert await run(page.text, "status") == "connected as hana"
+        await run(page.say, "back")
+        message = await receive_kind(gus, "message")
+        assert (message.sender, message.text) == ("hana", "back")

@@ -175,7 +175,8 @@
     state.ws = ws;
     state.welcomed = false;
     ws.onopen = () => {
-      const hello = { type: "hello" };
+      // version 2: ids, history on joining, resume (older servers ignore it).
+      const hello = { type: "hello", version: 2 };
       if (state.name) hello.name = state.name;
       if (state.room) hello.room = state.room;
       if (state.token) hello.token = state.token;
@@ -215,6 +216,11 @@
     }
     if (!state.joinedOnce && !wasWelcomed && state.attempts === 0 && code === 1006) {
       $("join-error").textContent = "cannot reach the server; trying again…";
+    }
+    if (/resumed from another connection/.test(reason)) {  // this chat went on elsewhere
+      setStatus("disconnected: the chat continued in another window");
+      $("retry").hidden = false;
+      return;
     }
     if (/authentication/i.test(reason)) {  // the token changed: ask again
       state.joinedOnce = false;
@@ -263,6 +269,9 @@
         state.lastClose = "";
         state.name = f.name;
         state.session = typeof f.session === "string" ? f.session : null;
+        // A new session starts from the server's latest id: older messages were not missed.
+        if (!resumed && typeof f.last === "number" && f.last > state.lastId) state.lastId = f.last;
+        if (typeof f.max_bytes === "number") state.maxBytes = f.max_bytes;
         $("join-error").textContent = "";
         showChat(true);
         setRoom(f.room);
