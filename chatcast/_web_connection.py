@@ -22,8 +22,10 @@ hub's pause/resume (``max_buffer_bytes``, the slow-consumer policy) applies as i
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
+import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -85,7 +87,49 @@ class Door:
     # member, so it is framed once. Holding the buffer keeps its identity from being reused.
     last_data: bytes = b""
     last_frames: bytes = b""
-    _spare: list[bytes] = field(default_factory=list)
+    # TLS started by the gateway on each connection (as BroadcastServer does), so that at
+    # most max_handshakes run at once and each connection is counted from its accept.
+    ssl: ssl_module.SSLContext | None = None
+    max_handshakes: int = 64
+    handshakes: int = 0
+    tls_waiting: collections.deque[WebConnection] = field(default_factory=collections.deque)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def start_handshakes(self) -> None:
+        """Start the waiting TLS handshakes that fit under ``max_handshakes``."""
+        loop = asyncio.get_running_loop()
+        while self.tls_waiting and self.handshakes < self.max_handshakes:
+            conn = self.tls_waiting.popleft()
+            if not conn.opening or conn.raw.is_closing():
+                continue
+            left = conn.accepted_at + self.open_timeout - loop.time()
+            if left <= 0:
+                conn.raw.abort()
+                continue
+            self.handshakes += 1
+            task = loop.create_task(self._handshake(conn, left))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _handshake(self, conn: WebConnection, seconds: float) -> None:
+        assert self.ssl is not None
+        try:
+            transport = await asyncio.get_running_loop().start_tls(
+                conn.raw, conn, self.ssl, server_side=True, ssl_handshake_timeout=seconds
+            )
+        except (OSError, EOFError) as exc:  # SSLError, TimeoutError, ConnectionError too
+            # The TLS layer had taken the connection over: its end never reaches conn.
+            log.info("TLS handshake with %s failed: %s", conn.address, exc or "timeout")
+            conn.connection_lost(exc)
+            return
+        finally:
+            self.handshakes -= 1
+            self.start_handshakes()
+        if transport is None or not conn.opening:
+            if transport is not None:
+                transport.abort()
+            return
+        conn.handshake_done(transport)
 
     def frames(self, data: bytes) -> bytes:
         """``data`` (LF-terminated JSON frames) as unmasked WebSocket text frames."""
@@ -195,7 +239,18 @@ class WebConnection(Peer, asyncio.Protocol):
     websockets does; ``/ws`` upgrades it, and it becomes a hub peer once counted.
     """
 
-    __slots__ = ("_parts", "_timer", "counted", "door", "opening", "raw", "ws")
+    __slots__ = (
+        "_early",
+        "_parts",
+        "_timer",
+        "accepted_at",
+        "counted",
+        "door",
+        "handshaking",
+        "opening",
+        "raw",
+        "ws",
+    )
 
     def __init__(self, door: Door) -> None:
         super().__init__(door.max_message_bytes)
@@ -206,6 +261,9 @@ class WebConnection(Peer, asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.counted = False  # admitted by the server: its end is the server's to hear of
         self.opening = False  # counted in door.pending: accepted, no WebSocket open yet
+        self.handshaking = door.ssl is not None  # TLS to be started by the gateway
+        self._early: list[bytes] | None = None  # read before the TLS transport was ours
+        self.accepted_at = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -222,11 +280,27 @@ class WebConnection(Peer, asyncio.Protocol):
             return
         door.pending += 1
         self.opening = True
-        self._timer = asyncio.get_running_loop().call_later(
-            door.open_timeout, self._timed_out, "opening"
-        )
+        loop = asyncio.get_running_loop()
+        self.accepted_at = loop.time()
+        self._timer = loop.call_later(door.open_timeout, self._timed_out, "opening")
+        if self.handshaking:
+            # Not a byte of the ClientHello may reach us: it is for the TLS layer.
+            self.raw.pause_reading()
+            door.tls_waiting.append(self)
+            door.start_handshakes()
+
+    def handshake_done(self, transport: asyncio.Transport) -> None:
+        """TLS is up: write through ``transport``, and read what came meanwhile."""
+        self.raw = transport
+        self.handshaking = False
+        early, self._early = self._early or [], None
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
+        if self.handshaking:
+            self._early = [*(self._early or []), data]
+            return
         self.ws.receive_data(data)
         self._events()
 
@@ -236,6 +310,7 @@ class WebConnection(Peer, asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.handshaking = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

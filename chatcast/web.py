@@ -96,7 +96,8 @@ class WebGateway:
     counts against ``max_clients`` and ``max_per_address`` as a TCP client does; at most
     ``max_clients`` (1024 without a limit) connections may be opening at once (HTTP requests
     for the page and WebSocket handshakes), each for at most ``ssl_handshake_timeout``
-    seconds from its accept (its TLS handshake included); a WebSocket must say hello within
+    seconds from its accept (its TLS handshake included), and at most ``max_handshakes`` TLS
+    handshakes run at once, as on the TCP port; a WebSocket must say hello within
     ``auth_timeout``.
 
     Raises:
@@ -172,12 +173,19 @@ class WebGateway:
         )
         loop = asyncio.get_running_loop()
         ssl = server.ssl
+        # As BroadcastServer: TLS is started by us on each accepted connection, at most
+        # max_handshakes at once; on uvloop (which reads before the TLS layer could take
+        # over), by create_server, before the connection is counted.
+        in_accept = ssl is not None and not isinstance(loop, asyncio.BaseEventLoop)
+        if ssl is not None and not in_accept:
+            door.ssl = ssl
+            door.max_handshakes = config.max_handshakes
         self._listener = await loop.create_server(
             lambda: WebConnection(door),
             self.host,
             self._port,
-            ssl=ssl,
-            ssl_handshake_timeout=config.ssl_handshake_timeout if ssl is not None else None,
+            ssl=ssl if in_accept else None,
+            ssl_handshake_timeout=config.ssl_handshake_timeout if in_accept else None,
             backlog=1024,
         )
         self._port = self._listener.sockets[0].getsockname()[1]
@@ -201,9 +209,11 @@ class WebGateway:
                 hub.disconnect(peer, Message("web gateway closing", kind=CLOSING))
 
     async def wait_closed(self) -> None:
-        """Wait until the listener is closed."""
+        """Wait until the listener is closed and TLS handshakes in progress have ended."""
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self._door is not None and self._door.tasks:
+            await asyncio.wait(list(self._door.tasks), timeout=self.server.close_timeout)
 
     async def __aenter__(self) -> WebGateway:
         await self.start()

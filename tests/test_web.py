@@ -276,3 +276,30 @@ async def test_wss_with_the_servers_certificate(chat: Any) -> None:
     url = f"wss://127.0.0.1:{gateway.port}/ws"
     async with connect(url, ssl=client_context, origin=gateway.url.rstrip("/")) as ws:
         assert (await hello(ws, name="secure"))["name"] == "secure"
+
+
+async def test_tls_handshakes_are_bounded_as_for_tcp(chat: Any) -> None:
+    """With TLS, at most max_handshakes run at once, as on the TCP port: while a silent
+    connection holds the only slot the next gets no ServerHello; then it gets its turn."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    _, gateway = await chat(ssl=server_context, max_handshakes=1, ssl_handshake_timeout=3)
+    silent = await TextPeer.connect(gateway.port)
+    url = f"wss://127.0.0.1:{gateway.port}/ws"
+    origin: Any = gateway.url.rstrip("/")
+
+    async def open_socket() -> ClientConnection:
+        return await connect(url, ssl=client_context, origin=origin, open_timeout=5)
+
+    waiting = asyncio.create_task(open_socket())
+    done, _ = await asyncio.wait([waiting], timeout=0.3)
+    assert not done  # no handshake for it while the slot is held
+    await silent.close()  # the silent one's handshake fails at its EOF: the slot is free
+    async with asyncio.timeout(timeout(5)):
+        ws = await waiting
+    async with ws:
+        assert (await hello(ws, name="patient"))["name"] == "patient"
