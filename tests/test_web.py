@@ -303,3 +303,53 @@ async def test_tls_handshakes_are_bounded_as_for_tcp(chat: Any) -> None:
         ws = await waiting
     async with ws:
         assert (await hello(ws, name="patient"))["name"] == "patient"
+
+
+def _six(hex_colour: str) -> str:
+    """``#rgb`` or ``#rrggbb`` as six hex digits."""
+    digits = hex_colour.lstrip("#")
+    return "".join(d * 2 for d in digits) if len(digits) == 3 else digits
+
+
+def _luminance(hex_colour: str) -> float:
+    """WCAG 2 relative luminance of ``#rrggbb`` (or ``#rgb``)."""
+    digits = _six(hex_colour)
+    channels = [int(digits[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_page_text_has_readable_contrast() -> None:
+    """Every text colour of the page's style sheet is at least 4.5:1 on its backgrounds
+    (WCAG AA), and nothing is faded with opacity."""
+    import importlib.resources
+    import re
+
+    css = (importlib.resources.files("chatcast") / "static" / "chat.css").read_text()
+    colours = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-fA-F]{3,6});", css))
+    assert "opacity" not in css
+    pairs = [
+        (text, background)
+        for text in ("fg", "muted", "accent", "error", "notice", "private", "server")
+        for background in ("bg", "panel")
+    ]
+    pairs += [("error", "error-bg")]
+    for text, background in pairs:
+        light, dark = sorted(
+            (_luminance(colours[text]), _luminance(colours[background])), reverse=True
+        )
+        ratio = (light + 0.05) / (dark + 0.05)
+        assert ratio >= 4.5, f"{text} on {background}: {ratio:.2f}:1"
+    button = (_luminance("#ffffff") + 0.05) / (_luminance(colours["accent"]) + 0.05)
+    assert button >= 4.5  # white on the accent colour
+
+
+async def test_flood_control_applies_to_websockets(chat: Any) -> None:
+    """The server's rate limit holds for a WebSocket client: excess dropped, with an error."""
+    server, gateway = await chat(rate=1.0, burst=1.0)
+    async with connect(ws_url(gateway)) as ws:
+        await hello(ws, name="fast")
+        for n in range(3):
+            await ws.send(json.dumps({"type": "message", "text": f"m{n}"}))
+        assert "rate limit" in (await frame(ws, "error"))["reason"]
+    assert server.statistics().rate_limited >= 1

@@ -18,9 +18,10 @@ pytest.importorskip("selenium", reason="needs selenium (pip install '.[test]')")
 
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from chatcast import BroadcastClient, BroadcastServer
+from chatcast import BroadcastClient, BroadcastServer, HistoryLimits
 from chatcast._web_connection import WebConnection
 from chatcast.web import WebGateway
 from tests.browser import Page, find_browser, start_browser
@@ -134,6 +135,8 @@ async def test_pages_chat_with_each_other_nc_and_a_client(
                 assert "[private] alice: psst" in await run(bob.wait_line, "psst")
                 await carol.send("for bob only", to="bob")
                 await run(bob.wait_line, "[private] carol: for bob only")
+                await run(bob.say, "/msg nobody hello?")
+                assert "! no such user: nobody" in await run(bob.wait_line, "no such user")
 
                 # Room switching: bob goes to the kitchen by clicking a room after /join.
                 await run(bob.say, "/join kitchen")
@@ -149,7 +152,7 @@ async def test_pages_chat_with_each_other_nc_and_a_client(
                 lobby = await run(
                     bob.wait, lambda d: d.find_element(By.CSS_SELECTOR, "#rooms [data-room=lobby]")
                 )
-                await run(lobby.click)
+                await run(lobby.send_keys, Keys.ENTER)  # a keyboard user's "click"
                 await run(bob.wait_text, "room-title", "lobby")
                 await run(alice.wait_line, "bob joined lobby")
 
@@ -231,8 +234,9 @@ async def test_a_dropped_page_resumes_and_shows_what_it_missed(
 ) -> None:
     """History on joining; after a dropped link the page resumes its session, and what was
     said meanwhile is shown once, marked as earlier."""
+    history = HistoryLimits(messages=3)
     async with (
-        BroadcastServer("127.0.0.1", 0, join_grace=0.05) as server,
+        BroadcastServer("127.0.0.1", 0, join_grace=0.05, history=history) as server,
         WebGateway(server, port=0) as gateway,
         BroadcastClient("127.0.0.1", server.port, name="gus") as gus,
     ):
@@ -259,3 +263,12 @@ async def test_a_dropped_page_resumes_and_shows_what_it_missed(
         await run(page.say, "back")
         message = await receive_kind(gus, "message")
         assert (message.sender, message.text) == ("hana", "back")
+        # Away longer than the room's history: the page says how many are gone.
+        (web_peer,) = [peer for peer in server._hub.peers if isinstance(peer, WebConnection)]
+        web_peer.raw.abort()
+        for n in range(5):
+            await gus.send(f"missed {n}")
+        await run(page.wait_line, "gus: missed 4")
+        gap = await run(page.wait_line, "missed in lobby")
+        assert "2 messages missed in lobby (no longer available)" in gap
+        assert not [line for line in await run(page.lines) if "missed 1" in line]

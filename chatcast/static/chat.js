@@ -30,6 +30,7 @@
     roomsTimer: null,
     maxBytes: 65536,
     lastClose: "",
+    refs: 0,
   };
 
   // -- the page ------------------------------------------------------------------------------
@@ -359,8 +360,11 @@
       case "ping":
         send({ type: "pong" });
         break;
+      case "ack":
+        fresh(f);  // our own message's id: resuming starts after it
+        break;
       default:
-        break;  // pong, ack, and what newer servers add
+        break;  // pong, and what newer servers add
     }
   }
 
@@ -411,7 +415,9 @@
     if (!line.trim()) return;
     if (line.startsWith("/") && !line.startsWith("//")) { command(line); return; }
     const text = line.startsWith("//") ? line.slice(1) : line;
-    const frame = { type: "message", text };
+    // ref: the server acknowledges with the message's id (servers without acks ignore it).
+    state.refs += 1;
+    const frame = { type: "message", text, ref: "m" + state.refs };
     if (new TextEncoder().encode(JSON.stringify(frame)).length > state.maxBytes) {
       problem("message too long (the server takes " + state.maxBytes + " bytes at most)");
       return;
