@@ -272,3 +272,10 @@ async def test_a_dropped_page_resumes_and_shows_what_it_missed(
         gap = await run(page.wait_line, "missed in lobby")
         assert "2 messages missed in lobby (no longer available)" in gap
         assert not [line for line in await run(page.lines) if "missed 1" in line]
+        # A reload of the tab resumes too (the session is kept for this tab), where the
+        # name would otherwise be held for its owner's return and refused.
+        await run(driver.refresh)
+        await gus.send("during the reload")
+        await run(page.wait_line, "gus: during the reload")
+        assert await run(page.text, "status") == "connected as hana"
+        assert server.who() == ["gus", "hana"]

@@ -270,6 +270,7 @@
         state.lastClose = "";
         state.name = f.name;
         state.session = typeof f.session === "string" ? f.session : null;
+        remember();
         // A new session starts from the server's latest id: older messages were not missed.
         if (!resumed && typeof f.last === "number" && f.last > state.lastId) state.lastId = f.last;
         if (typeof f.max_bytes === "number") state.maxBytes = f.max_bytes;
@@ -438,6 +439,7 @@
     }
     state.joinedOnce = state.welcomed = false;
     state.session = null;
+    remember();
     state.attempts = 0;
     showChat(false);
     $("retry").hidden = true;
@@ -447,20 +449,52 @@
     $("name").focus();
   }
 
+  // The session survives a reload of the tab (sessionStorage: this tab only, never the token),
+  // so reloading the page resumes instead of finding one's own name taken.
+  function remember() {
+    try {
+      if (state.session && state.joinedOnce) {
+        sessionStorage.setItem("chatcast-session", JSON.stringify({
+          session: state.session, name: state.name, room: state.room, lastId: state.lastId,
+        }));
+      } else {
+        sessionStorage.removeItem("chatcast-session");
+      }
+    } catch (err) { /* storage refused: a reload starts afresh */ }
+  }
+
+  function remembered() {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem("chatcast-session") || "null");
+      if (saved && typeof saved.session === "string" && typeof saved.name === "string") return saved;
+    } catch (err) { /* none */ }
+    return null;
+  }
+
+  function submit() {
+    state.name = $("name").value.trim();
+    state.room = $("room").value.trim();
+    state.token = $("token").value;
+    state.attempts = 0;
+    const saved = remembered();
+    if (saved && saved.name === state.name) {
+      state.session = saved.session;
+      state.lastId = typeof saved.lastId === "number" ? saved.lastId : 0;
+    }
+    $("join-error").textContent = "";
+    $("go").disabled = true;
+    $("log").replaceChildren();
+    $("who").replaceChildren();
+    try { localStorage.setItem("chatcast-name", state.name); } catch (err) { /* private mode */ }
+    connect();
+  }
+
   function start() {
     $("noscript").hidden = true;
+    window.addEventListener("pagehide", remember);
     $("join").addEventListener("submit", (event) => {
       event.preventDefault();
-      state.name = $("name").value.trim();
-      state.room = $("room").value.trim();
-      state.token = $("token").value;
-      state.attempts = 0;
-      $("join-error").textContent = "";
-      $("go").disabled = true;
-      $("log").replaceChildren();
-      $("who").replaceChildren();
-      try { localStorage.setItem("chatcast-name", state.name); } catch (err) { /* private mode */ }
-      connect();
+      submit();
     });
     $("say").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -479,10 +513,16 @@
     $("leave").addEventListener("click", () => leave(""));
     window.addEventListener("online", () => { if (state.timer) connect(); });
     try { $("name").value = localStorage.getItem("chatcast-name") || ""; } catch (err) { /* none */ }
+    const saved = remembered();
+    if (saved) {
+      $("name").value = saved.name;
+      $("room").value = saved.room || "";
+    }
     fetch("info.json", { cache: "no-store" }).then((r) => r.json()).then((info) => {
       if (info.token) $("token-row").hidden = false;
       if (typeof info.room === "string") $("room").placeholder = info.room;
       if (typeof info.max_message_bytes === "number") state.maxBytes = info.max_message_bytes;
+      if (saved && !info.token && !state.ws) submit();  // a reload: carry on where we were
     }).catch(() => { /* the form still works; the server says what it needs */ });
     $("name").focus();
   }
