@@ -299,7 +299,9 @@ class WebConnection(Peer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.handshaking:
-            self._early = [*(self._early or []), data]
+            if self._early is None:
+                self._early = []
+            self._early.append(data)
             return
         self.ws.receive_data(data)
         self._events()
@@ -383,6 +385,7 @@ class WebConnection(Peer, asyncio.Protocol):
         door.upgrades += 1
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None  # free for the closing handshake's timeout, if refused
         self.attach(_MessageTransport(self), self.address)
         self.counted = True
         refusal = door.admit(self)
@@ -398,7 +401,9 @@ class WebConnection(Peer, asyncio.Protocol):
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.CONT:
             if not frame.fin:
-                self._parts = [*(self._parts or []), bytes(frame.data)]
+                if self._parts is None:
+                    self._parts = []
+                self._parts.append(bytes(frame.data))  # the total is bounded by max_size
                 return
             if self._parts is not None:
                 data = b"".join([*self._parts, frame.data])

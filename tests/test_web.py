@@ -353,3 +353,18 @@ async def test_flood_control_applies_to_websockets(chat: Any) -> None:
             await ws.send(json.dumps({"type": "message", "text": f"m{n}"}))
         assert "rate limit" in (await frame(ws, "error"))["reason"]
     assert server.statistics().rate_limited >= 1
+
+
+async def test_fragmented_messages_are_reassembled(chat: Any) -> None:
+    """A message sent in fragments (even one byte each) is one frame for the hub."""
+    server, gateway = await chat()
+    async with (
+        connect(ws_url(gateway)) as ws,
+        BroadcastClient("127.0.0.1", server.port, name="reader") as reader,
+    ):
+        await ws.send(iter(['{"type":"hel', 'lo","name":"frag"}']))
+        await frame(ws, "welcome")
+        text = json.dumps({"type": "message", "text": "pieces " * 300})
+        await ws.send(iter(text))  # one fragment per character
+        message = await receive_kind(reader, "message")
+        assert (message.sender, message.text) == ("frag", "pieces " * 300)
