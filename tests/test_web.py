@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -368,3 +370,32 @@ async def test_fragmented_messages_are_reassembled(chat: Any) -> None:
         await ws.send(iter(text))  # one fragment per character
         message = await receive_kind(reader, "message")
         assert (message.sender, message.text) == ("frag", "pieces " * 300)
+
+
+async def test_chatcast_server_web_port() -> None:
+    """`chatcast server --web-port`: the banner names the page; a socket chats, hears the
+    operator's announcements, and is told when SIGTERM closes the server."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatcast", "server", "--port", "0", "--web-port", "0",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(timeout(10)):
+            banner = (await process.stdout.readline()).decode()
+        assert "chat page at http://127.0.0.1:" in banner, banner
+        url = banner.split("chat page at ")[1].split()[0]
+        async with connect(url.replace("http://", "ws://") + "ws") as ws:
+            await hello(ws, name="cli")
+            process.stdin.write(b"halo semua\n")
+            assert (await frame(ws, "announcement"))["text"] == "halo semua"
+            process.send_signal(signal.SIGTERM)
+            assert (await frame(ws, "closing"))["reason"] == "server shutting down"
+            assert (await closed(ws))[0] == 1001
+        async with asyncio.timeout(timeout(10)):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -300,7 +300,15 @@ async def run_server(args: argparse.Namespace) -> int:
         if args.web_port is not None:
             web = WebGateway(server, port=args.web_port, origins=args.web_origin)
             await web.start()
-            extras.append(f"chat page at {web.url}")
+            everywhere = args.host in ("0.0.0.0", "::", "")
+            extras.append(
+                f"chat page at {web.url}"
+                + (
+                    f" (and port {web.port} of this machine's other addresses)"
+                    if everywhere
+                    else ""
+                )
+            )
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"
             + "".join(f", {extra}" for extra in extras)
