@@ -213,9 +213,11 @@ async def test_a_page_survives_the_server_restarting(
 
 
 async def test_the_page_asks_for_the_token(driver: WebDriver, windows: list[Page]) -> None:
-    """With a token, the page asks for it; a wrong one is refused in plain words."""
+    """With a token, the page asks for it; a wrong one is refused in plain words. Under
+    flood control the page's own requests on joining stay within a small burst."""
+    options: dict[str, Any] = {"token": "sesame", "rate": 0.5, "burst": 3.0}
     async with (
-        BroadcastServer("127.0.0.1", 0, token="sesame", join_grace=0.05) as server,
+        BroadcastServer("127.0.0.1", 0, join_grace=0.05, **options) as server,
         WebGateway(server, port=0) as gateway,
     ):
         page = open_page(driver, windows)
@@ -227,6 +229,11 @@ async def test_the_page_asks_for_the_token(driver: WebDriver, windows: list[Page
         assert server.statistics().auth_failures == 1
         await run(page.join, "fred", "sesame")
         await run(page.wait_text, "status", "connected as fred")
+        await run(page.wait_text, "who", "fred (you)")  # asked for on joining
+        await run(page.say, "/who kitchen")  # the third request of the burst
+        await run(page.wait_line, "in kitchen: (nobody)")
+        assert not [line for line in await run(page.lines) if "rate limit" in line]
+        assert server.statistics().rate_limited == 0
 
 
 async def test_a_dropped_page_resumes_and_shows_what_it_missed(

@@ -28,6 +28,7 @@
     attempts: 0,
     timer: null,
     roomsTimer: null,
+    roomsSoon: null,
     maxBytes: 65536,
     lastClose: "",
     refs: 0,
@@ -242,6 +243,16 @@
     state.timer = setTimeout(connect, delay);
   }
 
+  // The room list is asked for at most every few seconds: every request counts against the
+  // server's flood control, and a busy room's joins and leaves must not spend the user's.
+  function refreshRooms() {
+    if (state.roomsSoon) return;
+    state.roomsSoon = setTimeout(() => {
+      state.roomsSoon = null;
+      if (state.welcomed) send({ type: "rooms" });
+    }, 3000);
+  }
+
   function refreshLists() {
     send({ type: "rooms" });
     send({ type: "who" });
@@ -281,9 +292,10 @@
         if ($("log").childElementCount === 0 && text) notice(text);
         else if (resumed) notice("reconnected; what you missed follows");
         else if ($("log").childElementCount > 0) notice("reconnected as " + f.name);
-        refreshLists();
+        // The join confirmation that follows asks for the lists; a seamless resume has none.
+        if (resumed) refreshLists();
         clearInterval(state.roomsTimer);
-        state.roomsTimer = setInterval(() => send({ type: "rooms" }), 10000);
+        state.roomsTimer = setInterval(refreshRooms, 15000);
         const at = document.activeElement;
         if (!at || at === document.body || $("join").contains(at)) {
           $("text").focus();
@@ -312,14 +324,14 @@
         } else if (f.room === state.room) {
           notice(f.from + " joined " + f.room, opts);
           whoUpdate(f.from);
-          send({ type: "rooms" });
+          refreshRooms();
         }
         break;
       case "leave":
         if (f.from !== state.name && f.room === state.room) {
           notice(f.from + " left " + f.room + (text ? " (" + text + ")" : ""), opts);
           whoUpdate(null, f.from);
-          send({ type: "rooms" });
+          refreshRooms();
         }
         break;
       case "nick":
