@@ -286,3 +286,10 @@ async def test_a_dropped_page_resumes_and_shows_what_it_missed(
         await run(page.wait_line, "gus: during the reload")
         assert await run(page.text, "status") == "connected as hana"
         assert server.who() == ["gus", "hana"]
+        await run(page.say, "/history 3")  # the room's last three: two not shown since
+        await run(page.wait_line, "2 earlier messages above")
+        lines = await run(page.lines)
+        said = ("missed 3", "missed 4", "during the reload")
+        order = [n for part in said for n, line in enumerate(lines) if part in line]
+        assert len(order) == 3
+        assert order == sorted(order)  # in the order they were said, not the order received

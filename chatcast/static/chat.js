@@ -11,6 +11,7 @@
     "/msg NAME TEXT    a private message",
     "/who [ROOM]   who is here",
     "/rooms        the rooms",
+    "/history [N]  the room's last N messages (servers that keep history)",
     "/quit         leave",
     "//text        send a message that starts with /",
   ].join("\n");
@@ -32,6 +33,7 @@
     maxBytes: 65536,
     lastClose: "",
     refs: 0,
+    historyShown: 0,  // messages of history shown since the last /history answer
   };
 
   // -- the page ------------------------------------------------------------------------------
@@ -45,6 +47,7 @@
 
   // One line in the log: [time] [from] text, each part set as text.
   function addLine(kind, text, opts = {}) {
+    if (opts.history) state.historyShown += 1;
     const log = $("log");
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
     const li = document.createElement("li");
@@ -64,7 +67,14 @@
     body.className = "text";
     body.textContent = text;
     li.append(body);
-    log.append(li);
+    // Earlier messages (history) go where their id puts them, not after newer ones.
+    let before = null;
+    if (opts.history && typeof opts.id === "number") {
+      for (const other of log.children) {
+        if (other.dataset.id && Number(other.dataset.id) > opts.id) { before = other; break; }
+      }
+    }
+    log.insertBefore(li, before);
     while (log.childElementCount > MAX_LOG) log.firstElementChild.remove();
     if (atBottom || opts.mine) log.scrollTop = log.scrollHeight;
   }
@@ -352,11 +362,13 @@
         notice(n + " message" + (n === 1 ? "" : "s") + " missed in " + f.room + " (no longer available)");
         break;
       }
-      case "history":
-        if (typeof f.count === "number" && f.count > 0) {
-          notice(f.count + " earlier message" + (f.count === 1 ? "" : "s") + " above");
-        }
+      case "history": {  // the end of an answer to /history
+        const n = state.historyShown;
+        state.historyShown = 0;
+        notice(n ? n + " earlier message" + (n === 1 ? "" : "s") + " above"
+          : "no earlier messages than those shown" + (f.count ? "" : " (none kept)"));
         break;
+      }
       case "who":
         if (f.room === state.room && Array.isArray(f.names)) renderWho(f.names);
         else if (Array.isArray(f.names)) notice("in " + f.room + ": " + (f.names.join(", ") || "(nobody)"));
@@ -413,6 +425,13 @@
       case "rooms":
         send({ type: "rooms" });
         return;
+      case "history": {
+        state.historyShown = 0;
+        const limit = arg ? Number(arg) : 20;
+        if (!Number.isInteger(limit) || limit < 1) { problem("usage: /history [N]"); return; }
+        send({ type: "history", room: state.room, limit });
+        return;
+      }
       case "help":
         notice(HELP);
         return;
