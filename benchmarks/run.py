@@ -410,6 +410,27 @@ def replay(cfg: Config) -> list[Row]:
         _progress(row, f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
     if len(rows) == 2 and rows[0]["p99_ms"] > 0:
         rows[1]["p99_vs_no_replay"] = rows[1]["p99_ms"] / rows[0]["p99_ms"]
+
+
+def web(cfg: Config) -> list[Row]:
+    """WebSocket subscribers against TCP ones (see :mod:`benchmarks.web`)."""
+    child = Child(["-m", "benchmarks.web", *(["--quick"] if cfg.quick else [])])
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=900))
+    finally:
+        child.stop()
+    for row in rows:
+        if row["kind"] == "ratio":
+            _progress(
+                row,
+                f"memory {row['memory_ratio']:.2f} x, deliveries/s {row['throughput_ratio']:.2f} x",
+            )
+        else:
+            _progress(
+                row,
+                f"{row['rss_per_client_kb']:.2f} KB/idle client, "
+                f"{row['deliveries_per_s']:,.0f} deliveries/s",
+            )
     return rows
 
 
@@ -986,6 +1007,11 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['rss_after_mb']:>9.1f}{r['accept_s']:>12.2f}{r['ready_s']:>10.2f}"
                 f"{r['alive_at_end']:>7}"
             )
+    web_rows = [r for r in rows if r["workload"] == "web"]
+    if web_rows:
+        from .web import table as web_table
+
+        lines += ["", web_table(web_rows)]
     hot = [r for r in rows if r["workload"] == "hotpath"]
     if hot:
         lines.append("")
@@ -1082,6 +1108,7 @@ WORKLOADS = (
     "history",
     "replay",
     "acks",
+    "web",
 )
 
 
@@ -1144,6 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
         ("history", lambda: history(cfg)),
         ("replay", lambda: replay(cfg)),
         ("acks", lambda: acks(cfg)),
+        ("web", lambda: web(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:

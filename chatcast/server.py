@@ -727,17 +727,32 @@ class BroadcastServer:
     # -- connections: limits and TLS (called by Connection) ---------------------------------
 
     def _connection_made(self, conn: Connection) -> None:
-        self._hub.add(conn)
+        refusal = self._admit(conn)
+        if refusal is not None:
+            # Over TLS there is no session yet, so nothing readable can be said without a
+            # handshake, which is what a flood of refused connections must not cost.
+            banned = self._hub.moderation.address_refusal(conn.address) is not None
+            self._hub.refuse(conn, refusal, say=not self._tls_per_connection, quiet=banned)
+        elif self._tls_per_connection:
+            self._tls_waiting.append(conn)
+            self._start_handshakes()
+        else:
+            self._hub.greet(conn)
+
+    def _admit(self, peer: Peer) -> str | None:
+        """Count a new connection (a TCP one, or a WebSocket one from :mod:`chatcast.web`)
+        against the limits; return why it is refused (it is counted as rejected), or None."""
+        self._hub.add(peer)
         self._connections_total += 1
         self._all_gone.clear()
-        ip = conn.address.rpartition(":")[0]
+        ip = peer.address.rpartition(":")[0]
         self._per_address[ip] += 1
         self._active += 1
         config = self.config
         refusal = banned = None
         if self._closing:
             refusal = "server shutting down"
-        elif (banned := self._hub.moderation.address_refusal(conn.address)) is not None:
+        elif (banned := self._hub.moderation.address_refusal(peer.address)) is not None:
             refusal = banned  # moderation (#14): refused before a byte is decoded
         elif config.max_clients is not None and self._active > config.max_clients:
             refusal = f"server full ({config.max_clients} clients)"
@@ -745,18 +760,9 @@ class BroadcastServer:
             refusal = f"too many connections from {ip}"
         if refusal is not None:
             self._rejected += 1
-            # Over TLS there is no session yet, so nothing readable can be said without a
-            # handshake, which is what a flood of refused connections must not cost.
-            self._hub.refuse(
-                conn, refusal, say=not self._tls_per_connection, quiet=banned is not None
-            )
-        elif self._tls_per_connection:
-            self._tls_waiting.append(conn)
-            self._start_handshakes()
-        else:
-            self._hub.greet(conn)
+        return refusal
 
-    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
+    def _connection_lost(self, conn: Peer, exc: Exception | None) -> None:
         self._hub.lost(conn, exc)
         if not self._hub.peers:
             self._all_gone.set()

@@ -201,6 +201,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY",
         help="sign the announcements with this multicast key (better: set $CHATCAST_MULTICAST_KEY)",
     )
+    server.add_argument(
+        "--web-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the chat page and a WebSocket on PORT, e.g. 8081 "
+        "(needs: pip install 'chatcast[web]')",
+    )
+    server.add_argument(
+        "--web-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin allowed to open the WebSocket, e.g. https://chat.example.org "
+        "(the page's own is always allowed; repeatable)",
+    )
     server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     server.add_argument("--worker-events", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
@@ -292,6 +308,14 @@ async def run_server(args: argparse.Namespace) -> int:
         )
     elif args.interface or args.announce_name:
         raise ValueError("--interface and --announce-name go with --announce")
+    web = None
+    if args.web_port is not None:
+        if args.workers != 1:
+            raise ValueError("--web-port works with one worker only")
+        try:
+            from ..web import WebGateway
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
     if args.workers != 1:
         if args.store:
             raise ValueError("--store needs one process: --workers would share one database")
@@ -341,6 +365,18 @@ async def run_server(args: argparse.Namespace) -> int:
             *([f"backplane {where}"] if backplane is not None else []),
             *([f"announced on {args.interface or args.host}"] if announce is not None else []),
         ]
+        if args.web_port is not None:
+            web = WebGateway(server, port=args.web_port, origins=args.web_origin)
+            await web.start()
+            everywhere = args.host in ("0.0.0.0", "::", "")
+            extras.append(
+                f"chat page at {web.url}"
+                + (
+                    f" (and port {web.port} of this machine's other addresses)"
+                    if everywhere
+                    else ""
+                )
+            )
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"
             + "".join(f", {extra}" for extra in extras)
@@ -353,6 +389,9 @@ async def run_server(args: argparse.Namespace) -> int:
         await stop.wait()
         console.write("shutting down...")
         await _shut_down(server, tasks)
+        if web is not None:
+            web.close()
+            await web.wait_closed()
     return 0
 
 
