@@ -263,7 +263,8 @@ class BroadcastClient:
 
         Raises:
             ValueError: Not a valid room name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         await self._send_frame(self._protocol.join(room))
         self.room = room
@@ -275,7 +276,8 @@ class BroadcastClient:
 
         Raises:
             ValueError: Not a valid name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         await self._send_frame(self._protocol.nick(name))
 
@@ -285,8 +287,9 @@ class BroadcastClient:
         Wrap it in :func:`asyncio.timeout` to bound the wait; a lost connection ends it.
 
         Raises:
-            ConnectionClosed / ChannelClosed: As for :meth:`send`, or if the connection
-                ends before the answer.
+            ConnectionClosed: As for :meth:`send`, or if the connection ends before the
+                answer.
+            ChannelClosed: As for :meth:`send`.
             InvalidFrame: The server's answer is malformed (not a list of names).
         """
         names: list[str] = await self._request("who", self._protocol.who(room))
