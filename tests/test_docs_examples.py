@@ -1,0 +1,193 @@
+"""Every example in README.md and docs/ runs as its page says (tests/docs_examples.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+import chatcast
+from chatcast.cli.parser import build_parser
+from tests import docs_examples as ex
+
+PAGES = ex.pages()
+ALL_BLOCKS = [block for page in PAGES for block in ex.extract(page)]
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(ex.ROOT))
+
+
+def test_pages_found() -> None:
+    """The page walk finds the README and the docs, and runnable examples in them."""
+    names = {_id(p) for p in PAGES}
+    assert {"README.md", "docs/tutorial.md", "docs/security.md"} <= names
+    assert not [n for n in names if "_build" in n]
+    assert sum(b.runnable and b.lang == "python" for b in ALL_BLOCKS) >= 5
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b for b in ALL_BLOCKS if b.lang == "python" and not b.runnable],
+    ids=lambda b: b.where,
+)
+def test_fragment_compiles(block: ex.Block) -> None:
+    """A block marked as a fragment still compiles (top-level await allowed)."""
+    ex.check_fragment(block)
+
+
+SHELL = [b for b in ALL_BLOCKS if b.lang in ("sh", "bash", "console")]
+COMMANDS = [(b, argv) for b in SHELL for argv in ex.command_lines(b)]
+
+
+def test_commands_found() -> None:
+    """The shell blocks hold chatcast command lines (so the parse check is not vacuous)."""
+    assert len(COMMANDS) >= 20
+    assert {argv[0] for _, argv in COMMANDS} >= {"server", "client", "multicast", "demo"}
+
+
+@pytest.mark.parametrize(
+    ("block", "argv"),
+    COMMANDS,
+    ids=[f"{b.where}:{' '.join(a)[:40]}" for b, a in COMMANDS],
+)
+def test_command_line_parses(block: ex.Block, argv: list[str]) -> None:
+    """Every chatcast command line in the docs is accepted by the command's own parser."""
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{block.where}: `chatcast {' '.join(argv)}` is refused (exit {exc.code})")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "page",
+    [p for p in PAGES if any(b.runnable for b in ex.extract(p))],
+    ids=_id,
+)
+def test_page_examples_run(page: Path, tmp_path: Path) -> None:
+    """Each page's runnable examples run, in order, in one scratch directory, as a reader's."""
+    needs = {b.code for b in ex.extract(page) if b.runnable}
+    for tool in ("openssl", "socat"):
+        if any(tool in code for code in needs) and shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (.ci/run installs it)")
+    ex.run_page(page, tmp_path)
+
+
+# -- the runner itself, on synthetic pages ----------------------------------------------------
+
+GOOD = """\
+# A page
+
+<!-- expect: 42 -->
+```python
+print(6 * 7)
+```
+
+<!-- fragment -->
+```python
+await something_defined_elsewhere()
+```
+
+```sh
+chatcast server --port 8080    # not run, only parsed
+```
+"""
+
+
+def _page(tmp_path: Path, text: str) -> Path:
+    page = tmp_path / "page.md"
+    page.write_text(text, encoding="utf-8")
+    return page
+
+
+def test_runner_passes_a_good_page(tmp_path: Path) -> None:
+    """A page whose examples work passes; the fragment is compiled, not run."""
+    page = _page(tmp_path, GOOD)
+    blocks = ex.extract(page)
+    assert [(b.lang, b.runnable) for b in blocks] == [
+        ("python", True),
+        ("python", False),
+        ("sh", False),
+    ]
+    assert blocks[0].line == 4 and blocks[0].values("expect") == ["42"]
+    assert list(ex.command_lines(blocks[2])) == [["server", "--port", "8080"]]
+    assert len(ex.run_page(page, tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("broken", "complaint"),
+    [
+        ("```python\nprint(undefined_name)\n```\n", "NameError"),
+        ("<!-- expect: 43 -->\n```python\nprint(6 * 7)\n```\n", "lacks '43'"),
+        ("```python\nimport sys\nsys.exit(3)\n```\n", "exit status 3"),
+        ("<!-- fragment -->\n```python\nawait (\n```\n", "does not compile"),
+        ("<!-- run -->\n```sh\nfalse\necho never\n```\n", "exit status 1"),
+        (
+            "```python\nimport asyncio\nasyncio.run(asyncio.sleep(30))\n```\n",
+            "still running",
+        ),
+    ],
+    ids=["name-error", "wrong-output", "exit-status", "fragment-syntax", "shell", "hangs"],
+)
+def test_runner_fails_a_broken_example(
+    tmp_path: Path, broken: str, complaint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deliberately broken example fails the run, and the failure says where and why."""
+    monkeypatch.setenv("CHATCAST_TIMEOUT_SCALE", "0.05")  # the hanging one: 1.5 s, not 30
+    page = _page(tmp_path, GOOD + "\n" + broken)
+    with pytest.raises(ex.ExampleFailed, match=complaint) as caught:
+        ex.run_page(page, tmp_path)
+    assert "page.md:" in str(caught.value)
+
+
+def test_runner_catches_a_traceback_on_interrupt(tmp_path: Path) -> None:
+    """A serving example that dies with a traceback on Ctrl-C fails its interrupt check."""
+    page = _page(
+        tmp_path,
+        "<!-- interrupt: SIGINT -->\n<!-- expect: up -->\n```python\n"
+        "import asyncio\n\nasync def main():\n    print('up', flush=True)\n"
+        "    await asyncio.Event().wait()\n\nasyncio.run(main())\n```\n",
+    )
+    with pytest.raises(ex.ExampleFailed, match="exit status|traceback"):
+        ex.run_page(page, tmp_path)
+
+
+def test_cli_parse_check_catches_a_bad_flag() -> None:
+    """A documented command line with a flag the parser does not know is caught."""
+    block = ex.Block(Path("x.md"), 1, "sh", "chatcast server --no-such-flag\n")
+    (argv,) = ex.command_lines(block)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+
+
+# -- the reference covers every public name ----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_reference_has_every_public_name(tmp_path: Path) -> None:
+    """The built site's inventory has an entry for every name in chatcast.__all__ (computed
+    from __all__, so names added later are covered), and the CLI page every subcommand."""
+    if importlib.util.find_spec("sphinx") is None:
+        pytest.skip("sphinx is not installed: pip install -e '.[docs]'")
+    from sphinx.cmd.build import build_main
+    from sphinx.util.inventory import InventoryFile
+
+    out = tmp_path / "html"
+    status = build_main(["-W", "-q", "-b", "html", str(ex.ROOT / "docs"), str(out)])
+    assert status == 0
+    with (out / "objects.inv").open("rb") as f:
+        inventory = InventoryFile.load(f, "", lambda base, uri: uri)
+    documented = {name for entries in inventory.values() for name in entries}
+    missing = [n for n in chatcast.__all__ if f"chatcast.{n}" not in documented]
+    assert missing == []
+    cli = (out / "reference" / "cli.html").read_text(encoding="utf-8")
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for command in action.choices:
+            assert f"chatcast {command}" in cli
+
