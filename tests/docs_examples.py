@@ -10,6 +10,8 @@ run, unless an HTML comment on the line(s) right before it marks it otherwise. M
   ``chatcast server --port PORT``; the test starts one on 127.0.0.1 and writes its real port
   in place of PORT.
 - ``<!-- port: PORT -->``: the example listens on PORT; the test writes a free port instead.
+- ``<!-- redis: PORT -->``: the example needs a Redis on PORT; the test starts its own
+  ``redis-server`` on 127.0.0.1 and writes its port instead.
 - ``<!-- interrupt: SIGINT -->`` (or ``SIGTERM``): the example serves until stopped; once its
   output shows every ``expect`` text the test sends it that signal, and it must exit with
   status 0 and no traceback within a few seconds.
@@ -159,25 +161,47 @@ def chat_server() -> Iterator[int]:
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "chatcast"), "server", "--port", str(port), "--quiet"],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 10 * _scale()
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise ExampleFailed("the chat server for the examples did not start")
-            time.sleep(0.05)
+        _wait_listening(port, process, "chat server")
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    """A throw-away ``redis-server`` on 127.0.0.1, a free port, no persistence; stopped by PID."""
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        _wait_listening(port, process, "redis-server")
+        yield port
+    finally:
+        _stop(process)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 10 * _scale()
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise ExampleFailed(f"the {what} for the examples did not start")
+        time.sleep(0.05)  # polling a port under a deadline
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _scale() -> float:
@@ -193,7 +217,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _substitute(block: Block, code: str, ports: dict[str, int]) -> str:
+def _substitute(code: str, ports: dict[str, int]) -> str:
     for old, new in ports.items():
         code = re.sub(rf"\b{re.escape(old)}\b", str(new), code)
     return code
@@ -206,9 +230,11 @@ def run_block(block: Block, workdir: Path, *, timeout: float = 30.0) -> str:
         ports: dict[str, int] = {}
         for value in block.values("server"):
             ports[value] = stack.enter_context(chat_server())
+        for value in block.values("redis"):
+            ports[value] = stack.enter_context(redis_server())
         for value in block.values("port"):
             ports[value] = free_port()
-        code = _substitute(block, block.code, ports)
+        code = _substitute(block.code, ports)
         if block.lang == "python":
             script = workdir / f"example_{block.line}.py"
             script.write_text(code, encoding="utf-8")

@@ -70,10 +70,13 @@ def test_command_line_parses(block: ex.Block, argv: list[str]) -> None:
 )
 def test_page_examples_run(page: Path, tmp_path: Path) -> None:
     """Each page's runnable examples run, in order, in one scratch directory, as a reader's."""
-    needs = {b.code for b in ex.extract(page) if b.runnable}
+    blocks = [b for b in ex.extract(page) if b.runnable]
     for tool in ("openssl", "socat"):
-        if any(tool in code for code in needs) and shutil.which(tool) is None:
+        if any(tool in b.code for b in blocks) and shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (.ci/run installs it)")
+    if any(b.has("redis") for b in blocks):
+        if shutil.which("redis-server") is None or importlib.util.find_spec("redis") is None:
+            pytest.skip("redis-server or redis-py is missing (.ci/run installs both)")
     ex.run_page(page, tmp_path)
 
 
