@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +197,60 @@ def test_reference_has_every_public_name(tmp_path: Path) -> None:
         for command in action.choices:
             assert f"chatcast {command}" in cli
 
+
+
+# -- security.md's text-mode TLS lines, against a real TLS server --------------------------------
+
+
+def _tls_lines() -> list[str]:
+    page = ex.ROOT / "docs" / "security.md"
+    return [
+        line.strip()
+        for block in ex.extract(page)
+        if block.lang == "sh"
+        for line in block.code.splitlines()
+        if "10.0.0.5:8443" in line and line.startswith(("socat", "openssl s_client"))
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tool", ["socat", "openssl"])
+def test_security_md_tls_lines_connect_by_address(tool: str, tmp_path: Path) -> None:
+    """security.md's socat / openssl lines that connect by address (with the certificate's
+    name given) reach a TLS server made with the page's own certificate recipe; the socat
+    line without commonname= fails, as the page says."""
+    for needed in ("openssl", tool):
+        if shutil.which(needed) is None:
+            pytest.skip(f"{needed} is not installed (.ci/run installs it)")
+    page = ex.ROOT / "docs" / "security.md"
+    (recipe,) = [b for b in ex.extract(page) if b.runnable and b.lang == "sh"]
+    ex.run_block(recipe, tmp_path)
+    (line,) = [line for line in _tls_lines() if line.startswith(tool)]
+    port = ex.free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "chatcast"), "server", "--port", str(port), "--quiet",
+         "--tls-cert", "server.pem", "--tls-key", "server.key"],  # fmt: skip
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ex._wait_listening(port, server, "TLS chat server")
+
+        def run(command: str) -> subprocess.CompletedProcess[str]:
+            argv = shlex.split(command.replace("10.0.0.5:8443", f"127.0.0.1:{port}"))
+            return subprocess.run(
+                argv, cwd=tmp_path, input="/quit\n", capture_output=True, text=True, timeout=20
+            )
+
+        done = run(line)
+        assert "Selamat datang" in done.stdout, done.stderr
+        if tool == "socat":
+            assert "commonname=chat.lab" in line
+            refused = run(line.replace(",commonname=chat.lab", ""))
+            assert "Selamat datang" not in refused.stdout
+            assert refused.returncode != 0
+    finally:
+        ex._stop(server)
