@@ -12,9 +12,10 @@ run, unless an HTML comment on the line(s) right before it marks it otherwise. M
 - ``<!-- port: PORT -->``: the example listens on PORT; the test writes a free port instead.
 - ``<!-- redis: PORT -->``: the example needs a Redis on PORT; the test starts its own
   ``redis-server`` on 127.0.0.1 and writes its port instead.
-- ``<!-- interrupt: SIGINT -->`` (or ``SIGTERM``): the example serves until stopped; once its
-  output shows every ``expect`` text the test sends it that signal, and it must exit with
-  status 0 and no traceback within a few seconds.
+- ``<!-- interrupt: SIGINT -->`` (or ``SIGTERM``, or both: ``SIGINT SIGTERM``, one run each):
+  the example serves until stopped; once its output shows the first ``expect`` text the test
+  sends it that signal, and it must exit with status 0, no traceback, within a few seconds,
+  having printed every ``expect`` text.
 - ``<!-- run -->`` before a ``sh`` block: the block is run with bash (``-e``), in order with
   the page's other runnable blocks, in one scratch directory per page.
 
@@ -241,9 +242,12 @@ def run_block(block: Block, workdir: Path, *, timeout: float = 30.0) -> str:
             argv = [sys.executable, script.name]
         else:
             argv = ["bash", "-e", "-o", "pipefail", "-c", code]
-        stop = block.values("interrupt")
+        stop = [name for value in block.values("interrupt") for name in value.split()]
         if stop:
-            out, err, status = _run_until_interrupted(block, argv, workdir, stop[0], timeout)
+            for signame in stop:
+                out, err, status = _run_until_interrupted(block, argv, workdir, signame, timeout)
+                _check(block, out, err, status, f" after {signame}")
+            return out
         else:
             try:
                 done = subprocess.run(
@@ -261,14 +265,18 @@ def run_block(block: Block, workdir: Path, *, timeout: float = 30.0) -> str:
                     f"{_text(exc.stderr)}"
                 ) from None
             out, err, status = done.stdout, done.stderr, done.returncode
+    _check(block, out, err, status, "")
+    return out
+
+
+def _check(block: Block, out: str, err: str, status: int, when: str) -> None:
     if status != 0:
-        raise ExampleFailed(f"{block.where}: exit status {status}\n{out}{err}")
+        raise ExampleFailed(f"{block.where}: exit status {status}{when}\n{out}{err}")
     if "Traceback (most recent call last)" in err:
-        raise ExampleFailed(f"{block.where}: printed a traceback\n{err}")
+        raise ExampleFailed(f"{block.where}: printed a traceback{when}\n{err}")
     for text in block.values("expect"):
         if text not in out:
-            raise ExampleFailed(f"{block.where}: output lacks {text!r}\n{out}{err}")
-    return out
+            raise ExampleFailed(f"{block.where}: output lacks {text!r}{when}\n{out}{err}")
 
 
 def _text(data: bytes | str | None) -> str:
@@ -307,14 +315,14 @@ def _run_until_interrupted(
 
     try:
         deadline = time.monotonic() + timeout
-        while not all(text in out() for text in expected):
+        while expected[0] not in out():
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 process.wait()
                 for reader in readers:
                     reader.join(5)
                 raise ExampleFailed(
-                    f"{block.where}: never printed {expected!r} before the signal\n{out()}"
+                    f"{block.where}: never printed {expected[0]!r} before the signal\n{out()}"
                     f"{b''.join(errors).decode(errors='replace')}"
                 )
             time.sleep(0.02)  # polling a pipe's output under a deadline
