@@ -35,7 +35,7 @@ source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
 exclude_patterns = ["_build", "_intersphinx", "_ext", "Thumbs.db", ".DS_Store"]
 myst_heading_anchors = 4  # [text](page.md#a-heading) links resolve and are checked
-myst_enable_extensions = ["colon_fence"]
+myst_enable_extensions = ["colon_fence", "deflist"]
 suppress_warnings = [
     # ```sh blocks hold shell sessions and prompts that Pygments cannot always lex.
     "misc.highlighting_failure",
