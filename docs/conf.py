@@ -50,8 +50,8 @@ napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # Attributes: of frozen dataclasses, without duplicate entries
 napoleon_use_rtype = False
 
-# Which reference page documents the names of which public modules; everything else lands on the page
-# with `{chatcast-api} *` (docs/reference/other.md). See docs/_ext/chatcast_api.py.
+# Which reference page documents the names of which public modules; everything else lands on
+# the page with `{chatcast-api} *` (docs/reference/other.md). See docs/_ext/chatcast_api.py.
 chatcast_api_package = "chatcast"
 chatcast_api_exclude = ["chatcast.cli"]
 chatcast_api_pages = [

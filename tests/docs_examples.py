@@ -300,7 +300,8 @@ def _run_until_interrupted(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     chunks: list[bytes] = []
     errors: list[bytes] = []
     readers = [

@@ -56,7 +56,18 @@ def public_names(package: str, exclude: list[str]) -> dict[str, tuple[Any, str]]
     holds the object (``chatcast.Message`` lives in ``chatcast.message``), else the package.
     """
     root = importlib.import_module(package)
-    modules = {m: importlib.import_module(m) for m in public_modules(package, exclude)[1:]}
+    modules = {}
+    for modname in public_modules(package, exclude)[1:]:
+        try:
+            modules[modname] = importlib.import_module(modname)
+        except ImportError as exc:  # an optional dependency the docs extra lacks
+            logger.warning(
+                "cannot import %s for the API reference: %s (add what it needs to the docs extra)",
+                modname,
+                exc,
+                type="chatcast",
+                subtype="api",
+            )
 
     def home(name: str, obj: Any) -> str:
         for modname, module in modules.items():
