@@ -44,7 +44,7 @@ suppress_warnings = [
 # API reference: autodoc + napoleon (the docstrings are Google style).
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True  # show `ttl=DEFAULT_TTL`-style defaults as written
+autodoc_preserve_defaults = False  # defaults as values (ttl=2), not names (ttl=DEFAULT_TTL)
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # Attributes: of frozen dataclasses, without duplicate entries

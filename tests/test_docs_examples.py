@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import html
 import importlib
 import importlib.util
+import inspect
+import re
 import shlex
 import shutil
 import subprocess
@@ -207,6 +210,7 @@ def test_reference_has_every_public_name(tmp_path: Path) -> None:
     documented = _inventory_names(out / "objects.inv")
     missing = [n for n in chatcast.__all__ if f"chatcast.{n}" not in documented]
     assert missing == []
+    _check_defaults(out / "reference")
     cli = (out / "reference" / "cli.html").read_text(encoding="utf-8")
     checked = 0
     for path, parser in _parsers(["chatcast"], build_parser()):
@@ -218,6 +222,31 @@ def test_reference_has_every_public_name(tmp_path: Path) -> None:
                 assert option in cli, f"{' '.join(path)} {option} is not on the CLI page"
                 checked += 1
     assert checked > 40
+
+
+def _check_defaults(reference: Path) -> None:
+    """Each argument of each public class's constructor is shown with its default."""
+    shown = set()
+    for page in reference.glob("*.html"):
+        for param in re.findall(r'<em class="sig-param">(.*?)</em>', page.read_text("utf-8")):
+            shown.add(html.unescape(re.sub(r"<[^>]+>", "", param)).replace(" ", ""))
+    names = {p.split(":")[0].split("=")[0] for p in shown}
+    checked = 0
+    for name in chatcast.__all__:
+        obj = getattr(chatcast, name)
+        if not inspect.isclass(obj) or issubclass(obj, BaseException):
+            continue
+        for param in inspect.signature(obj).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            assert param.name in names, f"{name}({param.name}) is not in the reference"
+            if param.default is not param.empty:
+                default = repr(param.default).replace(" ", "")
+                assert any(p.endswith(f"={default}") and p.startswith(param.name) for p in shown), (
+                    f"{name}({param.name}={default}) is not in the reference"
+                )
+                checked += 1
+    assert checked > 50
 
 
 def _parsers(
