@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import importlib
 import importlib.util
@@ -231,7 +232,8 @@ def test_reference_has_every_public_name(tmp_path: Path) -> None:
 
 
 def _check_defaults(reference: Path) -> None:
-    """Each argument of each public class's constructor is shown with its default."""
+    """Each public class's constructor arguments are shown with their defaults, and each
+    public dataclass's fields are described."""
     shown = set()
     for page in reference.glob("*.html"):
         for param in re.findall(r'<em class="sig-param">(.*?)</em>', page.read_text("utf-8")):
@@ -253,6 +255,13 @@ def _check_defaults(reference: Path) -> None:
                 )
                 checked += 1
     assert checked > 50
+    # Every field of every public dataclass (the statistics, Message) is described.
+    text = "".join(page.read_text("utf-8") for page in reference.glob("*.html"))
+    for name in chatcast.__all__:
+        obj = getattr(chatcast, name)
+        if dataclasses.is_dataclass(obj):
+            for field in dataclasses.fields(obj):
+                assert f"<strong>{field.name}</strong>" in text, f"{name}.{field.name} undocumented"
 
 
 def _parsers(
