@@ -20,7 +20,8 @@ run, unless an HTML comment on the line(s) right before it marks it otherwise. M
   the page's other runnable blocks, in one scratch directory per page.
 
 Every ``chatcast ...`` line of every ``sh`` block, run or not, is parsed by the command's own
-argument parser, so a renamed or removed flag fails too.
+argument parser, so a renamed or removed flag fails too. An example that uses multicast is run
+only if it names the loopback interface (``interface="127.0.0.1"``).
 """
 
 from __future__ import annotations
@@ -224,8 +225,23 @@ def _substitute(code: str, ports: dict[str, int]) -> str:
     return code
 
 
+def check_loopback_only(block: Block) -> None:
+    """Refuse to run an example that would send multicast off this machine.
+
+    The project's rule: multicast in tests names the loopback interface. An example that uses
+    multicast must name ``127.0.0.1`` as its interface; it is not run otherwise.
+    """
+    uses_multicast = "MulticastChannel" in block.code or "chatcast multicast" in block.code
+    if uses_multicast and not re.search(r"""interface[=\s]+["']?127\.0\.0\.1""", block.code):
+        raise ExampleFailed(
+            f"{block.where}: a multicast example must use interface 127.0.0.1 to be run here "
+            "(or be marked as a fragment)"
+        )
+
+
 def run_block(block: Block, workdir: Path, *, timeout: float = 30.0) -> str:
     """Run one runnable block in ``workdir``; return its output, raise ExampleFailed."""
+    check_loopback_only(block)
     timeout *= _scale()
     with contextlib.ExitStack() as stack:
         ports: dict[str, int] = {}

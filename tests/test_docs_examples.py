@@ -12,6 +12,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import zlib
@@ -145,8 +147,21 @@ def test_runner_passes_a_good_page(tmp_path: Path) -> None:
             "```python\nimport asyncio\nasyncio.run(asyncio.sleep(30))\n```\n",
             "still running",
         ),
+        (
+            "```python\nfrom chatcast import MulticastChannel\n"
+            "MulticastChannel('239.1.2.3', 5004, interface='eth0')\n```\n",
+            "must use interface 127.0.0.1",
+        ),
     ],
-    ids=["name-error", "wrong-output", "exit-status", "fragment-syntax", "shell", "hangs"],
+    ids=[
+        "name-error",
+        "wrong-output",
+        "exit-status",
+        "fragment-syntax",
+        "shell",
+        "hangs",
+        "multicast-off-loopback",
+    ],
 )
 def test_runner_fails_a_broken_example(
     tmp_path: Path, broken: str, complaint: str, monkeypatch: pytest.MonkeyPatch
@@ -333,3 +348,46 @@ def test_security_md_tls_lines_connect_by_address(tool: str, tmp_path: Path) -> 
             assert refused.returncode != 0
     finally:
         ex._stop(server)
+
+
+# -- the embedded-server how-to, as a client sees it --------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_embedded_server_howto_tells_clients_on_a_signal(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    """The how-to's signal-handler server, sent SIGINT or SIGTERM, tells a connected client
+    why it closes, then exits 0 without a traceback."""
+    page = ex.ROOT / "docs" / "howto" / "embedded-server.md"
+    (block,) = [b for b in ex.extract(page) if "SIGTERM" in " ".join(b.values("interrupt"))]
+    port = ex.free_port()
+    script = tmp_path / "server.py"
+    script.write_text(block.code.replace("8080", str(port)), encoding="utf-8")
+    server = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdout is not None
+        assert b"serving on port" in server.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as peer:
+            reader = peer.makefile("rb")
+            assert reader.readline().startswith(b"Selamat datang")
+            peer.sendall(b"/nick watcher\n")  # a first line: joined and announced
+            assert b"watcher" in reader.readline()
+            server.send_signal(signum)
+            rest = reader.read().decode()
+        out, err = server.communicate(timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert f"! server stopping ({signum.name})" in rest
+    assert server.returncode == 0
+    assert b"Traceback" not in err
+    assert b"stopped cleanly" in out
