@@ -36,10 +36,6 @@ root_doc = "index"
 exclude_patterns = ["_build", "_intersphinx", "_ext", "Thumbs.db", ".DS_Store"]
 myst_heading_anchors = 4  # [text](page.md#a-heading) links resolve and are checked
 myst_enable_extensions = ["colon_fence", "deflist"]
-suppress_warnings = [
-    # ```sh blocks hold shell sessions and prompts that Pygments cannot always lex.
-    "misc.highlighting_failure",
-]
 
 # API reference: autodoc + napoleon (the docstrings are Google style).
 autodoc_member_order = "bysource"
