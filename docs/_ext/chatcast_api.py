@@ -103,7 +103,7 @@ def _directive_for(obj: Any) -> str:
 class ChatcastApi(SphinxDirective):
     """``{chatcast-api} MODULE...`` or ``{chatcast-api} *``: autodoc entries for those names.
 
-    For Markdown (MyST) pages: the entries are written as MyST directives.
+    For Markdown (MyST) pages: the autodoc entries are wrapped in an ``{eval-rst}`` block.
     """
 
     required_arguments = 1
