@@ -61,7 +61,9 @@ class BroadcastClient:
         port: The server's port.
         name: The name to ask for; ``None`` lets the server pick (``guestN``).
         room: The room to join; ``None`` for the server's default room.
-        token: The server's token, when it requires one.
+        token: The server's token, when it requires one. The library never reads the
+            environment: to use ``CHATCAST_TOKEN`` as the command line does, pass
+            ``token=os.environ.get("CHATCAST_TOKEN")``.
         ssl: ``True`` for TLS with the system's trust store and hostname checks, or an
             :class:`ssl.SSLContext` (e.g. one that trusts a private CA), or ``None``.
         server_hostname: The name to check the server's certificate against, when it is

@@ -153,7 +153,8 @@ class BroadcastServer:
             ``None`` (the default) to keep it while TCP keepalive says it is there.
         keepalive: Turn on TCP keepalive on every connection.
         token: If set, clients must present this token (JSON hello ``"token"`` or text
-            ``/auth TOKEN``) before they can send or receive anything.
+            ``/auth TOKEN``) before they can send or receive anything. Never read from the
+            environment (``chatcast server`` reads ``CHATCAST_TOKEN``; a program passes it).
         auth_timeout: Seconds a connection has to authenticate.
         rate: Messages per second each client may send (token bucket), or ``None`` (the
             default) for no flood control.
