@@ -62,7 +62,9 @@ class BroadcastClient:
         port: The server's port.
         name: The name to ask for; ``None`` lets the server pick (``guestN``).
         room: The room to join; ``None`` for the server's default room.
-        token: The server's token, when it requires one.
+        token: The server's token, when it requires one. The library never reads the
+            environment: to use ``CHATCAST_TOKEN`` as the command line does, pass
+            ``token=os.environ.get("CHATCAST_TOKEN")``.
         op_token: The server's operator token: presented in the hello, it makes this
             client an operator (:attr:`operator`); a wrong one is refused like a wrong token.
         ssl: ``True`` for TLS with the system's trust store and hostname checks, or an
@@ -349,7 +351,8 @@ class BroadcastClient:
 
         Raises:
             ValueError: Not a valid room name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         await self._send_frame(self._protocol.join(room))
         self.room = room
@@ -361,7 +364,8 @@ class BroadcastClient:
 
         Raises:
             ValueError: Not a valid name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         await self._send_frame(self._protocol.nick(name))
 
@@ -371,8 +375,9 @@ class BroadcastClient:
         Wrap it in :func:`asyncio.timeout` to bound the wait; a lost connection ends it.
 
         Raises:
-            ConnectionClosed / ChannelClosed: As for :meth:`send`, or if the connection
-                ends before the answer.
+            ConnectionClosed: As for :meth:`send`, or if the connection ends before the
+                answer.
+            ChannelClosed: As for :meth:`send`.
             InvalidFrame: The server's answer is malformed (not a list of names).
         """
         names: list[str] = await self._request("who", self._protocol.who(room))

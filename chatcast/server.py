@@ -186,7 +186,8 @@ class BroadcastServer:
             ``None`` (the default) to keep it while TCP keepalive says it is there.
         keepalive: Turn on TCP keepalive on every connection.
         token: If set, clients must present this token (JSON hello ``"token"`` or text
-            ``/auth TOKEN``) before they can send or receive anything.
+            ``/auth TOKEN``) before they can send or receive anything. Never read from the
+            environment (``chatcast server`` reads ``CHATCAST_TOKEN``; a program passes it).
         op_token: If set, a client that presents this token (JSON hello ``"op"`` or text
             ``/op TOKEN``) becomes an operator: it may kick, ban, mute and set topics
             (``docs/security.md``). Must differ from ``token``.
