@@ -270,7 +270,7 @@ class BroadcastClient:
         messages without a round trip each, use :meth:`post` and await the results later.
 
         Returns:
-            The message as accepted: its :attr:`~chatcast.Message.id`, my name, the room
+            The message as accepted: its ``id``, my name, the room
             (or ``to``).
 
         Raises:
@@ -329,7 +329,8 @@ class BroadcastClient:
             Refused: The server refused the request (an id it has not given yet, a bad room).
             TimeoutError: No answer within ``ack_timeout`` seconds.
             ValueError: ``limit`` out of range, a negative id, an invalid room name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         protocol = self._protocol
         ref = protocol.new_ref()

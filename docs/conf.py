@@ -72,6 +72,8 @@ nitpicky = True
 nitpick_ignore_regex = [
     # Private types that appear in public signatures; they have no page on purpose.
     ("py:.*", r"chatcast(\.\w+)*\._\w+(\..*)?"),
+    # asyncio.Future is implemented in C as _asyncio.Future: the annotation names that.
+    ("py:class", r"_asyncio\.Future"),
 ]
 
 html_theme = "furo"
