@@ -410,6 +410,7 @@ def replay(cfg: Config) -> list[Row]:
         _progress(row, f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
     if len(rows) == 2 and rows[0]["p99_ms"] > 0:
         rows[1]["p99_vs_no_replay"] = rows[1]["p99_ms"] / rows[0]["p99_ms"]
+    return rows
 
 
 def web(cfg: Config) -> list[Row]:
