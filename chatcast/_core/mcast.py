@@ -173,7 +173,26 @@ class MulticastStatistics:
         lost: Sequence numbers that authentic senders skipped and that have not arrived
             since: datagrams lost on the way (or still on their way: a late one, within 64
             of the newest, is accepted and no longer counted). Not a count of datagrams
-            read, so not in the sum above.
+            read, so not in the sum above. A reliable channel counts them too, repaired or
+            not.
+
+    The rest are for channels with ``reliable=True`` (0 otherwise); the sum above then
+    does not hold, since repairs and gap events are delivered and held messages wait:
+
+    Attributes:
+        nacks_sent: NACK datagrams this channel sent.
+        nacked: Sequence numbers it asked for, over all its NACKs.
+        nacks_suppressed: Sequence numbers it did not ask for (that round) because it heard
+            another receiver's NACK for them first.
+        nacks_received: NACKs addressed to this channel as a sender.
+        repairs_sent: Repairs this channel sent as a sender.
+        repairs_throttled: Repairs not sent because of the repair rate limit.
+        repairs_received: Repairs that brought a message this channel was missing.
+        duplicates: Messages that arrived again (repairs for others, late ones), dropped.
+        gaps: Gap events delivered (``Message.kind == "gap"``).
+        missed: Messages given up, over all gap events.
+        held: Messages held back now, waiting for an earlier one to be repaired.
+        control_received: Datagrams read on the repair port.
     """
 
     sent: int = 0
@@ -194,6 +213,18 @@ class MulticastStatistics:
     stale: int = 0
     replayed: int = 0
     lost: int = 0
+    nacks_sent: int = 0
+    nacked: int = 0
+    nacks_suppressed: int = 0
+    nacks_received: int = 0
+    repairs_sent: int = 0
+    repairs_throttled: int = 0
+    repairs_received: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    missed: int = 0
+    held: int = 0
+    control_received: int = 0
 
     @property
     def dropped(self) -> int:
