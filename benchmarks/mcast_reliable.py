@@ -308,9 +308,147 @@ async def _send(args: argparse.Namespace) -> dict[str, Any]:
     return {"sent": stats_at_end.sent, "stats": _stats(final)}
 
 
+async def _cpu(args: argparse.Namespace) -> dict[str, Any]:
+    """One sender and one receiver channel on 127.0.0.1 (TTL 0), in this process: CPU per
+    message sent and received, today's mode or reliable, no loss."""
+    import random
+
+    from chatcast.multicast import MulticastChannel
+
+    group = f"239.255.{random.randrange(256)}.{random.randrange(1, 255)}"
+    port = random.randrange(20000, 60000)
+    options: dict[str, Any] = {"interface": "127.0.0.1", "ttl": 0}
+    if args.mode == "reliable":
+        options.update(reliable=True, repair_port=port + 1)
+    async with (
+        MulticastChannel(group, port, **options) as rx,
+        MulticastChannel(group, port, name="bench", **options) as tx,
+    ):
+        text = "x" * 64
+        started = time.process_time()
+        for _ in range(args.count // 100):
+            for _ in range(100):
+                await tx.send(text)
+            for _ in range(100):
+                await rx.receive()
+        cpu = time.process_time() - started
+    return {"mode": args.mode, "count": args.count, "cpu_us_per_message": cpu / args.count * 1e6}
+
+
+def callgrind(mode: str, count: int) -> int:
+    """Instructions for ``count`` messages in ``mode``, by callgrind, startup subtracted."""
+
+    def instructions(n: int) -> int:
+        out = f"/tmp/ccrm-callgrind-{os.getpid()}-{mode}-{n}.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-m",
+                "benchmarks.mcast_reliable",
+                "cpu",
+                "--mode",
+                mode,
+                "--count",
+                str(n),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
+        with open(out) as file:
+            for line in file:
+                if line.startswith(("summary:", "totals:")):
+                    total = int(line.split()[1])
+        os.unlink(out)
+        return total
+
+    return instructions(count) - instructions(100)
+
+
+def _cpu_child(mode: str, count: int) -> float:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.mcast_reliable",
+            "cpu",
+            "--mode",
+            mode,
+            "--count",
+            str(count),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return float(json.loads(line[7:])["cpu_us_per_message"])
+
+
+def workload(quick: bool) -> list[dict[str, Any]]:
+    """The ``reliable`` workload of ``python -m benchmarks``: CPU per message, reliable over
+    today's mode at 0 % loss (medians of alternating runs in fresh processes), and, with root
+    and nftables and not ``quick``, the namespace loss runs (10,000 messages at 1,000/s)."""
+    import shutil
+    import statistics
+
+    rows: list[dict[str, Any]] = []
+    count, runs = (2000, 1) if quick else (20000, 5)
+    samples: dict[str, list[float]] = {"plain": [], "reliable": []}
+    for _ in range(runs):
+        for mode in samples:
+            samples[mode].append(_cpu_child(mode, count))
+    plain, reliable = (statistics.median(samples[m]) for m in ("plain", "reliable"))
+    rows.append(
+        {
+            "workload": "reliable",
+            "server": "MulticastChannel",
+            "what": "cpu",
+            "count": count,
+            "plain_us_per_message": plain,
+            "reliable_us_per_message": reliable,
+            "ratio": reliable / plain,
+            "target": 1.2,
+            "all_counted": True,
+        }
+    )
+    can_netns = (
+        sys.platform.startswith("linux")
+        and os.geteuid() == 0
+        and shutil.which("ip") is not None
+        and shutil.which("nft") is not None
+    )
+    if can_netns and not quick:
+        n = 10_000
+        for loss, senders in ((10, 1), (30, 1), (10, 2)):
+            result = asyncio.run(run(n, 1000.0, loss, 3, senders, limit=120.0))
+            rows.append(
+                {
+                    "workload": "reliable",
+                    "server": "MulticastChannel",
+                    "what": "netns loss",
+                    "count": n,
+                    "loss_percent": loss,
+                    "senders": senders,
+                    "all_counted": result["all_ok"],
+                    "lost_datagrams": result["lost_datagrams"],
+                    "nacks_sent": result["nacks_sent"],
+                    "nacks_per_lost": result["nacks_per_lost"],
+                    "repairs_per_lost": result["repairs_per_lost"],
+                    "seconds": result["seconds"],
+                }
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mcast_reliable")
-    parser.add_argument("role", choices=("run", "send", "receive"))
+    parser.add_argument("role", choices=("run", "send", "receive", "cpu", "callgrind"))
+    parser.add_argument("--mode", choices=("plain", "reliable"), default="plain")
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--loss", type=int, default=10, help="percent, a multiple of 10")
@@ -324,6 +462,15 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(
             run(args.count, args.rate, args.loss, args.receivers, args.senders, args.timeout)
         )
+    elif args.role == "cpu":
+        result = asyncio.run(_cpu(args))
+    elif args.role == "callgrind":
+        counts = {mode: callgrind(mode, args.count) for mode in ("plain", "reliable")}
+        result = {
+            "count": args.count,
+            "instructions_per_message": {m: n / (args.count - 100) for m, n in counts.items()},
+            "ratio": counts["reliable"] / counts["plain"],
+        }
     elif args.role == "receive":
         result = asyncio.run(_receive(args))
     else:
