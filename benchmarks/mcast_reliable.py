@@ -241,6 +241,7 @@ async def _receive(args: argparse.Namespace) -> dict[str, Any]:
                     message = await channel.receive()
                     if message.kind != "message":
                         problems.append(f"{message.kind}: {message.text}")
+                        got += message.missed or 0
                         continue
                     sender, _, number = message.text.partition("-")
                     if sender not in expected or int(number) != expected[sender]:

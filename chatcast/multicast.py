@@ -27,9 +27,12 @@ normative description of what goes on the wire; in short:
   This is authenticity among key holders, not secrecy: anyone on the network reads the text.
 
 Datagrams are unreliable and unordered across senders: the network may drop, duplicate or
-reorder them; a channel adds no retransmission. It never raises on bad input: oversized,
-empty, non-UTF-8, malformed, unsigned, forged and replayed datagrams are counted in
-:meth:`~MulticastChannel.statistics` and skipped.
+reorder them; a channel adds no retransmission unless made with ``reliable=True``
+(NACK-based repair on a separate repair port: each reliable sender's messages once, in
+order, or a gap event; see ``docs/multicast.md``, "Reliable multicast").
+
+It never raises on bad input: oversized, empty, non-UTF-8, malformed, unsigned, forged and
+replayed datagrams are counted in :meth:`~MulticastChannel.statistics` and skipped.
 
 This module is the asyncio face of the sans-I/O core: :mod:`chatcast._core.mcast` decides
 what each datagram is and makes the ones sent, :mod:`chatcast._core.mcast_config` checks the

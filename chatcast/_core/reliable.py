@@ -47,6 +47,9 @@ _NEVER: Final = math.inf
 # it: the two may start together (a script starting both), and its first messages may
 # have been sent after the join. Asking for them costs little.
 _JOIN_TOLERANCE_MS: Final = 100.0
+# A missing message is given up after this many times max_tries rounds of waiting for a
+# repair that another receiver's NACK asked for.
+_SUPPRESSED_ROUNDS: Final = 4
 
 
 class _Sender:
@@ -73,7 +76,8 @@ class _Sender:
         self.name: str | None = None
         #: Arrived above ``next``: the message (ordered, held) or ``None`` (delivered).
         self.arrived: dict[int, Message | None] = {}
-        #: Missing: sequence number -> [when to ask next, rounds asked, when noticed].
+        #: Missing: sequence number -> [when to ask next, rounds asked, when noticed,
+        #: rounds suppressed by others' NACKs].
         self.missing: dict[int, list[float]] = {}
         #: Given up, but still above ``next`` (released as a gap event in order).
         self.abandoned: set[int] = set()
@@ -257,7 +261,7 @@ class RepairReceiver:
         earliest = state.timer
         for seq in range(first, last + 1):
             due = now + uniform(low, high)
-            missing[seq] = [due, 0, now]
+            missing[seq] = [due, 0, now, 0]
             earliest = min(earliest, due)
         state.top = max(state.top, last)
         self._schedule(state, earliest)
@@ -306,9 +310,12 @@ class RepairReceiver:
             for seq in seqs:
                 entry = missing[seq]
                 if entry[0] < wait:
-                    # Someone asked for it: wait for the repair that NACK brings.
+                    # Someone asked for it: wait for the repair that NACK brings. Counted
+                    # apart from our own rounds (several receivers' NACKs for one message
+                    # get one repair, so they must not use up our tries), but bounded too,
+                    # or NACKs replayed by an outsider could keep us waiting for ever.
                     entry[0] = wait
-                    entry[1] += 1
+                    entry[3] += 1
                     self.suppressed += 1
 
     # -- timers -----------------------------------------------------------------------
@@ -365,7 +372,7 @@ class RepairReceiver:
         for seq in due:
             entry = missing[seq]
             entry[1] += 1
-            if entry[1] > options.max_tries:
+            if entry[1] > options.max_tries or entry[3] > _SUPPRESSED_ROUNDS * options.max_tries:
                 del missing[seq]
                 state.abandoned.add(seq)
                 gave_up = True

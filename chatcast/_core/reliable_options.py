@@ -29,8 +29,8 @@ class ReliableOptions:
         repair_wait: After asking (or hearing another receiver ask), how long to wait for the
             repair before asking again; doubled at each try up to ``max_backoff``.
         max_backoff: The longest wait between two tries.
-        max_tries: Rounds of asking (own NACKs and suppressed ones) before a missing
-            message is given up.
+        max_tries: Rounds of asking before a missing message is given up (rounds suppressed
+            by other receivers' NACKs count apart, up to four times as many).
         heartbeat_min: An idle sender's first heartbeat comes this long after its last
             message; each next one after twice the previous interval, up to
             ``heartbeat_max``.
