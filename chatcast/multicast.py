@@ -118,7 +118,9 @@ class MulticastChannel:
             not dropped by the kernel while Python catches up); ``None`` for the OS default.
         max_datagram_bytes: Largest datagram sent or accepted, 1 up to the UDP limit (65507
             for IPv4, 65527 for IPv6). Default 8192.
-        max_queue: Messages held for :meth:`receive`, at least 1. Default 1024.
+        max_queue: Messages held for :meth:`receive`, at least 1. Default 1024. A reliable
+            channel's queue holds ``reliable_options.max_held`` more, since a repair
+            releases at once every message held back behind it.
         drop: What goes when a message arrives to a full queue: ``"oldest"`` (default: the
             longest-waiting message, so a reader that falls behind sees the newest) or
             ``"newest"`` (the arriving one, as the kernel does). Counted as ``overflowed``.
@@ -225,6 +227,7 @@ class MulticastChannel:
         self._control_sender: _protocols.Sender | None = None
         self._control_transports: tuple[asyncio.DatagramTransport, ...] = ()
         self._timer: asyncio.TimerHandle | None = None
+        self._leave_timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._receiver: _protocols.Receiver
         if config.reliable:
@@ -243,7 +246,9 @@ class MulticastChannel:
                 classifier,
                 core,
                 self._after_io,
-                max_queue=config.max_queue,
+                # A repair releases what was held behind the gap all at once: room for all
+                # of it, so a reader that keeps up loses none of it (same bound on memory).
+                max_queue=config.max_queue + config.reliable_options.max_held,
                 drop_newest=config.drop == "newest",
             )
             self._control_receiver = _protocols.ControlReceiver(
@@ -405,11 +410,25 @@ class MulticastChannel:
             for transport in transports:
                 transport.close()
             return
+        loop = asyncio.get_running_loop()
+        self._send_leave(core, self._config.reliable_options.heartbeat_min)
+        loop.call_later(linger, self._end_linger)
+
+    def _send_leave(self, core: ReliableCore, interval: float) -> None:
+        # Repeated while lingering, backing off as heartbeats do: a receiver that lost our
+        # last messages *and* one leave notice still learns where we stopped.
+        transports = self._control_transports
+        if transports[1].is_closing():
+            return
         with contextlib.suppress(OSError):
             transports[1].sendto(core.leave(time.time()))
-        asyncio.get_running_loop().call_later(linger, self._end_linger)
+        self._leave_timer = asyncio.get_running_loop().call_later(
+            interval, self._send_leave, core, interval * 2
+        )
 
     def _end_linger(self) -> None:
+        if self._leave_timer is not None:
+            self._leave_timer.cancel()
         for transport in self._control_transports:
             transport.close()
 

@@ -218,3 +218,18 @@ def test_reliable_arguments_are_checked(where: dict[str, Any]) -> None:
         MulticastChannel(where["group"], 5004, reliable=True, repair_port=5004)
     with pytest.raises(TypeError, match="ReliableOptions"):
         MulticastChannel(where["group"], 5004, reliable=True, reliable_options={})  # type: ignore[arg-type]
+
+
+async def test_release_after_repair_is_not_lost_to_a_small_queue(
+    where: dict[str, Any], channels: list[MulticastChannel]
+) -> None:
+    """A repair releases everything held behind it at once; the queue makes room for it
+    (max_queue + max_held), so a small max_queue loses none of it."""
+    receiver = await open_channel(where, channels, max_queue=2)
+    sender = await open_channel(where, channels, name="alice")
+    drop_sends(sender, {1})
+    sent = [f"m{i}" for i in range(10)]
+    for text in sent:
+        await sender.send(text)
+    assert await texts(receiver, 10) == sent
+    assert receiver.statistics().overflowed == 0
