@@ -253,7 +253,10 @@ async def _receive(args: argparse.Namespace) -> dict[str, Any]:
         except TimeoutError:
             problems.append(f"timed out with {got} of {total}")
         stats = channel.statistics()
+        core = channel._core
+        given_up = dict(core.receiver.given_up) if core is not None else {}
     return {
+        "given_up": given_up,
         "ok": not problems and got == total,
         "got": got,
         "problems": problems[:10],

@@ -144,6 +144,9 @@ class RepairReceiver:
         self.gaps = 0
         self.missed = 0
         self.held = 0
+        #: Why messages were given up: rounds of giving up per reason ("tries": per message;
+        #: "window", "left", "held", "span", "forgotten", "restarted": per run).
+        self.given_up: dict[str, int] = {}
 
     # -- what the shell asks ----------------------------------------------------------
 
@@ -237,11 +240,13 @@ class RepairReceiver:
         state = _Sender(sender, epoch, next_seq)
         old = self._senders.pop(sender, None)
         if old is not None:
-            self._skip_to(old, old.top + 1)  # restarted: what the old life missed is gone
+            self._skip_to(
+                old, old.top + 1, "restarted"
+            )  # restarted: what the old life missed is gone
         self._senders[sender] = state
         if len(self._senders) > self._max_senders:
             _, forgotten = self._senders.popitem(last=False)
-            self._skip_to(forgotten, forgotten.top + 1)
+            self._skip_to(forgotten, forgotten.top + 1, "forgotten")
         return state
 
     def _mark_missing(self, state: _Sender, last: int, now: float) -> None:
@@ -253,7 +258,7 @@ class RepairReceiver:
         if last - state.next >= span:
             # A gap wider than we track: give up its oldest part at once.
             cutoff = last - span + 1
-            self._skip_to(state, cutoff)
+            self._skip_to(state, cutoff, "span")
             first = max(first, cutoff)
         low, high = self._options.nack_delay
         uniform = self._random
@@ -290,7 +295,7 @@ class RepairReceiver:
             self._senders.move_to_end(control.sender)
         self._mark_missing(state, control.top, now)
         if control.low > state.next:
-            self._skip_to(state, control.low)  # older than the sender's window: gone
+            self._skip_to(state, control.low, "window")  # older than the sender's window: gone
         if control.kind == LEAVE and state.leave_at == _NEVER:
             # The sender answers NACKs for linger_ms more; then nobody can repair.
             state.leave_at = now + control.linger_ms / 1000
@@ -341,7 +346,7 @@ class RepairReceiver:
         options = self._options
         if state.leave_at <= now:
             state.leave_at = _NEVER
-            self._skip_to(state, state.top + 1)  # the sender is gone: nobody can repair
+            self._skip_to(state, state.top + 1, "left")  # the sender is gone: nobody can repair
             return
         missing = state.missing
         # Ask for everything due before our latest random delay, in one NACK; but not for
@@ -375,6 +380,7 @@ class RepairReceiver:
             if entry[1] > options.max_tries or entry[3] > _SUPPRESSED_ROUNDS * options.max_tries:
                 del missing[seq]
                 state.abandoned.add(seq)
+                self.given_up["tries"] = self.given_up.get("tries", 0) + 1
                 gave_up = True
                 continue
             if count == MAX_NACK_SEQS or (
@@ -433,10 +439,12 @@ class RepairReceiver:
         if run:
             self._gap(state, run)
 
-    def _skip_to(self, state: _Sender, cutoff: int) -> None:
+    def _skip_to(self, state: _Sender, cutoff: int, why: str) -> None:
         """Give up everything below ``cutoff`` that has not arrived, and release in order."""
         if cutoff <= state.next:
             return
+        if state.missing or cutoff > state.top + 1:
+            self.given_up[why] = self.given_up.get(why, 0) + 1
         arrived = state.arrived
         position = state.next
         for seq in sorted(seq for seq in arrived if seq < cutoff):
@@ -464,7 +472,7 @@ class RepairReceiver:
                 key=lambda s: sum(1 for m in s.arrived.values() if m is not None),
             )
             first = min(seq for seq, m in state.arrived.items() if m is not None)
-            self._skip_to(state, first)
+            self._skip_to(state, first, "held")
 
     def _gap(self, state: _Sender, count: int) -> None:
         self.gaps += 1
