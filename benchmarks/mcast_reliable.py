@@ -443,6 +443,9 @@ def workload(quick: bool) -> list[dict[str, Any]]:
                     "nacks_sent": result["nacks_sent"],
                     "nacks_per_lost": result["nacks_per_lost"],
                     "repairs_per_lost": result["repairs_per_lost"],
+                    # Why a receiver gave messages up, if it did (empty when all arrived).
+                    "given_up": [r["given_up"] for r in result["receivers_detail"]],
+                    "problems": [r["problems"][:3] for r in result["receivers_detail"]],
                     "seconds": result["seconds"],
                 }
             )

@@ -59,6 +59,7 @@ class _Sender:
         "abandoned",
         "arrived",
         "epoch",
+        "held",
         "leave_at",
         "missing",
         "name",
@@ -83,6 +84,8 @@ class _Sender:
         self.abandoned: set[int] = set()
         self.leave_at = _NEVER
         self.timer = _NEVER
+        #: Messages held back (values of ``arrived`` that are not ``None``).
+        self.held = 0
 
 
 class RepairReceiver:
@@ -225,6 +228,7 @@ class RepairReceiver:
             state.arrived[seq] = None
             return message
         state.arrived[seq] = message
+        state.held += 1
         self.held += 1
         if self.held > self._options.max_held:
             self._unhold()
@@ -430,6 +434,7 @@ class RepairReceiver:
                 if message is not None:
                     ready.append(message)
                     self.held -= 1
+                    state.held -= 1
             elif seq in abandoned:
                 abandoned.discard(seq)
                 run += 1
@@ -454,6 +459,7 @@ class RepairReceiver:
             if message is not None:
                 self.ready.append(message)
                 self.held -= 1
+                state.held -= 1
             position = seq + 1
         if cutoff > position:
             self._gap(state, cutoff - position)
@@ -465,12 +471,11 @@ class RepairReceiver:
         self._release(state)
 
     def _unhold(self) -> None:
-        """Over ``max_held``: give up the oldest gap of the sender holding the most."""
-        while self.held > self._options.max_held:
-            state = max(
-                self._senders.values(),
-                key=lambda s: sum(1 for m in s.arrived.values() if m is not None),
-            )
+        """Over ``max_held``: give up the oldest gaps of the senders holding the most, until
+        an eighth of the room is free again (so that this scan is not made per message)."""
+        target = self._options.max_held - self._options.max_held // 8
+        while self.held > target:
+            state = max(self._senders.values(), key=lambda s: s.held)
             first = min(seq for seq, m in state.arrived.items() if m is not None)
             self._skip_to(state, first, "held")
 

@@ -22,7 +22,8 @@ class ReliableOptions:
         window_seconds: ... and none older than this.
         max_held: Messages a receiver holds back, over all senders, waiting for an earlier
             one to be repaired (``ordered=True``); also the largest gap it tracks per sender.
-            Past it, the oldest gap is given up (a gap event) and what follows is delivered.
+            Past it, the oldest gaps are given up (gap events) and what follows them is
+            delivered, until an eighth of it is free again.
         nack_delay: ``(low, high)``: a receiver that notices a gap waits a random time in
             this range before asking, so that one receiver asks and the others, hearing it,
             do not (SRM's suppression).
