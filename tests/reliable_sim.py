@@ -64,6 +64,8 @@ class Node:
         self.got: list[Message] = []
         #: Loss rate of datagrams arriving at this node.
         self.loss = 0.0
+        #: Until then this node handles nothing (a starved process): what arrives waits.
+        self.stalled_until = 0.0
 
     def send(self, text: str) -> None:
         now = self.net.now
@@ -74,6 +76,9 @@ class Node:
 
     def deliver(self, port: str, data: bytes, addr: tuple[str, int]) -> None:
         now = self.net.now
+        if now < self.stalled_until:
+            self.net.at(self.stalled_until, functools.partial(self.deliver, port, data, addr))
+            return
         if port == "data":
             message = self.classifier.classify(data, addr, now)
             if isinstance(message, Message):
@@ -94,6 +99,9 @@ class Node:
         self.net.wake(self)
 
     def tick(self) -> None:
+        if self.net.now < self.stalled_until:
+            self.net.at(self.stalled_until, self.tick)
+            return
         self.core.tick(self.net.now)
         self.after()
 

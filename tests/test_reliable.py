@@ -445,3 +445,21 @@ def test_options_are_checked() -> None:
         ReliableOptions(heartbeat_min=2, heartbeat_max=1)
     with pytest.raises(ValueError, match="linger"):
         ReliableOptions(linger=-1)
+
+
+def test_a_stalled_sender_catches_up() -> None:
+    """A sender that answers nothing for 3 s (a starved process) is asked again with
+    backing off, answers its backlog of NACKs with one repair each, and every receiver
+    gets everything; the NACKs stay bounded by the back-off."""
+    net = Net(15)
+    sender = net.node(name="s")
+    receivers = [net.node() for _ in range(3)]
+    for receiver in receivers:
+        receiver.loss = 0.1
+    net.send_paced(sender, texts(3000), 0.001)
+    net.run(0.5)
+    sender.stalled_until = net.now + 3
+    net.run(20)
+    for receiver in receivers:
+        assert receiver.texts("s") == texts(3000)
+        assert receiver.core.receiver.nacks_sent < 400
