@@ -463,3 +463,12 @@ def test_a_stalled_sender_catches_up() -> None:
     for receiver in receivers:
         assert receiver.texts("s") == texts(3000)
         assert receiver.core.receiver.nacks_sent < 400
+
+
+def test_largest_nack_fits() -> None:
+    """A NACK of the most ranges of the largest numbers, signed, is accepted whole."""
+    top = 2**64 - 1
+    ranges = tuple((top - 2 * i, top - 2 * i) for i in range(32))
+    nack = Control(NACK, "f" * 16, top, top, ranges=ranges, origin="e" * 16)
+    codec = ControlCodec(KEY)
+    assert codec.decode(codec.encode(nack), top) == nack

@@ -50,8 +50,9 @@ LEAVE: Final = "leave"
 #: A receiver's "please send these sequence numbers again".
 NACK: Final = "nack"
 _KINDS: Final = frozenset({HEARTBEAT, LEAVE, NACK})
-#: Largest heartbeat, leave or NACK accepted (a NACK of the most ranges fits well below).
-MAX_CONTROL_BYTES: Final = 1400
+#: Largest heartbeat, leave or NACK accepted (a NACK of 32 ranges of 20-digit numbers,
+#: signed, is about 1,650 bytes).
+MAX_CONTROL_BYTES: Final = 2048
 #: Ranges one NACK may carry.
 MAX_NACK_RANGES: Final = 32
 #: Sequence numbers one NACK may ask for, over all its ranges.
