@@ -484,6 +484,24 @@ def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
     return rows
 
 
+def _reliable(cfg: Config) -> list[Row]:
+    """Reliable multicast (#16): CPU per message over today's mode; loss runs in netns."""
+    from . import mcast_reliable
+
+    rows = mcast_reliable.workload(cfg.quick)
+    for row in rows:
+        if row["what"] == "cpu":
+            _progress(row, f"CPU per message: {row['ratio']:.2f} x today's mode (target 1.2)")
+        else:
+            _progress(
+                row,
+                f"{row['loss_percent']} % loss, {row['senders']} sender(s): "
+                f"{'all delivered' if row['all_counted'] else 'NOT ALL'}, "
+                f"{row['nacks_per_lost']:.2f} NACKs per lost datagram",
+            )
+    return rows
+
+
 def _snapshot(servers: list[Server], redis: _redis.RedisServer, base: int) -> Row:
     """CPU seconds and counters of the servers and of Redis, now.
 
@@ -1110,6 +1128,7 @@ WORKLOADS = (
     "replay",
     "acks",
     "web",
+    "reliable",
 )
 
 
@@ -1173,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         ("replay", lambda: replay(cfg)),
         ("acks", lambda: acks(cfg)),
         ("web", lambda: web(cfg)),
+        ("reliable", lambda: _reliable(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:
