@@ -349,3 +349,31 @@ def test_a_resume_replays_nothing_from_before_the_session_began() -> None:
     assert texts(out) == ["after"]
     _, again = chat.hello(session="t3", last=0)
     assert texts(again) == ["after"]
+
+
+def test_history_is_only_for_those_who_may_join() -> None:
+    """Before authenticating, a history request (text or JSON) gets nothing but a refusal."""
+    chat = ResumeChat(token="s3cret")
+    peer, out = chat.connect()
+    chat.hub.receive(peer, b"/history 5\n")
+    assert out.lines()[-1] == "! authentication required: send /auth TOKEN first"
+    other, other_out = chat.connect()
+    chat.hub.receive(other, b'{"type":"hello","version":2,"session":"t1","last":0}\n')
+    assert other_out.frames()[-1]["reason"] == "authentication required"
+    assert "welcome" not in other_out.text()
+
+
+def test_a_flood_of_forged_resumes_costs_one_lookup_each() -> None:
+    """A thousand guessed tokens: each a new session (no name, no history taken over), no
+    session table growth beyond the connections themselves, each counted."""
+    chat = ResumeChat()
+    alice, _ = chat.hello(name="alice")
+    for n in range(1000):
+        peer, out = chat.hello(session=f"guess{n}", last=0)
+        assert welcome(out)["resumed"] is False
+        assert peer.name != "alice"
+        chat.hub.receive(peer, b'{"type":"quit"}\n')
+        chat.hub.lost(peer, None)
+    assert chat.hub.resume_failures == 1000
+    assert len(chat.hub.sessions) == 1  # alice's
+    assert chat.hub.peer_named("alice") is alice
