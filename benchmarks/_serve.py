@@ -8,8 +8,8 @@ A line ``STATS`` on standard input is answered with ``STATS <json>``: chatcast's
 ``statistics()`` (backplane figures included), ``{}`` for the other relays. The same line is
 printed once more when the server stops. ``--backplane redis://...`` (chatcast only) joins the
 server to others through a :class:`~chatcast.backplane.RedisBackplane` with ``--prefix``.
-``--history off`` runs chatcast without history; ``--store PATH`` keeps it in a
-:class:`~chatcast.store.SQLiteStore` (its figures are reported as ``store_*`` in ``STATS``).
+``--history N`` (chatcast only) keeps N messages per room (0: none; default: the server's
+default), ``--store FILE`` keeps them in SQLite too (its counters are ``store_*`` in ``STATS``).
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ async def _serve_async(
     max_clients: int | None,
     backplane_url: str | None,
     prefix: str,
-    history: bool = True,
-    store: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -90,11 +89,8 @@ async def _serve_async(
             from chatcast.backplane import RedisBackplane
 
             backplane = RedisBackplane(backplane_url, prefix=prefix)
-        options: dict[str, Any] = {} if history else {"history": None}
-        if store is not None:
-            options["store"] = store
         server = BroadcastServer(
-            "127.0.0.1", 0, max_clients=max_clients, backplane=backplane, **options
+            "127.0.0.1", 0, max_clients=max_clients, backplane=backplane, **(options or {})
         )
         await server.start()
         port = server.port
@@ -102,11 +98,9 @@ async def _serve_async(
 
         def statistics() -> dict[str, Any]:
             figures = dataclasses.asdict(server.statistics())
-            store_figures = getattr(server.store, "statistics", None)
-            if store_figures is not None:
-                figures.update(
-                    {f"store_{k}": v for k, v in dataclasses.asdict(store_figures).items()}
-                )
+            store = getattr(server.store, "statistics", None)  # a SQLiteStore's counters
+            if store is not None:
+                figures.update({f"store_{k}": v for k, v in dataclasses.asdict(store).items()})
             return figures
     elif kind == "ceiling":
         from .baselines.ceiling import CeilingHub
@@ -135,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-clients", type=int, default=None, help="chatcast's max_clients")
     parser.add_argument("--backplane", metavar="URL", help="chatcast: a Redis backplane URL")
     parser.add_argument("--prefix", default="chatcast", help="the backplane's key prefix")
-    parser.add_argument("--history", choices=("on", "off"), default="on", help="chatcast's")
-    parser.add_argument("--store", metavar="PATH", help="chatcast: a SQLite message store")
+    parser.add_argument("--history", type=int, default=None, help="chatcast: messages per room")
+    parser.add_argument("--store", default=None, help="chatcast: keep history in this SQLite file")
     args = parser.parse_args(argv)
-    if args.kind != "chatcast" and (args.backplane, args.store, args.history) != (None, None, "on"):
-        parser.error("--backplane, --store and --history are for chatcast only")
+    if args.backplane is not None and args.kind != "chatcast":
+        parser.error("--backplane is for chatcast only")
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
     if args.kind == "threaded":
@@ -151,16 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(
-            _serve_async(
-                args.kind,
-                args.max_clients,
-                args.backplane,
-                args.prefix,
-                args.history == "on",
-                args.store,
-            )
-        )
+        options: dict[str, Any] = {}
+        if args.history is not None:
+            from chatcast import HistoryLimits
+
+            options["history"] = HistoryLimits(messages=args.history) if args.history else None
+        if args.store is not None:
+            options["store"] = args.store
+        runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix, options))
     return 0
 
 

@@ -16,10 +16,9 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +65,19 @@ class Server:
         backplane: str | None = None,
         chat: str = "chatcast",
         wait: bool = True,
-        options: Sequence[str] = (),
-        label: str = "",
+        history: int | None = None,
+        store: str | None = None,
     ) -> None:
-        args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients), *options]
+        args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients)]
+        if history is not None:
+            args += ["--history", str(history)]
+        if store is not None:
+            args += ["--store", store]
         if uvloop:
             args.append("--uvloop")
         if backplane is not None:
             args += ["--backplane", backplane, "--prefix", chat]
-        self.name = kind + ("+uvloop" if uvloop else "") + (f" ({label})" if label else "")
+        self.name = kind + ("+uvloop" if uvloop else "")
         prefix: list[str] = []
         if Server.profile is not None and kind == "chatcast":
             # Collapsed stacks (one line per stack with its sample count): grep-able.
@@ -83,10 +86,7 @@ class Server:
             stamp = f"{time.time():.0f}-{Server.started}"
             out = RESULTS / f"profile-{Server.profile}-{self.name}-{stamp}.txt"
             prefix = ["py-spy", "record", "--format", "raw", "--rate", "250", "-o", str(out), "--"]
-        log = (
-            RESULTS
-            / f"server-{kind}{'+uvloop' if uvloop else ''}{'-backplane' if backplane else ''}.log"
-        )
+        log = RESULTS / f"server-{self.name}{'-backplane' if backplane else ''}.log"
         self.child = Child(args, stderr_to=log, prefix=prefix)
         self.pid = self.child.pid
         self.port = 0
@@ -157,74 +157,6 @@ def burst(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
                 best["server"] = server.name + (" (JSON subs)" if json_subs else "")
                 rows.append(best)
                 _progress(best, f"{best['deliveries_per_s']:,.0f} deliveries/s")
-    return rows
-
-
-#: The history workload's servers: what each keeps, and its _serve options (None: a store).
-HISTORY_VARIANTS: tuple[tuple[str, list[str] | None], ...] = (
-    ("history off", ["--history", "off"]),
-    ("history in memory", []),
-    ("SQLite store", None),
-)
-
-
-def history(cfg: Config) -> list[Row]:
-    """Burst fan-out with history off, in memory (the default) and in a SQLite store (on a
-    new file in a temporary directory), taking turns ``cfg.repeat`` times so that a noisy
-    spell hits them alike; the median run of each is reported, with the store's counters once
-    its writer has caught up, what was still queued when the last delivery was counted
-    (``store_queued_at_end``), and how long catching up took (``store_caught_up_s``)."""
-    rows = []
-    for subs in cfg.history_subscribers:
-        per_pub = cfg.burst_messages(subs, "chatcast")
-        runs: dict[str, list[Row]] = {}
-        for _ in range(cfg.repeat):
-            for label, options in HISTORY_VARIANTS:
-                with tempfile.TemporaryDirectory(prefix="chatcast-bench-") as tmp:
-                    store = ["--store", str(Path(tmp) / "chat.db")]
-                    with Server(
-                        "chatcast",
-                        max_clients=subs + 100,
-                        options=store if options is None else options,
-                        label=label,
-                    ) as server:
-                        result = _loadgen(
-                            [
-                                "burst",
-                                f"--server-pid={server.pid}",
-                                f"--port={server.port}",
-                                f"--subscribers={subs}",
-                                f"--publishers={cfg.publishers}",
-                                f"--messages={per_pub}",
-                                f"--settle={cfg.settle}",
-                                f"--timeout={cfg.timeout}",
-                            ],
-                            cfg.timeout + 60,
-                        )
-                        figures = server.statistics()
-                        if "store_pending" in figures:
-                            # Then until the writer has caught up: how long, and in all.
-                            result["store_queued_at_end"] = figures["store_pending"]
-                            started = time.monotonic()
-                            while figures["store_pending"] and time.monotonic() < started + 30:
-                                time.sleep(0.02)
-                                figures = server.statistics()
-                            result["store_caught_up_s"] = time.monotonic() - started
-                result["workload"] = "history"
-                result["server"] = server.name
-                result.update({k: v for k, v in figures.items() if k.startswith("store_")})
-                runs.setdefault(label, []).append(result)
-        for results in runs.values():
-            row = sorted(results, key=lambda r: r["deliveries_per_s"])[len(results) // 2]
-            row["runs_per_s"] = [r["deliveries_per_s"] for r in results]
-            row["all_counted"] = all(r["all_counted"] for r in results)
-            # A run that did not count everything: how many were lost and how many clients
-            # the server closed (a slow consumer on an overloaded machine), for the record.
-            row["runs_lost"] = [r["lost"] for r in results]
-            row["runs_closed_by_server"] = [r.get("closed_by_server") for r in results]
-            rows.append(row)
-            wrote = f", store wrote {row['store_written']:,}" if "store_written" in row else ""
-            _progress(row, f"{row['deliveries_per_s']:,.0f} deliveries/s{wrote}")
     return rows
 
 
@@ -360,6 +292,160 @@ def client(cfg: Config) -> list[Row]:
     return rows
 
 
+#: The history settings the ``history`` workload compares: (label, messages per room, store).
+HISTORY_VARIANTS: tuple[tuple[str, int, bool], ...] = (
+    ("history off", 0, False),
+    ("in-memory history", 1000, False),
+    ("SQLite store", 1000, True),
+)
+
+
+def history(cfg: Config) -> list[Row]:
+    """Burst fan-out with history off, in memory, and in a SQLite store: ``cfg.repeat`` runs of
+    each, the variants taking turns; the median run of each is reported."""
+    import importlib.util
+    import tempfile
+
+    variants = [
+        v for v in HISTORY_VARIANTS if not v[2] or importlib.util.find_spec("chatcast.store")
+    ]
+    subs = cfg.history_subscribers
+    per_pub = cfg.burst_messages(subs, "chatcast")
+    runs: dict[tuple[str, bool], list[Row]] = {}
+    for _ in range(cfg.repeat):
+        for json_subs in (False, True):
+            for label, messages, on_disk in variants:
+                with tempfile.TemporaryDirectory() as tmp:
+                    store = os.path.join(tmp, "chat.db") if on_disk else None
+                    with Server(
+                        "chatcast", max_clients=subs + 100, history=messages, store=store
+                    ) as server:
+                        args = [
+                            "burst",
+                            f"--server-pid={server.pid}",
+                            f"--port={server.port}",
+                            f"--subscribers={subs}",
+                            f"--publishers={cfg.publishers}",
+                            f"--messages={per_pub}",
+                            f"--settle={cfg.settle}",
+                            f"--timeout={cfg.timeout}",
+                        ]
+                        if json_subs:
+                            args.append("--json-subscribers")
+                        result = _loadgen(args, cfg.timeout + 60)
+                        figures = server.statistics()
+                        result["history_kept"] = figures.get("history_messages", 0)
+                        if "store_pending" in figures:
+                            # What the store's writer had not written when the last delivery
+                            # was counted, then how long it took to catch up, and its counts.
+                            result["store_queued_at_end"] = figures["store_pending"]
+                            started = time.monotonic()
+                            while figures["store_pending"] and time.monotonic() < started + 30:
+                                time.sleep(0.02)
+                                figures = server.statistics()
+                            result["store_caught_up_s"] = time.monotonic() - started
+                            result.update({k: v for k, v in figures.items() if k[:6] == "store_"})
+                result["workload"] = "history"
+                result["server"] = label + (" (JSON subs)" if json_subs else "")
+                runs.setdefault((label, json_subs), []).append(result)
+    rows = []
+    for results in runs.values():
+        row = sorted(results, key=lambda r: r["deliveries_per_s"])[len(results) // 2]
+        row["runs_per_s"] = [r["deliveries_per_s"] for r in results]
+        row["all_counted"] = all(r["all_counted"] for r in results)
+        rows.append(row)
+        _progress(row, f"{row['deliveries_per_s']:,.0f} deliveries/s")
+    for json_subs in (False, True):
+        base = next(
+            r for r in rows if r["server"] == "history off" + (" (JSON subs)" if json_subs else "")
+        )
+        for row in rows:
+            if row["server"].endswith("(JSON subs)") == json_subs:
+                row["vs_history_off"] = row["deliveries_per_s"] / base["deliveries_per_s"]
+    return rows
+
+
+def replay(cfg: Config) -> list[Row]:
+    """Paced latency of the room while one client resumes and is replayed ``cfg.replay_count``
+    missed messages, against the same run without the resume; ``cfg.repeat`` runs each,
+    taking turns, the median p99 reported."""
+    from .resume import Resumer, fill, victim
+
+    count = cfg.replay_count
+    runs: dict[str, list[Row]] = {}
+    for _ in range(cfg.repeat):
+        for with_replay in (False, True):
+            with Server("chatcast", history=count * 2) as server:
+                session, last = victim(server.port)
+                fill(server.port, count)
+                resumer = Resumer(server.port, session, last, count)
+                resumer.start()
+                args = [
+                    "paced",
+                    "--sync",
+                    f"--port={server.port}",
+                    f"--subscribers={cfg.paced_subscribers}",
+                    f"--publishers={cfg.publishers}",
+                    f"--rate={cfg.paced_rate}",
+                    f"--duration={cfg.paced_duration}",
+                    f"--settle={cfg.settle}",
+                    f"--timeout={cfg.timeout}",
+                ]
+                limit = cfg.timeout + cfg.paced_duration + 60
+                loadgen = Child(["-m", "benchmarks.loadgen", *args])
+                try:
+                    loadgen.expect("MEASURE", timeout=limit)
+                    loadgen.send("GO")
+                    if with_replay:
+                        time.sleep(cfg.paced_duration / 3)  # the resume lands mid-run
+                        resumer.go.set()
+                    loadgen.expect("MEASURED", timeout=limit)
+                    loadgen.send("GO")
+                    result: Row = json.loads(loadgen.expect("RESULT", timeout=60))
+                finally:
+                    loadgen.stop()
+                resumer.go.set()  # without the replay: resumed after the measurement
+                resumer.join(timeout=cfg.timeout)
+            result["workload"] = "replay"
+            result["server"] = f"with a {count:,}-message replay" if with_replay else "no replay"
+            result["replayed"] = resumer.replayed
+            result["replay_s"] = resumer.seconds if with_replay else float("nan")
+            result["all_counted"] = result["all_counted"] and resumer.replayed >= count
+            runs.setdefault(result["server"], []).append(result)
+    rows = []
+    for results in runs.values():
+        row = sorted(results, key=lambda r: r["p99_ms"])[len(results) // 2]
+        row["runs_p99_ms"] = [r["p99_ms"] for r in results]
+        row["all_counted"] = all(r["all_counted"] for r in results)
+        rows.append(row)
+        _progress(row, f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
+    if len(rows) == 2 and rows[0]["p99_ms"] > 0:
+        rows[1]["p99_vs_no_replay"] = rows[1]["p99_ms"] / rows[0]["p99_ms"]
+    return rows
+
+
+def web(cfg: Config) -> list[Row]:
+    """WebSocket subscribers against TCP ones (see :mod:`benchmarks.web`)."""
+    child = Child(["-m", "benchmarks.web", *(["--quick"] if cfg.quick else [])])
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=900))
+    finally:
+        child.stop()
+    for row in rows:
+        if row["kind"] == "ratio":
+            _progress(
+                row,
+                f"memory {row['memory_ratio']:.2f} x, deliveries/s {row['throughput_ratio']:.2f} x",
+            )
+        else:
+            _progress(
+                row,
+                f"{row['rss_per_client_kb']:.2f} KB/idle client, "
+                f"{row['deliveries_per_s']:,.0f} deliveries/s",
+            )
+    return rows
+
+
 def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
     """Workload 4: a raw blocking sender into a raw receiver or a MulticastChannel."""
     rows: list[Row] = []
@@ -406,6 +492,24 @@ def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
             rows.append(row)
             label = "paced" if paced_rate else "burst"
             _progress(row, f"{label}: {row['received_per_s']:,.0f}/s, lost {row['lost']}")
+    return rows
+
+
+def _reliable(cfg: Config) -> list[Row]:
+    """Reliable multicast (#16): CPU per message over today's mode; loss runs in netns."""
+    from . import mcast_reliable
+
+    rows = mcast_reliable.workload(cfg.quick)
+    for row in rows:
+        if row["what"] == "cpu":
+            _progress(row, f"CPU per message: {row['ratio']:.2f} x today's mode (target 1.2)")
+        else:
+            _progress(
+                row,
+                f"{row['loss_percent']} % loss, {row['senders']} sender(s): "
+                f"{'all delivered' if row['all_counted'] else 'NOT ALL'}, "
+                f"{row['nacks_per_lost']:.2f} NACKs per lost datagram",
+            )
     return rows
 
 
@@ -577,7 +681,6 @@ class Config:
         self.timeout = 30.0 if quick else 120.0
         self.repeat = 1 if quick else 3
         self.burst_subscribers = [5] if quick else [10, 100, 300, 1000]
-        self.history_subscribers = [5] if quick else [10, 100]
         self.json_at = [5] if quick else [100]
         self.paced_subscribers = 5 if quick else 100
         self.paced_rate = 200.0 if quick else 2000.0
@@ -597,6 +700,9 @@ class Config:
         # remains is the hop through Redis.
         self.cross_subscribers = [6] if quick else [100, 1000]
         self.cross_paced_rates = [self.paced_rate] if quick else [200.0, self.paced_rate]
+        # History: burst fan-out at 100 subscribers; a 10,000-message replay under paced load.
+        self.history_subscribers = 5 if quick else 100
+        self.replay_count = 300 if quick else 10_000
 
     def burst_messages(self, subscribers: int, kind: str) -> int:
         """Messages per publisher: about 8 M deliveries for the fast relays, 1/16 of that for
@@ -643,21 +749,6 @@ def _ratios(rows: list[Row]) -> list[Row]:
                             "met": None if target is None else ratio >= target,
                         }
                     )
-    kept = [r for r in rows if r["workload"] == "history"]
-    for subs in sorted({r["subscribers"] for r in kept}):
-        at = {r["server"]: r["deliveries_per_s"] for r in kept if r["subscribers"] == subs}
-        off = at.get("chatcast (history off)")
-        for label, target in (("history in memory", 0.9), ("SQLite store", 0.75)):
-            ours = at.get(f"chatcast ({label})")
-            if off and ours is not None:
-                out.append(
-                    {
-                        "what": f"burst {subs} subs: {label} / history off",
-                        "ratio": ours / off,
-                        "target": target,
-                        "met": ours / off >= target,
-                    }
-                )
     paced_rows = {r["server"]: r for r in rows if r["workload"] == "paced"}
     for loop in ("", "+uvloop"):
         if "chatcast" + loop in paced_rows and "ceiling" + loop in paced_rows:
@@ -724,6 +815,27 @@ def _ratios(rows: list[Row]) -> list[Row]:
                         "met": r["lost"] == 0,
                     }
                 )
+    # Issue #11: history costs little on the fan-out; a replay does not hurt the room.
+    for r in rows:
+        if r["workload"] == "history" and "vs_history_off" in r and "off" not in r["server"]:
+            target = 0.75 if r["server"].startswith("SQLite") else 0.9
+            out.append(
+                {
+                    "what": f"burst with {r['server']} / history off",
+                    "ratio": r["vs_history_off"],
+                    "target": target,
+                    "met": r["vs_history_off"] >= target,
+                }
+            )
+        elif r["workload"] == "replay" and "p99_vs_no_replay" in r:
+            out.append(
+                {
+                    "what": "paced p99 during a replay / without (lower is better)",
+                    "ratio": r["p99_vs_no_replay"],
+                    "target": 1.5,
+                    "met": r["p99_vs_no_replay"] <= 1.5,
+                }
+            )
     return out
 
 
@@ -825,6 +937,66 @@ def _cross_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _history_table(rows: list[Row]) -> list[str]:
+    """The history, replay and acks workloads (issue #11), each against its own baseline."""
+    lines: list[str] = []
+    kept = [r for r in rows if r["workload"] == "history"]
+    if kept:
+        lines += ["", f"History: burst fan-out to {kept[0]['subscribers']} subscribers (median)"]
+        lines.append(f"{'history':<36}{'deliveries/s':>15}{'x history off':>15}  all")
+        for r in kept:
+            lines.append(
+                f"{r['server']:<36}{r['deliveries_per_s']:>15,.0f}"
+                f"{r.get('vs_history_off', float('nan')):>15.2f}  "
+                f"{'yes' if r['all_counted'] else 'NO'}"
+            )
+        for r in kept:
+            if "store_written" in r:
+                lines.append(
+                    f"  {r['server']}: wrote {r['store_written']:,}, skipped"
+                    f" {r['store_skipped']:,} (the retention would have deleted them at once);"
+                    f" {r['store_queued_at_end']:,} queued at the last delivery, written"
+                    f" {1000 * r['store_caught_up_s']:.0f} ms later"
+                )
+    replayed = [r for r in rows if r["workload"] == "replay"]
+    if replayed:
+        r0 = replayed[0]
+        lines += [
+            "",
+            f"Replay under load ({r0['rate']:,.0f} msg/s to {r0['subscribers']} subscribers, ms)",
+        ]
+        lines.append(f"{'':<36}{'p50':>8}{'p99':>8}{'x p99':>8}{'replay s':>10}  p99 of each run")
+        for r in replayed:
+            each = " ".join(f"{p:.2f}" for p in r.get("runs_p99_ms", [r["p99_ms"]]))
+            lines.append(
+                f"{r['server']:<36}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+                f"{r.get('p99_vs_no_replay', 1.0):>8.2f}{r.get('replay_s', float('nan')):>10.2f}"
+                f"  {each}"
+            )
+    acked = [r for r in rows if r["workload"] == "acks"]
+    if acked:
+        lines += ["", "Sending with acks (one client, messages/s to the last relayed)"]
+        lines.append(f"{'how':<36}{'messages/s':>12}{'x fire-and-forget':>19}")
+        for r in acked:
+            lines.append(
+                f"{r['server']:<36}{r['messages_per_s']:>12,.0f}{r['vs_fire_and_forget']:>19.2f}"
+            )
+    return lines
+
+
+def acks(cfg: Config) -> list[Row]:
+    """Sending with acks: pipelined post() and one-at-a-time send() against fire-and-forget
+    (see :mod:`benchmarks.acks`)."""
+    child = Child(["-m", "benchmarks.acks", *(["--quick"] if cfg.quick else ["--repeat=3"])])
+    try:
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=600))
+    finally:
+        child.stop()
+    for row in rows:
+        _progress(row, f"{row['messages_per_s']:,.0f} messages/s")
+    return rows
+
+
 def _table(rows: list[Row], ratios: list[Row]) -> str:
     lines = []
     bursts = [r for r in rows if r["workload"] == "burst"]
@@ -839,28 +1011,6 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['server']:<28}{r['subscribers']:>6}{r['deliveries_per_s']:>15,.0f}"
                 f"{r['seconds']:>7.2f}{r['server_cpu_s']:>10.2f}{r['server_cpu_us_per_1k']:>10.0f}"
                 f"{r['lost']:>6}  {'yes' if r['all_counted'] else 'NO'}"
-            )
-    kept = [r for r in rows if r["workload"] == "history"]
-    if kept:
-        lines.append("")
-        lines.append(
-            "Burst fan-out with history (as above; store: messages written and skipped by "
-            "the retention, and queued when the burst's last delivery was counted)"
-        )
-        lines.append(
-            f"{'server':<32}{'subs':>5}{'deliveries/s':>14}{'s':>6}{'CPU us/1k':>10}"
-            f"{'written':>9}{'skipped':>9}{'queued':>8}  all"
-        )
-        for r in kept:
-            store = (
-                f"{r['store_written']:>9}{r['store_skipped']:>9}{r['store_queued_at_end']:>8}"
-                if "store_written" in r
-                else " " * 26
-            )
-            lines.append(
-                f"{r['server']:<32}{r['subscribers']:>5}{r['deliveries_per_s']:>14,.0f}"
-                f"{r['seconds']:>6.2f}{r['server_cpu_us_per_1k']:>10.0f}{store}"
-                f"  {'yes' if r['all_counted'] else 'NO'}"
             )
     paced_rows = [r for r in rows if r["workload"] == "paced"]
     if paced_rows:
@@ -895,6 +1045,11 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['rss_after_mb']:>9.1f}{r['accept_s']:>12.2f}{r['ready_s']:>10.2f}"
                 f"{r['alive_at_end']:>7}"
             )
+    web_rows = [r for r in rows if r["workload"] == "web"]
+    if web_rows:
+        from .web import table as web_table
+
+        lines += ["", web_table(web_rows)]
     hot = [r for r in rows if r["workload"] == "hotpath"]
     if hot:
         lines.append("")
@@ -936,6 +1091,7 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['received_per_s']:>10,.0f}{r['sender_per_s']:>10,.0f}"
             )
     lines += _cross_table(rows)
+    lines += _history_table(rows)
     if ratios:
         lines.append("")
         lines.append("Targets (ratios from this run)")
@@ -979,7 +1135,20 @@ def _chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
-WORKLOADS = ("burst", "history", "paced", "scale", "multicast", "hotpath", "client", "cross")
+WORKLOADS = (
+    "burst",
+    "paced",
+    "scale",
+    "multicast",
+    "hotpath",
+    "client",
+    "cross",
+    "history",
+    "replay",
+    "acks",
+    "web",
+    "reliable",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1000,9 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL",
         help="record every chatcast server with py-spy into results/profile-LABEL-*.txt",
     )
-    parser.add_argument(
-        "--subscribers", help="burst (and history) subscriber counts, e.g. 100,1000"
-    )
+    parser.add_argument("--subscribers", help="burst subscriber counts, e.g. 100,1000")
     parser.add_argument("--room-sizes", help="scale: clients per room, e.g. 1,100")
     parser.add_argument(
         "--servers", help="comma-separated subset of threaded, naive, ceiling, chatcast"
@@ -1022,7 +1189,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg.room_sizes = [int(n) for n in args.room_sizes.split(",")]
     if args.subscribers:
         cfg.burst_subscribers = [int(n) for n in args.subscribers.split(",")]
-        cfg.history_subscribers = cfg.burst_subscribers
     servers = [("threaded", False), ("naive", False), ("ceiling", False), ("chatcast", False)]
     if args.uvloop:
         servers += [("ceiling", True), ("chatcast", True)]
@@ -1035,13 +1201,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     steps: list[tuple[str, Callable[[], list[Row]]]] = [
         ("burst", lambda: burst(cfg, servers)),
-        ("history", lambda: history(cfg)),
         ("paced", lambda: paced(cfg, servers)),
         ("scale", lambda: scale(cfg, servers)),
         ("multicast", lambda: multicast(cfg, args.uvloop)),
         ("hotpath", lambda: hotpath(cfg)),
         ("client", lambda: client(cfg)),
         ("cross", lambda: cross(cfg)),
+        ("history", lambda: history(cfg)),
+        ("replay", lambda: replay(cfg)),
+        ("acks", lambda: acks(cfg)),
+        ("web", lambda: web(cfg)),
+        ("reliable", lambda: _reliable(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:

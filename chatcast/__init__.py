@@ -2,6 +2,7 @@
 
 * :class:`MulticastChannel`: UDP multicast chat that talks to any UDP peer.
 * :class:`BroadcastServer` / :class:`BroadcastClient`: a TCP chat hub and its client.
+* :func:`discover` / :func:`discover_once`: find servers announcing themselves on the LAN.
 
 Messages are newline-framed (``docs/protocol.md``). No runtime dependencies.
 """
@@ -13,6 +14,14 @@ __version__ = "0.1.0"
 from ._core.framing import DEFAULT_MAX_LINE_BYTES, LineDecoder
 from ._core.history import HistoryLimits
 from .client import BroadcastClient, ClientStatistics
+from .discovery import (
+    Announce,
+    DiscoveredServer,
+    Discovery,
+    client_for,
+    discover,
+    discover_once,
+)
 from .exceptions import (
     AuthenticationError,
     BackplaneError,
@@ -32,6 +41,7 @@ from .server import BroadcastServer, EventStream, ServerStatistics
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "Announce",
     "AuthenticationError",
     "BackplaneError",
     "BroadcastClient",
@@ -40,6 +50,8 @@ __all__ = [
     "ChatcastError",
     "ClientStatistics",
     "ConnectionClosed",
+    "DiscoveredServer",
+    "Discovery",
     "EventStream",
     "HistoryLimits",
     "InvalidFrame",
@@ -55,4 +67,7 @@ __all__ = [
     "ServerStatistics",
     "StoreError",
     "__version__",
+    "client_for",
+    "discover",
+    "discover_once",
 ]

@@ -17,6 +17,7 @@ its way the connection's reading is paused and any frames already read wait thei
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -62,6 +63,7 @@ class Cluster:
     def serve(self, hub: Hub) -> None:
         """Deliver what the other servers send to ``hub``'s members."""
         self._hub = hub
+        hub.moderation.share = self.moderation  # bans, kicks, mutes, topics cross (#14)
 
     @property
     def hub(self) -> Hub:
@@ -139,6 +141,13 @@ class Cluster:
         )
         return True
 
+    def moderation(self, action: dict[str, Any]) -> None:
+        """Publish a moderation action taken here (#14)."""
+        text = json.dumps(action, ensure_ascii=False, separators=(",", ":"))
+        self.backplane.publish(
+            bp.Envelope(self.origin, bp.MODERATION, None, str(action.get("by")), (text,))
+        )
+
     def _remote_name(self, name: str) -> str | None:
         """The name on another server that is ``name`` (``Alice`` for ``alice``), or None."""
         if name in self.remote:
@@ -199,6 +208,15 @@ class Cluster:
                 )
             return
         text = envelope.texts[0] if envelope.texts else ""
+        if kind == bp.MODERATION:
+            try:
+                action = json.loads(text)
+                if not isinstance(action, dict):
+                    raise ValueError("not an object")
+                hub.moderation.apply(action)
+            except ValueError as exc:
+                log.warning("bad moderation envelope from %s: %s", envelope.origin, exc)
+            return
         if kind == bp.PRIVATE:
             target = hub.peer_named(envelope.to or "")
             if target is not None and not target.closing:

@@ -14,7 +14,7 @@ __all__ = ["EventStream", "end_all"]
 class EventStream:
     """An async iterator over a server's events; see :meth:`BroadcastServer.events`.
 
-    The hub hands each event to :meth:`_put`, which never waits: a reader more than
+    The hub hands each event to ``_put``, which never waits: a reader more than
     ``maxsize`` events behind loses the newest ones (counted in :attr:`dropped` and in the
     server's ``events_dropped``).
     """

@@ -19,14 +19,23 @@ import collections
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from . import _sockets
 from ._core.mcast import Classifier
 from ._core.mcast_config import MulticastConfig
+from ._core.reliable_channel import ReliableCore
 from ._core.wire import Message
 
-__all__ = ["Receiver", "Sender", "open_transports"]
+__all__ = [
+    "ControlReceiver",
+    "Receiver",
+    "ReliableReceiver",
+    "Sender",
+    "open_repair_transports",
+    "open_transports",
+]
 
 logger = logging.getLogger("chatcast.multicast")
 
@@ -122,6 +131,18 @@ class Receiver(asyncio.DatagramProtocol):
                 self.error_received(exc)
                 return
 
+    def put(self, message: Message) -> None:
+        """Queue ``message`` (the bounded queue's rule) and wake a reader."""
+        queue = self.queue
+        if len(queue) >= self.max_queue:
+            self.overflowed += 1
+            if self.drop_newest:
+                return
+            queue.popleft()
+        queue.append(message)
+        if self.waiters:
+            self.wake_one()
+
     async def wait(self) -> None:
         """Wait until a message may be in the queue (or :meth:`wake_all` is called).
 
@@ -153,6 +174,99 @@ class Receiver(asyncio.DatagramProtocol):
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class ReliableReceiver(Receiver):
+    """The data port of a reliable channel: as :class:`Receiver`, but each message from a
+    reliable sender goes through the :class:`~chatcast._core.reliable_channel.ReliableCore`
+    (in order, each once, gaps noticed), and ``after`` runs once per batch (it sends the
+    NACKs due and re-arms the timer).
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        core: ReliableCore,
+        after: Callable[[], None],
+        *,
+        max_queue: int,
+        drop_newest: bool,
+    ) -> None:
+        super().__init__(classifier, max_queue=max_queue, drop_newest=drop_newest)
+        self.core = core
+        self.after = after
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        classifier = self.classifier
+        classify = classifier.classify
+        track = self.core.receiver.data
+        ready = self.core.ready
+        put = self.put
+        now = time.time()
+        sock = self.sock
+        drained = 0
+        while True:
+            classifier.origin = None
+            message = classify(data, addr, now)
+            if isinstance(message, Message):
+                origin = classifier.origin
+                if origin is not None:
+                    delivered = track(origin[0], origin[1], origin[2], message, now)
+                    if delivered is not None:
+                        put(delivered)
+                    if ready:
+                        for message in ready:
+                            put(message)
+                        ready.clear()
+                else:
+                    put(message)
+            if sock is None or drained == _DRAIN:
+                break
+            drained += 1
+            try:
+                data, addr = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.error_received(exc)
+                break
+        self.after()
+
+
+class ControlReceiver(asyncio.DatagramProtocol):
+    """The repair port of a reliable channel: NACKs, heartbeats, leave notices and repairs
+    go to the core; repaired messages to the data receiver's queue; then ``after`` runs."""
+
+    def __init__(self, core: ReliableCore, receiver: Receiver, after: Callable[[], None]) -> None:
+        self.core = core
+        self.receiver = receiver
+        self.after = after
+        self.errors = 0
+        self.deliver = True
+        self.closed: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors += 1
+        logger.debug("repair port receive error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        core = self.core
+        message = core.control(data, addr, time.time())
+        ready = core.ready
+        if self.deliver:
+            if message is not None:
+                self.receiver.put(message)
+            for message in ready:
+                self.receiver.put(message)
+        ready.clear()
+        self.after()
 
 
 class Sender(asyncio.DatagramProtocol):
@@ -237,3 +351,43 @@ async def open_transports(
             receive_transport.close()
         raise
     return receive_transport, send_transport, granted
+
+
+async def open_repair_transports(
+    config: MulticastConfig,
+    interface: _sockets.Interface,
+    receiver: ControlReceiver,
+    sender: Sender,
+) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]:
+    """Open the receive and send sockets of the repair port (``config.repair_port``).
+
+    Raises:
+        OSError: The OS refused; nothing is left open.
+    """
+    loop = asyncio.get_running_loop()
+    receive_sock = send_sock = None
+    receive_transport: asyncio.DatagramTransport | None = None
+    try:
+        receive_sock = _sockets.open_receive_socket(
+            config.group,
+            config.repair_port,
+            interface,
+            loopback=config.loopback,
+            receive_buffer_bytes=config.receive_buffer_bytes,
+        )
+        send_sock = _sockets.open_send_socket(
+            config.group, config.repair_port, interface, ttl=config.ttl, loopback=config.loopback
+        )
+        receive_transport, _ = await loop.create_datagram_endpoint(
+            lambda: receiver, sock=receive_sock
+        )
+        receive_sock = None
+        send_transport, _ = await loop.create_datagram_endpoint(lambda: sender, sock=send_sock)
+    except BaseException:
+        for sock in (receive_sock, send_sock):
+            if sock is not None:
+                sock.close()
+        if receive_transport is not None:
+            receive_transport.close()
+        raise
+    return receive_transport, send_transport

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._core import commands as proto
-from ._core.client import AUTH_REASONS, ClientProtocol, RequestKind
+from ._core.client import ClientProtocol, RequestKind, is_final
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from .exceptions import (
     AuthenticationError,
@@ -62,7 +62,11 @@ class BroadcastClient:
         port: The server's port.
         name: The name to ask for; ``None`` lets the server pick (``guestN``).
         room: The room to join; ``None`` for the server's default room.
-        token: The server's token, when it requires one.
+        token: The server's token, when it requires one. The library never reads the
+            environment: to use ``CHATCAST_TOKEN`` as the command line does, pass
+            ``token=os.environ.get("CHATCAST_TOKEN")``.
+        op_token: The server's operator token: presented in the hello, it makes this
+            client an operator (:attr:`operator`); a wrong one is refused like a wrong token.
         ssl: ``True`` for TLS with the system's trust store and hostname checks, or an
             :class:`ssl.SSLContext` (e.g. one that trusts a private CA), or ``None``.
         server_hostname: The name to check the server's certificate against, when it is
@@ -97,6 +101,7 @@ class BroadcastClient:
         name: str | None = None,
         room: str | None = None,
         token: str | None = None,
+        op_token: str | None = None,
         ssl: ssl_module.SSLContext | bool | None = None,
         server_hostname: str | None = None,
         reconnect: bool = False,
@@ -144,6 +149,7 @@ class BroadcastClient:
             token=token,
             max_line_bytes=max_line_bytes,
             tls=self.ssl is not None,
+            op_token=op_token,
         )
         # Received messages, bounded by _deliver/_put; the end of the stream comes after them.
         self._inbox: collections.deque[Message] = collections.deque()
@@ -154,7 +160,9 @@ class BroadcastClient:
         self._ending: ChatcastError | None = None
         self._early: list[Message] = []  # read with the welcome, delivered by the reader
         self._requests: dict[int, asyncio.Future[Any]] = {}
-        self._awaiting: dict[str, asyncio.Future[Any]] = {}  # by ref: acks, history
+        # By ref: what waits for the server's answer (an ack, a history answer), and for an
+        # ack the text and recipient of the message, to give back the accepted Message.
+        self._awaiting: dict[str, tuple[asyncio.Future[Any], str | None, str | None]] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._heard = 0.0  # loop time of the last read from the server
@@ -262,7 +270,7 @@ class BroadcastClient:
         messages without a round trip each, use :meth:`post` and await the results later.
 
         Returns:
-            The message as accepted: its :attr:`~chatcast.Message.id`, my name, the room
+            The message as accepted: its ``id``, my name, the room
             (or ``to``).
 
         Raises:
@@ -293,26 +301,8 @@ class BroadcastClient:
         ref = protocol.new_ref()
         data = protocol.message(text, to=to, ref=ref)
         writer = self._writable()
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        accepted: asyncio.Future[Message] = loop.create_future()
-        name, room = protocol.name, protocol.room
-
-        def done(answer: asyncio.Future[Any]) -> None:
-            if accepted.done():
-                return
-            if answer.cancelled():
-                accepted.cancel()
-            elif answer.exception() is not None:
-                accepted.set_exception(answer.exception())  # type: ignore[arg-type]
-            else:
-                kind = PRIVATE if to is not None else MESSAGE
-                accepted.set_result(
-                    Message(text, name, kind, None if to else room, None, to, None, answer.result())
-                )
-
-        answer.add_done_callback(done)
-        self._awaiting[ref] = answer
+        accepted: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._awaiting[ref] = (accepted, text, to)
         self._write(writer, data)
         self._sent += 1
         await self._drain(writer)
@@ -339,14 +329,15 @@ class BroadcastClient:
             Refused: The server refused the request (an id it has not given yet, a bad room).
             TimeoutError: No answer within ``ack_timeout`` seconds.
             ValueError: ``limit`` out of range, a negative id, an invalid room name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         protocol = self._protocol
         ref = protocol.new_ref()
         data = protocol.history(ref, room=room, limit=limit, before=before, after=after)
         writer = self._writable()
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._awaiting[ref] = answer
+        self._awaiting[ref] = (answer, None, None)
         try:
             self._write(writer, data)
             await self._drain(writer)
@@ -361,7 +352,8 @@ class BroadcastClient:
 
         Raises:
             ValueError: Not a valid room name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         await self._send_frame(self._protocol.join(room))
         self.room = room
@@ -373,7 +365,8 @@ class BroadcastClient:
 
         Raises:
             ValueError: Not a valid name.
-            ConnectionClosed / ChannelClosed: As for :meth:`send`.
+            ConnectionClosed: As for :meth:`send`.
+            ChannelClosed: As for :meth:`send`.
         """
         await self._send_frame(self._protocol.nick(name))
 
@@ -383,8 +376,9 @@ class BroadcastClient:
         Wrap it in :func:`asyncio.timeout` to bound the wait; a lost connection ends it.
 
         Raises:
-            ConnectionClosed / ChannelClosed: As for :meth:`send`, or if the connection
-                ends before the answer.
+            ConnectionClosed: As for :meth:`send`, or if the connection ends before the
+                answer.
+            ChannelClosed: As for :meth:`send`.
             InvalidFrame: The server's answer is malformed (not a list of names).
         """
         names: list[str] = await self._request("who", self._protocol.who(room))
@@ -394,6 +388,64 @@ class BroadcastClient:
         """Return every room with members, and how many (see :meth:`who` for errors)."""
         rooms: dict[str, int] = await self._request("rooms", self._protocol.rooms())
         return rooms
+
+    # -- moderation (#14): operators only, but op() and topic() -----------------------------
+
+    @property
+    def operator(self) -> bool:
+        """Whether the server made this client an operator at its hello (``op_token``)."""
+        return self._protocol.operator
+
+    async def op(self, token: str) -> None:
+        """Present the operator token; an ``"info"`` message confirms, an ``"error"``
+        refuses (each failure counts against flood control; the third disconnects)."""
+        await self._send_frame(self._protocol.moderation("op", token=token))
+
+    async def kick(self, name: str, reason: str = "") -> None:
+        """Ask the server to disconnect ``name`` (an ``"error"`` if I am not an operator)."""
+        await self._send_frame(self._protocol.moderation("kick", name=name, reason=reason or None))
+
+    async def ban(
+        self,
+        name: str | None = None,
+        *,
+        address: str | None = None,
+        duration: float | None = None,
+        reason: str = "",
+    ) -> None:
+        """Ask the server to ban ``name`` or ``address`` for ``duration`` seconds (``None``:
+        until lifted); an ``"info"`` message confirms."""
+        frame = self._protocol.moderation(
+            "ban", name=name, address=address, duration=duration, reason=reason or None
+        )
+        await self._send_frame(frame)
+
+    async def unban(self, name: str | None = None, *, address: str | None = None) -> None:
+        """Ask the server to lift the ban on ``name`` or ``address``."""
+        await self._send_frame(self._protocol.moderation("unban", name=name, address=address))
+
+    async def list_bans(self) -> None:
+        """Ask for the bans: they arrive as an ``"info"`` message, one ban per line."""
+        await self._send_frame(self._protocol.moderation("bans"))
+
+    async def mute(self, name: str, room: str | None = None, reason: str = "") -> None:
+        """Ask the server to stop ``name`` speaking in ``room`` (default: its room)."""
+        frame = self._protocol.moderation("mute", name=name, room=room, reason=reason or None)
+        await self._send_frame(frame)
+
+    async def unmute(self, name: str, room: str | None = None) -> None:
+        """Ask the server to let ``name`` speak in ``room`` (default: its room) again."""
+        await self._send_frame(self._protocol.moderation("unmute", name=name, room=room))
+
+    async def set_topic(self, room: str, text: str) -> None:
+        """Ask the server to set the topic of ``room`` (``""`` clears it); the room's members
+        (me too, if I am in it) get a ``"topic"`` message."""
+        await self._send_frame(self._protocol.moderation("topic", room=room, text=text))
+
+    async def ask_topic(self, room: str | None = None) -> None:
+        """Ask for the topic of ``room`` (default: mine): it arrives as a ``"topic"`` message
+        (an ``"info"`` one if there is none)."""
+        await self._send_frame(self._protocol.moderation("topic", room=room))
 
     async def _request(self, kind: RequestKind, data: bytes) -> Any:
         writer = self._writable()
@@ -553,7 +605,7 @@ class BroadcastClient:
             await self._drop_connection()
             if self._protocol.closed:
                 return
-            if not self.reconnect or reason in AUTH_REASONS:
+            if not self.reconnect or is_final(reason):
                 self._end(ConnectionClosed(reason))
                 return
             await self._put(Message(f"disconnected: {reason}; reconnecting", kind=INFO))
@@ -564,6 +616,12 @@ class BroadcastClient:
                 try:
                     await self._open()
                 except AuthenticationError as exc:
+                    self._end(exc)
+                    return
+                except ConnectionClosed as exc:
+                    if not is_final(exc.reason):  # banned (#14): retrying cannot help
+                        log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
+                        continue
                     self._end(exc)
                     return
                 except (OSError, TimeoutError, ChatcastError) as exc:
@@ -634,14 +692,24 @@ class BroadcastClient:
                 future.set_exception(answer.value)
             else:
                 future.set_result(answer.value)
-        for reply in self._protocol.replies_received():
-            future = self._awaiting.pop(reply.ref, None)
-            if future is None or future.done():
-                continue
-            if isinstance(reply.value, Refused):
-                future.set_exception(reply.value)
-            else:
-                future.set_result(reply.value)
+        replies = self._protocol.replies_received()
+        if replies:
+            protocol = self._protocol
+            for reply in replies:
+                waiting = self._awaiting.pop(reply.ref, None)
+                if waiting is None or waiting[0].done():
+                    continue
+                future, text, to = waiting
+                value = reply.value
+                if isinstance(value, Refused):
+                    future.set_exception(value)
+                elif isinstance(value, int) and text is not None:
+                    kind, room = (PRIVATE, None) if to is not None else (MESSAGE, protocol.room)
+                    future.set_result(
+                        Message(text, protocol.name, kind, room, None, to, None, value)
+                    )
+                else:
+                    future.set_result(value)
 
     def _check_silence(self, writer: asyncio.StreamWriter, again: bool = False) -> None:
         """The heartbeat timer: ping a silent server, give up on one that does not answer."""
@@ -695,7 +763,7 @@ class BroadcastClient:
                 future.exception()  # retrieved: nobody may be waiting any more
         self._requests.clear()  # what is left was given up on by its caller
         awaiting, self._awaiting = self._awaiting, {}
-        for future in awaiting.values():
+        for future, _, _ in awaiting.values():
             if not future.done():
                 future.set_exception(ConnectionClosed("connection lost before the server answered"))
         if writer is not None:

@@ -115,9 +115,12 @@ class StoreError(ChatcastError):
 
 class Refused(ChatcastError):
     """The server refused what this client sent (flood control, too long, an unknown
-    recipient, not allowed): :attr:`reason` is the server's own words."""
+    recipient, not allowed).
+
+    Attributes:
+        reason: The server's own words.
+    """
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        #: The server's reason.
         self.reason = reason

@@ -27,9 +27,12 @@ normative description of what goes on the wire; in short:
   This is authenticity among key holders, not secrecy: anyone on the network reads the text.
 
 Datagrams are unreliable and unordered across senders: the network may drop, duplicate or
-reorder them; a channel adds no retransmission. It never raises on bad input: oversized,
-empty, non-UTF-8, malformed, unsigned, forged and replayed datagrams are counted in
-:meth:`~MulticastChannel.statistics` and skipped.
+reorder them; a channel adds no retransmission unless made with ``reliable=True``
+(NACK-based repair on a separate repair port: each reliable sender's messages once, in
+order, or a gap event; see ``docs/multicast.md``, "Reliable multicast").
+
+It never raises on bad input: oversized, empty, non-UTF-8, malformed, unsigned, forged and
+replayed datagrams are counted in :meth:`~MulticastChannel.statistics` and skipped.
 
 This module is the asyncio face of the sans-I/O core: :mod:`chatcast._core.mcast` decides
 what each datagram is and makes the ones sent, :mod:`chatcast._core.mcast_config` checks the
@@ -39,7 +42,9 @@ options; :mod:`chatcast._mcast_protocols` and :mod:`chatcast._sockets` do the I/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import secrets
 import socket
 import time
@@ -50,6 +55,8 @@ from . import _sockets
 from ._core import mcast as _mcast
 from ._core import mcast_config as _config
 from ._core.mcast import Classifier, Encoder, MulticastStatistics, SenderStatistics, source
+from ._core.reliable_channel import ReliableCore
+from ._core.reliable_options import ReliableOptions
 from .exceptions import ChannelClosed
 from .message import Message
 
@@ -63,6 +70,7 @@ __all__ = [
     "INSTANCE_FIELD",
     "MulticastChannel",
     "MulticastStatistics",
+    "ReliableOptions",
     "SenderStatistics",
 ]
 
@@ -110,7 +118,9 @@ class MulticastChannel:
             not dropped by the kernel while Python catches up); ``None`` for the OS default.
         max_datagram_bytes: Largest datagram sent or accepted, 1 up to the UDP limit (65507
             for IPv4, 65527 for IPv6). Default 8192.
-        max_queue: Messages held for :meth:`receive`, at least 1. Default 1024.
+        max_queue: Messages held for :meth:`receive`, at least 1. Default 1024. A reliable
+            channel's queue holds ``reliable_options.max_held`` more, since a repair
+            releases at once every message held back behind it.
         drop: What goes when a message arrives to a full queue: ``"oldest"`` (default: the
             longest-waiting message, so a reader that falls behind sees the newest) or
             ``"newest"`` (the arriving one, as the kernel does). Counted as ``overflowed``.
@@ -121,6 +131,19 @@ class MulticastChannel:
             malformed, stale and replayed ones are skipped and counted. It proves that a
             message comes from *a* key holder, unaltered and only once; it does not hide it:
             anyone on the network can read the text. Not with ``plain``.
+        reliable: Repair loss (``docs/multicast.md``, "Reliable multicast"): number what is
+            sent and keep it in a bounded window for repair; notice gaps in what reliable
+            senders send, ask for them (NACKs) and deliver each of their messages once. What
+            cannot be repaired any more becomes a ``Message(kind="gap", sender=<sender id>,
+            missed=n)``. Control and repair traffic uses ``repair_port``, so plain peers on
+            the group see each message once and nothing else. Not with ``plain``.
+        ordered: Reliable: deliver each sender's messages in its order, holding back those
+            after a gap until it is repaired or given up (default); ``False`` delivers them
+            as they come (still each once).
+        repair_port: Reliable: the UDP port of the control and repair traffic, on the same
+            group; default ``port + 1`` (``port - 1`` for 65535). Every reliable member must
+            use the same.
+        reliable_options: Reliable: the timers and bounds (:class:`ReliableOptions`).
 
     Raises:
         ValueError: A group that is not multicast, a port or TTL out of range, an unknown
@@ -148,6 +171,10 @@ class MulticastChannel:
         max_queue: int = DEFAULT_QUEUE_SIZE,
         drop: Literal["oldest", "newest"] = "oldest",
         key: bytes | str | None = None,
+        reliable: bool = False,
+        ordered: bool = True,
+        repair_port: int | None = None,
+        reliable_options: ReliableOptions | None = None,
     ) -> None:
         config = _config.MulticastConfig.create(
             group,
@@ -162,6 +189,10 @@ class MulticastChannel:
             max_queue=max_queue,
             drop=drop,
             key=key,
+            reliable=reliable,
+            ordered=ordered,
+            repair_port=repair_port,
+            reliable_options=reliable_options,
         )
         family = socket.AF_INET if config.group.version == 4 else socket.AF_INET6
         self._interface = _sockets.resolve_interface(interface, family)
@@ -175,6 +206,7 @@ class MulticastChannel:
         # uniqueness matters for chatcast's own channels (their sender id is random per
         # channel); docs/multicast.md says why it is time-ordered.
         self._epoch = time.time_ns() // 1000
+        since_ms = self._epoch // 1000
         self._encoder = Encoder(
             instance=self._instance,
             epoch=self._epoch,
@@ -182,6 +214,7 @@ class MulticastChannel:
             plain=config.plain,
             key=config.key,
             max_datagram_bytes=config.max_datagram_bytes,
+            reliable_since=since_ms if config.reliable else None,
         )
         classifier = Classifier(
             instance=self._instance,
@@ -189,9 +222,43 @@ class MulticastChannel:
             echo=config.echo,
             max_datagram_bytes=config.max_datagram_bytes,
         )
-        self._receiver = _protocols.Receiver(
-            classifier, max_queue=config.max_queue, drop_newest=config.drop == "newest"
-        )
+        self._core: ReliableCore | None = None
+        self._control_receiver: _protocols.ControlReceiver | None = None
+        self._control_sender: _protocols.Sender | None = None
+        self._control_transports: tuple[asyncio.DatagramTransport, ...] = ()
+        self._timer: asyncio.TimerHandle | None = None
+        self._leave_timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._receiver: _protocols.Receiver
+        if config.reliable:
+            # The signed form's epoch, or 0: unsigned datagrams carry no epoch.
+            core = self._core = ReliableCore(
+                classifier,
+                instance=self._instance,
+                epoch=self._epoch if config.key is not None else 0,
+                since_ms=since_ms,
+                key=config.key,
+                options=config.reliable_options,
+                ordered=config.ordered,
+                joined=time.time(),
+            )
+            self._receiver = _protocols.ReliableReceiver(
+                classifier,
+                core,
+                self._after_io,
+                # A repair releases what was held behind the gap all at once: room for all
+                # of it, so a reader that keeps up loses none of it (same bound on memory).
+                max_queue=config.max_queue + config.reliable_options.max_held,
+                drop_newest=config.drop == "newest",
+            )
+            self._control_receiver = _protocols.ControlReceiver(
+                core, self._receiver, self._after_io
+            )
+            self._control_sender = _protocols.Sender()
+        else:
+            self._receiver = _protocols.Receiver(
+                classifier, max_queue=config.max_queue, drop_newest=config.drop == "newest"
+            )
         self._sender = _protocols.Sender()
         self._sent = 0
         self._delivered = 0
@@ -282,6 +349,15 @@ class MulticastChannel:
             self._state = "closed"
             raise
         self._receive_transport, self._send_transport, self._granted_buffer = transports
+        if self._control_receiver is not None and self._control_sender is not None:
+            try:
+                self._control_transports = await _protocols.open_repair_transports(
+                    self._config, self._interface, self._control_receiver, self._control_sender
+                )
+            except BaseException:
+                self._state = "closed"
+                self._close_transports()
+                raise
         own = self._receiver.classifier.own_address
         self._local_address = (own[0], own[1])
         if self._state != "opening":
@@ -307,6 +383,7 @@ class MulticastChannel:
             return
         self._state = "closed"
         self._close_transports()
+        self._close_reliable()
         self._receiver.sock = None
         self._receiver.queue.clear()
         self._receiver.wake_all()
@@ -317,9 +394,89 @@ class MulticastChannel:
             if transport is not None:
                 transport.close()
 
+    def _close_reliable(self) -> None:
+        """Say goodbye on the repair port, answer NACKs for ``linger`` seconds, then close."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = -math.inf  # never re-armed
+        core, transports = self._core, self._control_transports
+        if core is None or not transports:
+            return
+        if self._control_receiver is not None:
+            self._control_receiver.deliver = False
+        linger = self._config.reliable_options.linger
+        if core.sender.top == 0 or linger == 0:
+            for transport in transports:
+                transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        self._send_leave(core, self._config.reliable_options.heartbeat_min)
+        loop.call_later(linger, self._end_linger)
+
+    def _send_leave(self, core: ReliableCore, interval: float) -> None:
+        # Repeated while lingering, backing off as heartbeats do: a receiver that lost our
+        # last messages *and* one leave notice still learns where we stopped.
+        transports = self._control_transports
+        if transports[1].is_closing():
+            return
+        with contextlib.suppress(OSError):
+            transports[1].sendto(core.leave(time.time()))
+        self._leave_timer = asyncio.get_running_loop().call_later(
+            interval, self._send_leave, core, interval * 2
+        )
+
+    def _end_linger(self) -> None:
+        if self._leave_timer is not None:
+            self._leave_timer.cancel()
+        for transport in self._control_transports:
+            transport.close()
+
+    def _after_io(self) -> None:
+        """Send what the reliable core has for the repair port; re-arm its timer."""
+        core = self._core
+        if core is None or not self._control_transports:
+            return
+        closing = self._state == "closed"
+        if closing:
+            core.receiver.outgoing.clear()  # a closed channel asks for nothing
+        out = core.take_outgoing()
+        if out:
+            transport = self._control_transports[1]
+            for data in out:
+                transport.sendto(data)
+        deadline = core.deadline()
+        if deadline < self._timer_at and not closing:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        core = self._core
+        assert core is not None
+        self._timer = None
+        self._timer_at = math.inf
+        core.tick(time.time())
+        ready = core.ready
+        for message in ready:
+            self._receiver.put(message)
+        ready.clear()
+        self._after_io()
+
     async def wait_closed(self) -> None:
-        """Wait until :meth:`close` has released both sockets."""
-        for protocol in (self._receiver, self._sender):
+        """Wait until :meth:`close` has released the sockets.
+
+        A reliable channel that sent something keeps its repair port open for
+        ``reliable_options.linger`` seconds after :meth:`close`, to answer the NACKs of
+        receivers still missing its last messages; this waits for that too.
+        """
+        protocols: list[_protocols.Receiver | _protocols.Sender | _protocols.ControlReceiver]
+        protocols = [self._receiver, self._sender]
+        if self._control_receiver is not None and self._control_sender is not None:
+            protocols += [self._control_receiver, self._control_sender]
+        for protocol in protocols:
             if protocol.closed is not None:
                 await protocol.closed
 
@@ -360,10 +517,18 @@ class MulticastChannel:
             raise ChannelClosed("the multicast channel is closed")
         if transport is None:
             raise RuntimeError("open the channel first: async with MulticastChannel(...)")
-        data = self._encoder.encode(text, time.time())
+        now = time.time()
+        encoder = self._encoder
+        data = encoder.encode(text, now)
         sender = self._sender
         sender.error = None
         transport.sendto(data)
+        core = self._core
+        if core is not None:
+            # Kept for repair even if the OS refused it now: a NACK may still ask for it.
+            core.sender.sent(encoder.seq, data, now)
+            if core.sender.deadline < self._timer_at:
+                self._after_io()
         if sender.error is not None:
             error, sender.error = sender.error, None
             raise error
@@ -426,16 +591,38 @@ class MulticastChannel:
         """Return the channel's counters now (see :class:`MulticastStatistics`)."""
         receiver = self._receiver
         classifier = receiver.classifier
+        reliable: dict[str, int] = {}
+        core = self._core
+        if core is not None:
+            rx, tx = core.receiver, core.sender
+            reliable = {
+                "nacks_sent": rx.nacks_sent,
+                "nacked": rx.nacked,
+                "nacks_suppressed": rx.suppressed,
+                "nacks_received": tx.nacks_received,
+                "repairs_sent": tx.repairs_sent,
+                "repairs_throttled": tx.repairs_throttled,
+                "repairs_received": rx.repairs_received,
+                "duplicates": rx.duplicates,
+                "gaps": rx.gaps,
+                "missed": rx.missed,
+                "held": rx.held,
+                "control_received": core.control_received,
+            }
+        errors = receiver.errors + self._sender.errors
+        if self._control_receiver is not None and self._control_sender is not None:
+            errors += self._control_receiver.errors + self._control_sender.errors
         return MulticastStatistics(
             sent=self._sent,
             received=classifier.received,
             delivered=self._delivered,
             queued=len(receiver.queue),
             overflowed=receiver.overflowed,
-            errors=receiver.errors + self._sender.errors,
+            errors=errors,
             receive_buffer_bytes=self._granted_buffer,
             lost=classifier.lost,
             **{reason.value: count for reason, count in classifier.skipped.items()},
+            **reliable,
         )
 
     def sender_statistics(self) -> list[SenderStatistics]:

@@ -20,16 +20,18 @@ import logging
 import os
 import ssl as ssl_module
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
 
+from ._announce import Announce, Announcer, ServerInfo
 from ._cluster import Cluster
 from ._connection import Acceptor, Connection
 from ._core.config import DEFAULT_WELCOME, ServerConfig
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from ._core.history import HistoryLimits
 from ._core.hub import Hub
+from ._core.moderation import BanRecord, MuteRecord, TopicRecord, UnknownTarget
 from ._core.peer import Peer
 from ._core.ports import Store
 from ._events import EventStream, end_all
@@ -37,7 +39,16 @@ from .backplane import Backplane
 from .exceptions import ChannelClosed, ConnectionClosed, InvalidFrame
 from .message import ANNOUNCEMENT, CLOSING, PRIVATE, Message
 
-__all__ = ["DEFAULT_WELCOME", "BroadcastServer", "EventStream", "ServerStatistics"]
+__all__ = [
+    "DEFAULT_WELCOME",
+    "BanRecord",
+    "BroadcastServer",
+    "EventStream",
+    "HistoryLimits",
+    "MuteRecord",
+    "ServerStatistics",
+    "TopicRecord",
+]
 
 log = logging.getLogger("chatcast.server")
 
@@ -175,7 +186,11 @@ class BroadcastServer:
             ``None`` (the default) to keep it while TCP keepalive says it is there.
         keepalive: Turn on TCP keepalive on every connection.
         token: If set, clients must present this token (JSON hello ``"token"`` or text
-            ``/auth TOKEN``) before they can send or receive anything.
+            ``/auth TOKEN``) before they can send or receive anything. Never read from the
+            environment (``chatcast server`` reads ``CHATCAST_TOKEN``; a program passes it).
+        op_token: If set, a client that presents this token (JSON hello ``"op"`` or text
+            ``/op TOKEN``) becomes an operator: it may kick, ban, mute and set topics
+            (``docs/security.md``). Must differ from ``token``.
         auth_timeout: Seconds a connection has to authenticate.
         rate: Messages per second each client may send (token bucket), or ``None`` (the
             default) for no flood control.
@@ -207,6 +222,9 @@ class BroadcastServer:
         store: Keep the history and the ids on disk, in this SQLite file (a path, or a
             :class:`~chatcast.store.SQLiteStore`), so that they survive a restart.
             ``None`` (the default) keeps them in memory only.
+        announce: Announce this server on the LAN while it runs (``docs/discovery.md``):
+            an :class:`~chatcast.discovery.Announce`, or ``True`` for the defaults (on the
+            interface of ``host``, which must then be a specific address). Off by default.
 
     Attributes:
         config: The settings above, validated and frozen. Each is also readable on the
@@ -237,6 +255,7 @@ class BroadcastServer:
         idle_timeout: float | None = None,
         keepalive: bool = True,
         token: str | None = None,
+        op_token: str | None = None,
         auth_timeout: float = 5.0,
         rate: float | None = None,
         burst: float | None = None,
@@ -251,6 +270,7 @@ class BroadcastServer:
         history_on_join: int = 20,
         resume_window: float = 120.0,
         store: str | os.PathLike[str] | Store | None = None,
+        announce: Announce | bool | None = None,
     ) -> None:
         #: The settings, validated (:class:`~chatcast._core.config.ServerConfig`).
         self.config = ServerConfig(
@@ -270,6 +290,7 @@ class BroadcastServer:
             idle_timeout=idle_timeout,
             keepalive=keepalive,
             token=token,
+            op_token=op_token,
             auth_timeout=auth_timeout,
             rate=rate,
             burst=burst,
@@ -313,6 +334,10 @@ class BroadcastServer:
         self._all_gone.set()
         self._connections_total = 0
         self._rejected = 0
+        self._announcer = None
+        if announce:
+            settings = announce if isinstance(announce, Announce) else Announce()
+            self._announcer = Announcer(self._beacon_info, settings, server_host=host)
 
     # -- settings read back (read-only: ``config`` is frozen) --------------------------------
 
@@ -399,6 +424,12 @@ class BroadcastServer:
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="chatcast-server-sweep")
         log.info("listening on %s port %d", self.config.host or "*", self._port)
+        if self._announcer is not None:
+            try:
+                await self._announcer.start()
+            except BaseException:  # no interface, no route: not left half started
+                await self.aclose()
+                raise
 
     async def __aenter__(self) -> BroadcastServer:
         await self.start()
@@ -430,6 +461,8 @@ class BroadcastServer:
         self._closing = True
         log.info("closing: %s", reason)
         self._server.close()
+        if self._announcer is not None:
+            self._announcer.close()  # its goodbye first: nobody should try to join now
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._hub.close(Message(reason, kind=CLOSING))
@@ -449,6 +482,8 @@ class BroadcastServer:
         if self._tasks:  # handshakes end with their connections
             await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
         await self._server.wait_closed()
+        if self._announcer is not None:
+            await self._announcer.wait_closed()
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
             await cluster.close()
@@ -465,6 +500,12 @@ class BroadcastServer:
         for peer in list(self._hub.peers):
             if peer.transport is not None:
                 peer.transport.abort()
+
+    def _beacon_info(self) -> ServerInfo:
+        return ServerInfo(
+            self.config.host, self._port, self.ssl is not None, self.config.token is not None,
+            self._active,
+        )  # fmt: skip
 
     # -- what an embedding program can do ---------------------------------------------------
 
@@ -522,6 +563,112 @@ class BroadcastServer:
     def rooms(self) -> dict[str, int]:
         """Each room with members, and how many (on every server, with a backplane)."""
         return self._hub.room_counts()
+
+    # -- moderation (#14) -------------------------------------------------------------------
+
+    def kick(self, name: str, reason: str = "") -> None:
+        """Disconnect the client called ``name``; it and its room are told ``reason``. With
+        a backplane, a client of another server is kicked by that server.
+
+        Raises:
+            KeyError: Nobody of that name is connected (here, or on the other servers).
+            ValueError: A reason with control characters.
+        """
+        with _moderating():
+            self._hub.moderation.kick(name, reason)
+
+    def ban(
+        self,
+        name: str | None = None,
+        address: str | None = None,
+        duration: float | None = None,
+        reason: str = "",
+    ) -> BanRecord:
+        """Ban a name, an IP address, or both, for ``duration`` seconds (``None``: until
+        :meth:`unban`). Connected clients it matches are disconnected with the reason; a
+        banned address is refused at connect, a banned name at its hello or ``/nick``.
+
+        A ban on the name of a client connected here also covers the address it connects
+        from (so that it survives a change of name), unless that address is loopback (shared
+        by every user of this machine) or another client is connected from it too (a NAT, a
+        shared machine).
+
+        Returns:
+            The ban (see :meth:`bans`).
+
+        Raises:
+            ValueError: Neither name nor address, or a bad name, address, duration or reason.
+        """
+        with _moderating():
+            return self._hub.moderation.ban(name, address, duration, reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def unban(self, name: str | None = None, address: str | None = None) -> BanRecord:
+        """Lift the ban on ``name`` or ``address``; return it.
+
+        Raises:
+            KeyError: No such ban.
+        """
+        with _moderating():
+            return self._hub.moderation.unban(name, address)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def bans(self) -> list[BanRecord]:
+        """The bans in force, oldest first."""
+        return self._hub.moderation.bans()
+
+    def mute(self, name: str, room: str | None = None, reason: str = "") -> MuteRecord:
+        """Stop ``name`` speaking in ``room`` (default: the room it is in); it is told.
+
+        Raises:
+            KeyError: No room given, and nobody called ``name`` is connected here.
+            ValueError: A bad name, room or reason.
+        """
+        with _moderating():
+            return self._hub.moderation.mute(name, room, reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def unmute(self, name: str, room: str | None = None) -> MuteRecord:
+        """Let ``name`` speak in ``room`` (default: the room it is in) again.
+
+        Raises:
+            KeyError: ``name`` is not muted there.
+        """
+        with _moderating():
+            return self._hub.moderation.unmute(name, room)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def set_topic(self, room: str, text: str) -> None:
+        """Set the topic of ``room`` (``""`` clears it); shown to its members now and to
+        whoever enters it later.
+
+        Raises:
+            ValueError: A bad room name, or a topic with control characters or over 300
+                characters.
+        """
+        with _moderating():
+            self._hub.moderation.set_topic(room, text)
+
+    def topic(self, room: str) -> str | None:
+        """The topic of ``room``, or ``None``."""
+        record = self._hub.moderation.topic(room)
+        return None if record is None else record.text
+
+    def operators(self) -> list[str]:
+        """The names of the clients that are operators here, sorted."""
+        return sorted(peer.name for peer in self._hub.moderation.operators)
+
+    def moderation_records(self) -> list[dict[str, Any]]:
+        """Every ban, mute and topic as plain dicts, to keep (see :meth:`restore_moderation`)."""
+        return self._hub.moderation.records()
+
+    def restore_moderation(self, records: list[dict[str, Any]]) -> int:
+        """Load what :meth:`moderation_records` returned; return how many were loaded.
+
+        Raises:
+            ValueError: A record that is not one.
+        """
+        return self._hub.moderation.restore(records)
 
     def events(self, *, maxsize: int = 1000) -> EventStream:
         """Subscribe to what happens in the server: messages, privates, joins, leaves...
@@ -581,32 +728,42 @@ class BroadcastServer:
     # -- connections: limits and TLS (called by Connection) ---------------------------------
 
     def _connection_made(self, conn: Connection) -> None:
-        self._hub.add(conn)
-        self._connections_total += 1
-        self._all_gone.clear()
-        ip = conn.address.rpartition(":")[0]
-        self._per_address[ip] += 1
-        self._active += 1
-        config = self.config
-        refusal = None
-        if self._closing:
-            refusal = "server shutting down"
-        elif config.max_clients is not None and self._active > config.max_clients:
-            refusal = f"server full ({config.max_clients} clients)"
-        elif config.max_per_address is not None and self._per_address[ip] > config.max_per_address:
-            refusal = f"too many connections from {ip}"
+        refusal = self._admit(conn)
         if refusal is not None:
-            self._rejected += 1
             # Over TLS there is no session yet, so nothing readable can be said without a
             # handshake, which is what a flood of refused connections must not cost.
-            self._hub.refuse(conn, refusal, say=not self._tls_per_connection)
+            banned = self._hub.moderation.address_refusal(conn.address) is not None
+            self._hub.refuse(conn, refusal, say=not self._tls_per_connection, quiet=banned)
         elif self._tls_per_connection:
             self._tls_waiting.append(conn)
             self._start_handshakes()
         else:
             self._hub.greet(conn)
 
-    def _connection_lost(self, conn: Connection, exc: Exception | None) -> None:
+    def _admit(self, peer: Peer) -> str | None:
+        """Count a new connection (a TCP one, or a WebSocket one from :mod:`chatcast.web`)
+        against the limits; return why it is refused (it is counted as rejected), or None."""
+        self._hub.add(peer)
+        self._connections_total += 1
+        self._all_gone.clear()
+        ip = peer.address.rpartition(":")[0]
+        self._per_address[ip] += 1
+        self._active += 1
+        config = self.config
+        refusal = banned = None
+        if self._closing:
+            refusal = "server shutting down"
+        elif (banned := self._hub.moderation.address_refusal(peer.address)) is not None:
+            refusal = banned  # moderation (#14): refused before a byte is decoded
+        elif config.max_clients is not None and self._active > config.max_clients:
+            refusal = f"server full ({config.max_clients} clients)"
+        elif config.max_per_address is not None and self._per_address[ip] > config.max_per_address:
+            refusal = f"too many connections from {ip}"
+        if refusal is not None:
+            self._rejected += 1
+        return refusal
+
+    def _connection_lost(self, conn: Peer, exc: Exception | None) -> None:
         self._hub.lost(conn, exc)
         if not self._hub.peers:
             self._all_gone.set()
@@ -674,6 +831,18 @@ class BroadcastServer:
         while True:
             await asyncio.sleep(interval)
             self._hub.tick()
+
+
+@contextlib.contextmanager
+def _moderating() -> Iterator[None]:
+    """The core's refusals as the Python API raises them: KeyError for whom nobody knows,
+    ValueError for the rest."""
+    try:
+        yield
+    except UnknownTarget as exc:
+        raise KeyError(str(exc)) from None
+    except InvalidFrame as exc:
+        raise ValueError(str(exc)) from None
 
 
 class _LoopClock:

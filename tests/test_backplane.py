@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from chatcast.client import BroadcastClient
-from chatcast.exceptions import BackplaneError, ConnectionClosed
+from chatcast.exceptions import BackplaneError, ConnectionClosed, Refused
 from chatcast.message import ANNOUNCEMENT, JOIN, LEAVE, MESSAGE, NICK, PRIVATE
 from chatcast.server import BroadcastServer
 from tests.conftest import TextPeer, receive_kind
@@ -202,13 +202,12 @@ async def test_names_are_unique_across_servers(cluster: Any) -> None:
 
 
 async def test_private_to_nobody_anywhere(cluster: Any) -> None:
-    """A private message to a name on no server gets the usual error."""
+    """A private message to a name on no server is refused with the usual reason."""
     one = await cluster()
     await cluster()
     alice = await _client(cluster, one, "alice")
-    await alice.send("hello?", to="ghost")
-    error = await receive_kind(alice, "error")
-    assert error.text == "no such user: ghost"
+    with pytest.raises(Refused, match=r"^no such user: ghost$"):
+        await alice.send("hello?", to="ghost")
 
 
 async def test_four_servers_hundred_clients(cluster: Any) -> None:
@@ -224,8 +223,9 @@ async def test_four_servers_hundred_clients(cluster: Any) -> None:
     await wait_until(lambda: all(len(s.who()) == 100 for s in servers), 10)
 
     async def send_all(client: BroadcastClient) -> None:
-        for n in range(count):
-            await client.send(f"{n}")
+        # Pipelined (post, then the acks): back to back, as fire-and-forget sends were.
+        accepted = [await client.post(f"{n}") for n in range(count)]
+        await asyncio.gather(*accepted)
 
     async def receive_all(client: BroadcastClient) -> dict[str, list[int]]:
         others = members[client.room or ""] - {client.name}
@@ -284,9 +284,9 @@ async def test_redis_outage(cluster: Any, redis_server: RedisProcess) -> None:
     await wait_until(lambda: not one.statistics().backplane_connected, 10)
     await alice.send("during")
     assert (await receive_kind(carol, MESSAGE)).text == "during"  # local delivery never stops
-    await alice.send("psst", to="bob")  # on the other server: not silently lost
-    error = await receive_kind(alice, "error")
-    assert error.text == "bob is on another server, which cannot be reached now"
+    # On the other server: not silently lost, refused with the reason.
+    with pytest.raises(Refused, match=r"^bob is on another server, which cannot be reached now$"):
+        await alice.send("psst", to="bob")
     await wait_until(lambda: one.statistics().backplane_failures >= 1)
     redis_server.start()
     async with asyncio.timeout(timeout(20)):

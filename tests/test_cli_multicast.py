@@ -418,3 +418,74 @@ async def test_chat_with_key_shows_warnings(
     status, _, err = await finish(chat)
     assert status == 0, err
     assert "dropped" not in err  # the warning went through the console, not stderr
+
+
+# -- reliable ---------------------------------------------------------------------------------
+
+
+async def test_reliable_receive_repairs_and_shows_gaps(run: Run, where: list[str]) -> None:
+    """``receive --reliable`` prints a gap event for what can no longer be repaired (it left
+    the sender's window of 2), and goes on."""
+    from chatcast.multicast import ReliableOptions
+
+    repair = ["--repair-port", str(free_port())]
+    receiver = await started_receiver(run, *where, *repair, "--reliable", "--count", "7")
+    group, port = where[1], int(where[3])
+    sender = MulticastChannel(
+        group,
+        port,
+        interface="127.0.0.1",
+        ttl=0,
+        name="alice",
+        reliable=True,
+        repair_port=int(repair[1]),
+        reliable_options=ReliableOptions(window_messages=2, linger=0.5),
+    )
+    async with sender:
+        transport = sender._send_transport
+        assert transport is not None
+        original = transport.sendto
+        numbers = iter(range(1, 100))
+
+        def lossy(data: bytes, addr: object = None) -> None:
+            if next(numbers) not in (5, 6):  # out of the window before anyone asks
+                original(data)
+
+        transport.sendto = lossy  # type: ignore[method-assign,assignment]
+        for text in ("a", "b", "c", "d", "e", "f", "g", "h"):
+            await sender.send(text)
+    status, out, _ = await finish(receiver)
+    assert status == 0
+    assert out.splitlines() == [
+        "alice: a",
+        "alice: b",
+        "alice: c",
+        "alice: d",
+        f"* 2 message(s) missed in {sender.instance} (no longer available)",
+        "alice: g",
+        "alice: h",
+    ]
+
+
+async def test_reliable_send_to_reliable_receive(run: Run, where: list[str]) -> None:
+    """``send --reliable`` lines reach ``receive --reliable`` in order."""
+    repair = ["--repair-port", str(free_port())]
+    receiver = await started_receiver(run, *where, *repair, "--reliable", "--count", "3")
+    sender = await run(
+        "send", *where, *repair, "--ttl", "0", "--reliable", stdin=asyncio.subprocess.PIPE
+    )
+    assert sender.stdin is not None
+    sender.stdin.write(b"satu\ndua\ntiga\n")
+    sender.stdin.close()
+    assert (await finish(sender))[0] == 0
+    status, out, _ = await finish(receiver)
+    assert status == 0
+    assert [line.split(": ", 1)[1] for line in out.splitlines()] == ["satu", "dua", "tiga"]
+
+
+async def test_reliable_plain_is_refused(run: Run, where: list[str]) -> None:
+    """``send --reliable --plain`` is an error: bare text cannot be repaired."""
+    process = await run("send", *where, "--reliable", "--plain", "hi")
+    status, _, err = await finish(process)
+    assert status == 1
+    assert "--reliable" in err

@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 import chatcast.cli.console
 import chatcast.cli.lineedit
 from chatcast.cli.console import Console
-from chatcast.cli.lineedit import ERASE_LINE, InputLine, Keys, LineEditor, LineSplitter
+from chatcast.cli.lineedit import (
+    ERASE_LINE,
+    InputLine,
+    Keys,
+    LineEditor,
+    LineSplitter,
+    complete,
+)
 from chatcast.cli.reader import ReaderThread
 from tests.helpers import timeout
 
@@ -787,4 +794,29 @@ def test_line_editing_is_pure_logic() -> None:
         for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.ImportFrom) and node.level == 0
     }
-    assert imported <= {"__future__", "dataclasses", "typing", "unicodedata"}, imported
+    assert imported <= {"__future__", "collections", "dataclasses", "typing", "unicodedata"}, (
+        imported
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "begidx", "text", "expected"),
+    [
+        ("/msg al", 5, "al", ["albert", "Alice"]),
+        ("/MSG AL", 5, "AL", ["albert", "Alice"]),
+        ("/kick b", 6, "b", ["bob"]),
+        ("/msg ", 5, "", ["Alice", "albert", "bob"]),
+        ("/msg bob hal", 9, "hal", []),  # the text, not a name
+        ("say al", 4, "al", []),  # not a command that takes a name
+        ("al", 0, "al", []),
+        ("/m", 0, "/m", ["/msg"]),
+        ("/", 0, "/", ["/msg", "/who"]),
+        ("  /msg al", 7, "al", ["albert", "Alice"]),
+    ],
+)
+def test_tab_completion_candidates(line: str, begidx: int, text: str, expected: list[str]) -> None:
+    """Names complete only as the first argument of /msg and /kick, commands only first."""
+    names = ["Alice", "albert", "bob", "bob"]
+    got = complete(line, begidx, text, names, ["/msg", "/who"])
+    assert sorted(got) == sorted(expected)
+    assert len(got) == len(set(got))

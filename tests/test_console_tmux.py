@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -247,12 +248,18 @@ def intact(screen: Screen, typed: str) -> bool:
     return numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else True
 
 
+@pytest.mark.parametrize("readline", ["1", "0"], ids=["readline", "own-editor"])
 def test_incoming_lines_never_break_the_typed_line(
-    tmux_session: Callable[..., TmuxSession], program: tuple[Path, Path]
+    tmux_session: Callable[..., TmuxSession], program: tuple[Path, Path], readline: str
 ) -> None:
-    """Lines printed every few ms stay above the prompt; the half-typed line stays whole."""
+    """Lines printed every few ms stay above the prompt; the half-typed line stays whole
+    (with readline, and with the console's own editor)."""
     path, result = program
-    tmux = tmux_session([sys.executable, str(path), str(result), "0.005"], cwd=Path.cwd())
+    tmux = tmux_session(
+        [sys.executable, str(path), str(result), "0.005"],
+        cwd=Path.cwd(),
+        env={"CHATCAST_READLINE": readline},
+    )
     tmux.wait_for(lambda screen: last_counter(screen) >= 5)
     typed = ""
     for ch in "héllo wor":
@@ -312,3 +319,221 @@ def test_job_control_and_ctrl_c_hand_the_terminal_back(
     # and the terminal it leaves behind is in canonical mode with echo.
     tmux.wait_for(lambda s: s[-4:] == ["> xyz", "INTERRUPTED", "icanon echo", "$"])
     assert not result.exists()
+
+
+# -- readline: history, cursor keys, editing keys, Tab ----------------------------------------
+
+#: Reads lines until end of input, writing "GOT <repr>" for each (and appending it to RESULT),
+#: with "incoming N" printed every INTERVAL seconds meanwhile (none if 0). Tab completes the
+#: names alice, albert and bob after /msg. Prints "READLINE True/False" first.
+EDITING_PROGRAM = """\
+import asyncio, sys
+from chatcast.cli.console import Console
+
+async def main(result, interval):
+    async with Console(prompt="> ") as console:
+        console.names = ["alice", "albert", "bob"]
+        console.commands = ["/msg", "/who", "/quit"]
+        console.write(f"READLINE {console.readline}")
+        async def incoming():
+            n = 0
+            while True:
+                n += 1
+                console.write(f"incoming {n}")
+                await asyncio.sleep(interval)
+        task = asyncio.create_task(incoming()) if interval else None
+        while (line := await console.read_line()) is not None:
+            with open(result, "a", encoding="utf-8") as f:
+                f.write(repr(line) + "\\n")
+            console.write(f"GOT {line!r}")
+        if task is not None:
+            task.cancel()
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+@pytest.fixture
+def editing(tmp_path: Path) -> tuple[Path, Path]:
+    """The editing program's path and the file it appends the lines it read to."""
+    path = tmp_path / "editing_program.py"
+    path.write_text(EDITING_PROGRAM, encoding="utf-8")
+    return path, tmp_path / "lines.txt"
+
+
+def lines_read(result: Path, count: int, seconds: float = 5.0) -> list[str]:
+    """Poll until the program has read ``count`` lines; return them (as repr()s)."""
+    deadline = time.monotonic() + timeout(seconds)
+    while True:
+        lines = result.read_text(encoding="utf-8").splitlines() if result.exists() else []
+        if len(lines) >= count:
+            return lines
+        assert time.monotonic() < deadline, f"the program read only {lines}"
+        time.sleep(0.02)
+
+
+def enter(tmux: TmuxSession, result: Path, expected: str, count: int) -> None:
+    """Press Enter and check that the program read ``expected`` as its ``count``-th line."""
+    tmux.send_keys("Enter")
+    assert lines_read(result, count)[count - 1] == repr(expected)
+
+
+def test_readline_history_cursor_and_editing_keys(
+    tmux_session: Callable[..., TmuxSession], editing: tuple[Path, Path]
+) -> None:
+    """Up/Down recall lines, Left/Right/Home/End move, Ctrl-A/E/K/U/W edit (readline)."""
+    path, result = editing
+    tmux = tmux_session([sys.executable, str(path), str(result), "0"], cwd=Path.cwd())
+    tmux.wait_for("READLINE True")
+    tmux.type("first")
+    enter(tmux, result, "first", 1)
+    tmux.type("second")
+    enter(tmux, result, "second", 2)
+    tmux.send_keys("Up", "Up")
+    tmux.wait_for(lambda s: s[-1:] == ["> first"])
+    tmux.send_keys("Down")
+    tmux.wait_for(lambda s: s[-1:] == ["> second"])
+    enter(tmux, result, "second", 3)
+    tmux.type("world")
+    tmux.send_keys("Home")
+    tmux.type("hello ")
+    tmux.send_keys("End")
+    tmux.type("!")
+    tmux.send_keys("Left", "Left")
+    tmux.type("_")
+    tmux.send_keys("Right")
+    tmux.type("+")
+    enter(tmux, result, "hello worl_d+!", 4)
+    tmux.type("one two three")
+    tmux.send_keys("C-w")
+    tmux.type("3")
+    tmux.send_keys("C-a")
+    tmux.type(">")
+    tmux.send_keys("C-e")
+    tmux.type("<")
+    enter(tmux, result, ">one two 3<", 5)
+    tmux.type("keep this, drop that")
+    for _ in range(9):
+        tmux.send_keys("Left")
+    tmux.send_keys("C-k")
+    enter(tmux, result, "keep this, ", 6)
+    tmux.type("all gone")
+    tmux.send_keys("C-u")
+    tmux.type("new")
+    enter(tmux, result, "new", 7)
+
+
+def test_readline_keeps_the_line_whole_under_incoming_lines(
+    tmux_session: Callable[..., TmuxSession], editing: tuple[Path, Path]
+) -> None:
+    """Lines printed every few ms never break the line being edited, cursor mid-line."""
+    path, result = editing
+    tmux = tmux_session([sys.executable, str(path), str(result), "0.01"], cwd=Path.cwd())
+    tmux.wait_for(lambda screen: last_counter(screen) >= 5)
+    tmux.type("halo dunia")
+    tmux.send_keys("Left", "Left", "Left", "Left", "Left")
+    for ch in "XYZ":
+        before = last_counter(tmux.capture())
+        tmux.type(ch)
+        tmux.wait_for(
+            lambda s: (
+                s[-1:] == [f"> halo {'XYZ'[: 'XYZ'.index(ch) + 1]}dunia"]  # noqa: B023
+                and last_counter(s) >= before + 3  # noqa: B023
+                and all(INCOMING.fullmatch(line) for line in s[:-1])
+            )
+        )
+    enter(tmux, result, "halo XYZdunia", 1)
+
+
+def test_tab_completes_names_after_msg(
+    tmux_session: Callable[..., TmuxSession], editing: tuple[Path, Path]
+) -> None:
+    """Tab completes a name after /msg (one match: whole; several: the common prefix) and a
+    command at the start of the line."""
+    path, result = editing
+    tmux = tmux_session([sys.executable, str(path), str(result), "0"], cwd=Path.cwd())
+    tmux.wait_for("READLINE True")
+    tmux.type("/m")
+    tmux.send_keys("Tab")
+    tmux.wait_for(lambda s: s[-1:] == ["> /msg"])  # and a space
+    tmux.type("b")
+    tmux.send_keys("Tab")
+    tmux.wait_for(lambda s: s[-1:] == ["> /msg bob"])  # and a space
+    tmux.type("hi")
+    enter(tmux, result, "/msg bob hi", 1)
+    tmux.type("/msg al")
+    tmux.send_keys("Tab", "Tab")  # two candidates: the second Tab lists them
+    tmux.wait_for(lambda s: any("albert" in line and "alice" in line for line in s))
+    tmux.type("i")
+    tmux.send_keys("Tab")
+    tmux.type("halo")
+    enter(tmux, result, "/msg alice halo", 2)
+    tmux.type("say al")
+    tmux.send_keys("Tab")  # not after /msg: nothing to complete
+    tmux.type("!")
+    enter(tmux, result, "say al!", 3)
+
+
+def test_without_readline_the_own_editor_is_used(
+    tmux_session: Callable[..., TmuxSession], editing: tuple[Path, Path]
+) -> None:
+    """CHATCAST_READLINE=0 falls back to the built-in editor: arrows insert nothing."""
+    path, result = editing
+    tmux = tmux_session(
+        [sys.executable, str(path), str(result), "0"],
+        cwd=Path.cwd(),
+        env={"CHATCAST_READLINE": "0"},
+    )
+    tmux.wait_for("READLINE False")
+    tmux.type("abc")
+    tmux.send_keys("Up", "Left")
+    tmux.type("d")
+    enter(tmux, result, "abcd", 1)
+
+
+def test_client_completes_names_it_knows(tmux_session: Callable[..., TmuxSession]) -> None:
+    """In ``chatcast client``, Tab after /msg completes the names of the members it has seen
+    (listed at start, joined since), and the private message reaches that member."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "chatcast", "server", "--port", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    peers: list[socket.socket] = []
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split(" port ")[1].split()[0])
+
+        def member(name: str) -> socket.socket:
+            peer = socket.create_connection(("127.0.0.1", port), timeout=timeout(10))
+            peers.append(peer)
+            peer.sendall(f"/nick {name}\n".encode())
+            return peer
+
+        member("bobby")
+        tmux = tmux_session(
+            [sys.executable, "-m", "chatcast", "client", "--port", str(port), "--name", "alice"]
+        )
+        tmux.wait_for(lambda s: s[-1:] == ["alice>"])
+        carol = member("carol")
+        tmux.wait_for("* carol joined")
+        tmux.type("/msg b")
+        tmux.send_keys("Tab")
+        tmux.wait_for(lambda s: s[-1:] == ["alice> /msg bobby"])  # listed by /who at start
+        tmux.send_keys("C-u")
+        tmux.type("/msg c")
+        tmux.send_keys("Tab")
+        tmux.type("psst")
+        tmux.send_keys("Enter")
+        reader = carol.makefile("r", encoding="utf-8")
+        while "psst" not in (line := reader.readline()):
+            assert line, "carol's connection closed"
+        assert line.rstrip("\n") == "[private] alice: psst"
+        reader.close()
+    finally:
+        for peer in peers:
+            peer.close()
+        server.kill()
+        server.wait(timeout=10)
+        for stream in (server.stdin, server.stdout):
+            if stream is not None:
+                stream.close()

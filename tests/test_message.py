@@ -82,9 +82,10 @@ def test_message_defaults_equality_and_hash() -> None:
 
 
 def test_kinds() -> None:
-    """KINDS is exactly the ten documented kinds."""
-    assert {MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING, GAP} == KINDS
-    assert len(KINDS) == 10
+    """KINDS is exactly the ten documented kinds and the seven of moderation."""
+    base = {MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING, GAP}
+    assert base | {"kick", "ban", "unban", "mute", "unmute", "topic", "op"} == KINDS
+    assert len(KINDS) == 17
 
 
 def test_ids_history_and_gaps_round_trip() -> None:

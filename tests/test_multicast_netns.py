@@ -357,3 +357,52 @@ async def test_ipv6_on_loopback_in_netns(netlab: NetLab, group: str) -> None:
     message = await receive(sender)
     assert by_name.local_address is not None
     assert message.sender == f"[{by_name.local_address[0]}]:{by_name.local_address[1]}"
+
+
+async def test_lab_receivers_see_reliable_data_once_and_no_control(netlab: NetLab) -> None:
+    """With reliable channels on the lab's group (NACKs, a repair and heartbeats on port
+    5005), the verbatim receiver1.py and receiver2.py print each data datagram once and
+    nothing else."""
+    from chatcast.multicast import ReliableOptions
+    from tests.helpers import wait_until
+
+    ns = netlab.lab_namespace()
+    options = ReliableOptions(linger=0.2)
+    reliable = {"reliable": True, "reliable_options": options}
+    plain = await netlab.channel(ns, "224.1.1.1", 5004, interface="127.0.0.1", ttl=1, plain=True)
+    receiver = await netlab.channel(ns, "224.1.1.1", 5004, interface="127.0.0.1", **reliable)
+    sender = await netlab.channel(
+        ns, "224.1.1.1", 5004, interface="127.0.0.1", ttl=1, name="rel", **reliable
+    )
+    labs = [
+        await netlab.run_lab_script(ns, "receiver1.py"),
+        await netlab.run_lab_script(ns, "receiver2.py"),
+    ]
+    for lab in labs:
+        await wait_joined(plain, lab)
+    # Datagram 2 is lost on the way out: only the reliable receiver gets it, by repair.
+    transport = sender._send_transport
+    assert transport is not None
+    original = transport.sendto
+    numbers = iter(range(1, 100))
+
+    def lossy(data: bytes, addr: object = None) -> None:
+        if next(numbers) != 2:
+            original(data)
+
+    transport.sendto = lossy  # type: ignore[method-assign,assignment]
+    for text in ("a", "b", "c"):
+        await sender.send(text)
+    got: list[str] = []
+    while len(got) < 3:
+        text = (await receive(receiver)).text
+        if text != "probe":
+            got.append(text)
+    assert got == ["a", "b", "c"]
+    # The repair, then at least one heartbeat, have gone out on the repair port.
+    await wait_until(lambda: receiver.statistics().control_received >= 2)
+    await plain.send("end")
+    for lab in labs:
+        lines = [await next_non_probe(lab) for _ in range(3)]
+        assert [json.loads(line)["text"] for line in lines[:2]] == ["a", "c"]
+        assert lines[2] == "end"

@@ -139,7 +139,7 @@ async def test_a_silent_drop_resumes_with_every_message_once_in_order(
                 got.append(message)
     assert [m.text for m in got] == ["a private one"] + [f"missed {n}" for n in range(20)]
     assert all(m.history for m in got)
-    ids = [m.id for m in got]
+    ids = [m.id for m in got if m.id is not None]
     assert ids == sorted(ids)
     assert len(set(ids)) == 21
     await bob.send("live")
@@ -185,7 +185,7 @@ async def test_send_returns_the_accepted_message_and_raises_a_refusal(
         # Pipelined: many posts, one answer each, in order.
         futures = [await alice.post(f"p{n}") for n in range(200)]
         results = await asyncio.gather(*futures)
-        ids = [m.id for m in results]
+        ids = [m.id for m in results if m.id is not None]
         assert ids == sorted(ids)
         assert len(set(ids)) == 200
 
@@ -210,3 +210,53 @@ async def test_history_from_the_client(start_server: Any) -> None:
             await bob.history(after=10**9)
         with pytest.raises(ValueError, match="limit"):
             await bob.history(limit=501)
+
+
+async def test_the_cli_client_resumes_too(start_server: Any, proxy_to: Any) -> None:
+    """`chatcast client --reconnect` behind a link that dies silently: back under its name,
+    every missed message shown once, marked as history."""
+    import sys
+
+    server = await start_server(heartbeat_interval=0.5, heartbeat_timeout=30)
+    proxy = await proxy_to(server.port)
+    cli = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "chatcast", "client", "--port", str(proxy.port)],
+        *["--name", "alice", "--reconnect"],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert cli.stdin is not None
+    assert cli.stdout is not None
+    seen: list[str] = []
+
+    async def until(test: Any) -> str:
+        assert cli.stdout is not None
+        async with asyncio.timeout(timeout(15)):
+            while True:
+                line = (await cli.stdout.readline()).decode().rstrip("\n")
+                assert line, "chatcast client ended: " + "\n".join(seen)
+                seen.append(line)
+                if test(line):
+                    return line
+
+    try:
+        await until(lambda line: "you are alice" in line)
+        async with BroadcastClient("127.0.0.1", server.port, name="bob") as bob:
+            await bob.send("before")
+            await until(lambda line: line.endswith("bob: before"))
+            proxy.black_hole()
+            for n in range(5):
+                await bob.send(f"missed {n}")
+            await until(lambda line: "reconnected" in line)
+            await until(lambda line: line.endswith("missed 4"))
+            await bob.send("live")
+            await until(lambda line: line.endswith("bob: live"))
+        replayed = [line for line in seen if "missed" in line and "bob:" in line]
+        assert replayed == [f"[history] bob: missed {n}" for n in range(5)]
+        assert server.statistics().resumes == 1
+    finally:
+        cli.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            cli.terminate()
+        await cli.wait()

@@ -57,14 +57,26 @@ from .wire import (
     parse_frame,
 )
 
-__all__ = ["AUTH_REASONS", "Answer", "ClientProtocol", "Reply", "RequestKind"]
+__all__ = ["AUTH_REASONS", "Answer", "ClientProtocol", "Reply", "RequestKind", "is_final"]
 
 log = logging.getLogger("chatcast.client")
 
 #: The server's reasons for refusing a token: a client must not retry with the same one.
 AUTH_REASONS: Final = frozenset(
-    {"authentication failed", "authentication required", "authentication timeout"}
+    {
+        "authentication failed",
+        "authentication required",
+        "authentication timeout",
+        "operator authentication failed",  # moderation (#14)
+    }
 )
+
+
+def is_final(reason: str) -> bool:
+    """Whether a connection ended for ``reason`` must not be retried: a refused token, or
+    a kick or ban by an operator (``docs/protocol.md``)."""
+    return reason in AUTH_REASONS or reason.startswith(("kicked by ", "banned by "))
+
 
 #: The requests the server answers: ``who`` (a list of names) and ``rooms`` (room -> size).
 RequestKind = Literal["who", "rooms"]
@@ -193,12 +205,15 @@ class ClientProtocol:
         token: str | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         tls: bool = False,
+        op_token: str | None = None,
     ) -> None:
         self._decoder = LineDecoder(max_line_bytes)  # raises ValueError for a bad limit
         self.max_line_bytes = max_line_bytes
         self.name = name
         self.room = room
         self.token = token
+        self.op_token = op_token  # moderation (#14): presented in the hello
+        self.operator = False  # the welcome said so
         self.tls = tls
         self.welcome: str | None = None
         self.heartbeat = 30.0
@@ -241,7 +256,7 @@ class ClientProtocol:
     @property
     def refused(self) -> bool:
         """True if the server refused our credentials: reconnecting would not help."""
-        return self.end_reason in AUTH_REASONS
+        return is_final(self.end_reason)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -278,6 +293,8 @@ class ClientProtocol:
         if self.session is not None:
             hello["session"] = self.session
             hello["last"] = self.last_id
+        if self.op_token is not None:
+            hello["op"] = self.op_token
         return dump_frame(hello)
 
     def receive_eof(self) -> str:
@@ -409,6 +426,18 @@ class ClientProtocol:
         """Return the ``rooms`` request (errors as for :meth:`who`)."""
         return self._encode({"type": "rooms"})
 
+    def moderation(self, kind: str, **fields: Any) -> bytes:
+        """Return a moderation frame (``op``, ``kick``, ``ban``...; ``docs/protocol.md``);
+        fields that are ``None`` are left out. The answer comes as messages (``info``,
+        ``error``, ``topic``).
+
+        Raises:
+            ChannelClosed: :meth:`close` was called.
+            MessageTooLong: The frame is over ``max_line_bytes``.
+        """
+        frame = {"type": kind, **{k: v for k, v in fields.items() if v is not None}}
+        return self._encode(frame)
+
     def expect_answer(self, kind: RequestKind) -> int:
         """Note that a request of ``kind`` is on the wire; return its ticket.
 
@@ -529,6 +558,17 @@ class ClientProtocol:
                             self.last_id = ident
                         append(_chat(text, sender, room, ts, ident))
                         continue
+            elif frame.__class__ is str and frame.startswith('{"type":"ack","ref":'):
+                # The answer to a message sent with a ref: as common as chat when pipelining.
+                try:
+                    obj = loads(frame)
+                    ref, ident = obj["ref"], obj["id"]
+                except (ValueError, RecursionError, KeyError):
+                    pass  # the full path says what is wrong
+                else:
+                    if ref.__class__ is str and ident.__class__ is int:
+                        self._replies.append(Reply(ref, ident))
+                        continue
             message = self._frame(frame)
             if message is not None:
                 append(message)
@@ -566,6 +606,7 @@ class ClientProtocol:
         return []
 
     def _welcomed(self, obj: dict[str, Any]) -> None:
+        self.operator = obj.get("op") is True
         self.name = str(obj.get("name") or self.name)
         self.room = str(obj.get("room") or self.room)
         session, last = obj.get("session"), obj.get("last")

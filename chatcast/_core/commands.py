@@ -27,35 +27,47 @@ __all__ = [
     "CLIENT_COMMANDS",
     "ESCAPE",
     "HELP_TEXT",
+    "MAX_DURATION",
     "MAX_HISTORY_REQUEST",
     "MAX_NAME_LENGTH",
     "MAX_REASON_LENGTH",
     "MAX_REF_LENGTH",
+    "MODERATION_TYPES",
     "MULTICAST_COMMANDS",
     "OPERATOR_COMMANDS",
     "PROTOCOL_VERSION",
     "SERVER_COMMANDS",
     "SYNTAX",
     "Auth",
+    "Ban",
+    "Bans",
     "Command",
     "CommandSet",
     "Hello",
     "Help",
     "History",
     "Join",
+    "Kick",
+    "ModerationCommand",
+    "Mute",
     "Nick",
+    "Op",
     "Ping",
     "Pong",
     "Quit",
     "Rooms",
     "Say",
     "Syntax",
+    "Topic",
+    "Unban",
+    "Unmute",
     "Who",
     "chat_text",
     "check_name",
     "check_text",
     "help_text",
     "name_key",
+    "parse_duration",
     "parse_json",
     "parse_text",
     "ref_of",
@@ -96,6 +108,7 @@ class Hello:
     """A session token from an earlier welcome: resume that session."""
     last: int | None = None
     """With ``session``: the id of the last message the client saw."""
+    op: str | None = field(default=None, repr=False)  # the operator token (#14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +187,200 @@ class Pong:
     """The answer to :class:`Ping`."""
 
 
-Command = Hello | Say | Join | Nick | Who | Rooms | Help | Quit | Auth | Ping | Pong | History
+# -- moderation commands (#14) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """Present the operator token (``/op TOKEN``; JSON ``{"type": "op"}``)."""
+
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Disconnect ``name`` with ``reason`` (operators only)."""
+
+    name: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """Ban a name (``name``) or an address (``address``) for ``duration`` seconds (``None``:
+    until unbanned), with ``reason`` (operators only)."""
+
+    name: str | None = None
+    address: str | None = None
+    duration: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    """Lift the ban on ``name`` or ``address`` (operators only)."""
+
+    name: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bans:
+    """List the bans (operators only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """Stop ``name`` speaking in ``room`` (``None``: the room it is in); operators only."""
+
+    name: str
+    room: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unmute:
+    """Let ``name`` speak in ``room`` again (``None``: the room it is in); operators only."""
+
+    name: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """Show the topic of ``room`` (``None``: mine), or set it to ``text`` (operators only;
+    ``""`` clears it)."""
+
+    room: str | None = None
+    text: str | None = None
+
+
+ModerationCommand = Op | Kick | Ban | Unban | Bans | Mute | Unmute | Topic
+#: The moderation command types, for dispatch.
+MODERATION_TYPES: Final = (Op, Kick, Ban, Unban, Bans, Mute, Unmute, Topic)
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest ban: ten years (a longer one is permanent in all but name).
+MAX_DURATION: Final = 10 * 365 * 86400.0
+
+
+def parse_duration(word: str) -> float | None:
+    """Seconds in a duration such as ``30s``, ``10m``, ``2h``, ``1d``, ``1w`` or ``1h30m``;
+    ``None`` if ``word`` is not one.
+
+    Raises:
+        InvalidFrame: A duration of 0 or over ten years.
+    """
+    word = word.lower()
+    parts = _DURATION.findall(word)
+    if not parts or "".join(n + u for n, u in parts) != word:
+        return None
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not 0 < seconds <= MAX_DURATION:
+        raise InvalidFrame(f"a duration must be more than 0 and at most 10 years, got {word}")
+    return seconds
+
+
+def _target(word: str) -> tuple[str | None, str | None]:
+    """``@ADDRESS`` names an address, anything else a name: ``(name, address)``."""
+    if word.startswith("@"):
+        if not word[1:]:
+            raise InvalidFrame("an address after '@' is needed (/ban @10.0.0.5)")
+        return None, word[1:]
+    return word, None
+
+
+def _parse_moderation(command: str, rest: str) -> ModerationCommand:
+    """Parse the argument of a moderation slash command (``command`` is its word)."""
+    first, _, tail = rest.partition(" ")
+    tail = tail.strip()
+    if command == "op":
+        return Op(rest)
+    if command == "kick":
+        return Kick(first, _reason(tail))
+    if command == "ban":
+        name, address = _target(first)
+        word, _, after = tail.partition(" ")
+        duration = parse_duration(word) if word else None
+        reason = after.strip() if duration is not None else tail
+        return Ban(name, address, duration, _reason(reason))
+    if command == "unban":
+        name, address = _target(first)
+        return Unban(name, address)
+    if command == "bans":
+        return Bans()
+    if command in ("mute", "unmute"):
+        # The room, when given, is marked with "#" (names never start with one), so that
+        # "/mute bob too loud" is a reason, not a room called "too".
+        room: str | None = None
+        if tail.startswith("#") or (command == "unmute" and tail):
+            room, _, tail = tail.partition(" ")
+            room = room.removeprefix("#")
+        if command == "unmute":
+            return Unmute(first, room)
+        return Mute(first, room, _reason(tail.strip()))
+    # topic: "/topic" shows mine, "/topic ROOM" shows ROOM's, "/topic ROOM TEXT" sets it,
+    # "/topic ROOM -" clears it.
+    first = first.removeprefix("#")
+    if not first:
+        return Topic()
+    if not tail:
+        return Topic(first)
+    return Topic(first, "" if tail == "-" else check_text(tail))
+
+
+def _parse_moderation_json(kind: str, obj: dict[str, Any]) -> ModerationCommand | None:
+    """Parse a moderation JSON frame, or ``None`` if ``kind`` is not one."""
+    if kind == "op":
+        return Op(_field(obj, "token", required=True))
+    if kind == "kick":
+        return Kick(_field(obj, "name", required=True), _reason(_field(obj, "reason") or ""))
+    if kind in ("ban", "unban"):
+        name, address = _field(obj, "name"), _field(obj, "address")
+        if (name is None) == (address is None):
+            raise InvalidFrame(f'"{kind}" needs exactly one of "name" and "address"')
+        if kind == "unban":
+            return Unban(name, address)
+        duration = obj.get("duration")
+        if duration is not None and (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not 0 < duration <= MAX_DURATION
+        ):
+            raise InvalidFrame('"duration" must be seconds, more than 0 and at most 10 years')
+        reason = _reason(_field(obj, "reason") or "")
+        return Ban(name, address, None if duration is None else float(duration), reason)
+    if kind == "bans":
+        return Bans()
+    if kind == "mute":
+        name = _field(obj, "name", required=True)
+        return Mute(name, _field(obj, "room"), _reason(_field(obj, "reason") or ""))
+    if kind == "unmute":
+        return Unmute(_field(obj, "name", required=True), _field(obj, "room"))
+    if kind == "topic":
+        text = _field(obj, "text")
+        return Topic(_field(obj, "room"), text if not text else check_text(text))
+    return None
+
+
+# -- end of moderation commands -----------------------------------------------------------
+
+Command = (
+    Hello
+    | Say
+    | Join
+    | Nick
+    | Who
+    | Rooms
+    | Help
+    | Quit
+    | Auth
+    | Ping
+    | Pong
+    | History
+    | ModerationCommand
+)
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -279,6 +485,25 @@ SYNTAX: Final[Mapping[str, Syntax]] = MappingProxyType(
         ),
         "quit": Syntax("/quit [REASON]", "leave"),
         "help": Syntax("/help", "list the commands"),
+        # Moderation (#14): operators only, but /op and the showing form of /topic.
+        "op": Syntax("/op TOKEN", "become an operator", needs_argument=True),
+        "kick": Syntax("/kick NAME [WHY]", "disconnect NAME (operators)", needs_argument=True),
+        "ban": Syntax(
+            "/ban NAME|@IP [TIME] [WHY]",
+            "ban for TIME (10m, 2h, 1d) or for good (operators)",
+            needs_argument=True,
+        ),
+        "unban": Syntax("/unban NAME|@IP", "lift a ban (operators)", needs_argument=True),
+        "bans": Syntax("/bans", "list the bans (operators)"),
+        "mute": Syntax(
+            "/mute NAME [#ROOM] [WHY]",
+            "stop NAME speaking in ROOM (operators)",
+            needs_argument=True,
+        ),
+        "unmute": Syntax(
+            "/unmute NAME [#ROOM]", "let NAME speak again (operators)", needs_argument=True
+        ),
+        "topic": Syntax("/topic [ROOM [TEXT|-]]", "show ROOM's topic; set or clear it (operators)"),
     }
 )
 #: The escape for chat text that starts with ``/``, as the help lists it.
@@ -316,14 +541,17 @@ class CommandSet:
         return name if name in self.names or name == "help" else None
 
 
+# The moderation commands (#14), in the order the help lists them.
+_MODERATION: Final = ("op", "kick", "ban", "unban", "bans", "mute", "unmute", "topic")
 #: What a text-mode client may send the server (``docs/protocol.md``).
 SERVER_COMMANDS: Final = CommandSet(
-    ("nick", "join", "msg", "who", "rooms", "history", "auth", "quit")
+    ("nick", "join", "msg", "who", "rooms", "history", "auth", "quit", *_MODERATION)
 )
 #: What ``chatcast client`` understands: the server's set but ``/auth`` (the token is given
 #: at start), and ``/exit`` for ``/quit``.
 CLIENT_COMMANDS: Final = CommandSet(
-    ("nick", "join", "msg", "who", "rooms", "history", "quit"), aliases={"exit": "quit"}
+    ("nick", "join", "msg", "who", "rooms", "history", "quit", *_MODERATION),
+    aliases={"exit": "quit"},
 )
 #: What ``chatcast multicast chat`` understands.
 MULTICAST_COMMANDS: Final = CommandSet(
@@ -332,7 +560,7 @@ MULTICAST_COMMANDS: Final = CommandSet(
 #: What the operator of ``chatcast server`` may type: a line that is not a command is an
 #: announcement (the server's own text: the hub's rules are for clients).
 OPERATOR_COMMANDS: Final = CommandSet(
-    ("quit",),
+    ("kick", "ban", "unban", "bans", "mute", "unmute", "topic", "quit"),
     aliases={"exit": "quit"},
     text_rules=False,
     chat_goes_to="every client, as an announcement",
@@ -411,6 +639,8 @@ def parse_text(line: str, commands: CommandSet = SERVER_COMMANDS) -> Command:
         return Quit(_reason(rest))
     if command == "auth":
         return Auth(rest)
+    if command in _MODERATION:
+        return _parse_moderation(command, rest)  # moderation (#14)
     return Help()
 
 
@@ -422,20 +652,18 @@ def _text(text: str, commands: CommandSet) -> str:
     return text
 
 
-# One column for the summaries in every program's help: the longest usage and 4 blanks.
-_USAGE_WIDTH: Final = max(len(syntax.usage) for syntax in SYNTAX.values()) + 4
-
-
 def help_text(commands: CommandSet = SERVER_COMMANDS) -> str:
     """The help for ``commands``: one line per command, then the escape and where chat goes.
 
     ``help_text()`` is :data:`HELP_TEXT`, what the server answers ``/help`` with.
     """
     rows = [SYNTAX[name] for name in commands.names] + [ESCAPE]
+    # One column for the summaries: the program's longest usage and 4 blanks.
+    width = max(len(row.usage) for row in rows) + 4
     return "\n".join(
         [
             "commands:",
-            *(f"  {row.usage:<{_USAGE_WIDTH}}{row.summary}" for row in rows),
+            *(f"  {row.usage:<{width}}{row.summary}" for row in rows),
             f"anything else is sent to {commands.chat_goes_to}",
         ]
     )
@@ -487,7 +715,11 @@ def parse_json(frame: str | dict[str, Any]) -> Command:
             1 if version is None else version,
             _field(obj, "session"),
             _int(obj, "last"),
+            _field(obj, "op"),  # moderation (#14)
         )
+    moderation = _parse_moderation_json(kind, obj)  # moderation (#14)
+    if moderation is not None:
+        return moderation
     raise InvalidFrame(f"unknown frame type {kind!r}")  # "auth" too: the hello has the token
 
 

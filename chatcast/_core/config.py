@@ -49,6 +49,7 @@ class ServerConfig:
     idle_timeout: float | None = None
     keepalive: bool = True
     token: str | None = field(default=None, repr=False)
+    op_token: str | None = field(default=None, repr=False)  # moderation (#14)
     auth_timeout: float = 5.0
     rate: float | None = None
     burst: float | None = None
@@ -116,6 +117,9 @@ class ServerConfig:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty (use None for no authentication)")
+        if self.op_token is not None and (not self.op_token or self.op_token == self.token):
+            # One token for both would make every member an operator.
+            raise ValueError("op_token must not be empty, nor the same as token")
 
     @property
     def bucket(self) -> float:

@@ -10,7 +10,17 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["ANNOUNCEMENT", "BATCH", "JOIN", "KINDS", "LEAVE", "NICK", "PRIVATE", "Envelope"]
+__all__ = [
+    "ANNOUNCEMENT",
+    "BATCH",
+    "JOIN",
+    "KINDS",
+    "LEAVE",
+    "MODERATION",
+    "NICK",
+    "PRIVATE",
+    "Envelope",
+]
 
 #: Envelope kinds.
 BATCH: Final = "batch"  # room messages: texts from one sender in one room
@@ -19,8 +29,11 @@ ANNOUNCEMENT: Final = "announcement"
 JOIN: Final = "join"
 LEAVE: Final = "leave"
 NICK: Final = "nick"
+#: A moderation action (#14): ``texts`` holds it as one JSON object (a ban, an unban, a
+#: kick, a mute, an unmute or a topic), ``sender`` who took it.
+MODERATION: Final = "mod"
 #: Every envelope kind.
-KINDS: Final = frozenset({BATCH, PRIVATE, ANNOUNCEMENT, JOIN, LEAVE, NICK})
+KINDS: Final = frozenset({BATCH, PRIVATE, ANNOUNCEMENT, JOIN, LEAVE, NICK, MODERATION})
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,14 @@ class Bucket:
         self._strikes += 1.0
         return False
 
+    def strike(self, now: float, count: float) -> None:
+        """Add ``count`` violations at ``now`` without a message (a failed ``/op`` costs
+        more than its own frame)."""
+        elapsed = now - self._at
+        self._at = now
+        self._tokens = min(self._size, self._tokens + elapsed * self._rate)
+        self._strikes = max(0.0, self._strikes - elapsed * self._rate) + count
+
     @property
     def flooding(self) -> bool:
         """True once the violation bucket is past ``4 * size``: a persistent flood."""

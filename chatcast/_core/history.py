@@ -16,16 +16,19 @@ client resuming from an id that is no longer kept learns exactly how many messag
 from __future__ import annotations
 
 import bisect
-from collections import deque
-from collections.abc import Callable, Iterable
+import heapq
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 from typing import Final
 
 from .wire import MESSAGE, Message
 
 __all__ = [
     "ANNOUNCEMENTS",
+    "ENTRY_OVERHEAD",
     "Entry",
     "History",
     "HistoryLimits",
@@ -82,14 +85,22 @@ def room_entries(
 #: The stream key of announcements to everyone (no room): not a valid room name.
 ANNOUNCEMENTS: Final = "*"
 
-# What one kept message costs beyond its text, for the byte limits: the Message object, its
-# strings' headers, and the deque slots (measured with sys.getsizeof on CPython 3.11).
+# What one kept message costs beyond its text and sender, for the byte limits: the entry
+# tuple, its strings' headers and the slots that index it (measured with sys.getsizeof).
 _OVERHEAD: Final = 200
+#: What one kept message costs beyond its text and sender (public: the hub adds it up).
+ENTRY_OVERHEAD: Final = _OVERHEAD
 
-# Evicted ids are remembered for this many seconds past the message's own limits, so a gap
-# can be counted exactly for any client that could still resume (its last id is at most a
-# resume window plus a heartbeat old), and at most this many per stream.
-_EVICTED_KEEP: Final = 100_000
+# The ids of evicted messages remembered per stream, to count a gap exactly, as a multiple
+# of the stream's own limit (and at least this many): a client that comes back later than
+# that learns a lower bound.
+_REMEMBER_FACTOR: Final = 10
+_REMEMBER_MIN: Final = 1000
+
+_ID: Final = itemgetter(0)
+_STAMP: Final = itemgetter(1)
+_SENDER: Final = itemgetter(3)
+_TEXT: Final = itemgetter(4)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +113,6 @@ class HistoryLimits:
         age: Seconds a message is kept (``None``: no age limit).
         total_messages: Messages kept across all rooms and conversations.
         total_bytes: Bytes kept across all rooms and conversations.
-        horizon: Seconds the ids of evicted messages are remembered, to count gaps.
     """
 
     messages: int = 1000
@@ -110,7 +120,6 @@ class HistoryLimits:
     age: float | None = 24 * 3600.0
     total_messages: int = 100_000
     total_bytes: int = 64 * 1024 * 1024
-    horizon: float = 900.0
 
     def __post_init__(self) -> None:
         for label, value in (
@@ -123,8 +132,6 @@ class HistoryLimits:
                 raise ValueError(f"{label} must be an integer >= 0, got {value!r}")
         if self.age is not None and not self.age > 0:
             raise ValueError(f"history age must be > 0 seconds or None, got {self.age!r}")
-        if not self.horizon >= 0:
-            raise ValueError(f"history horizon must be >= 0, got {self.horizon!r}")
 
 
 def cost(item: Entry) -> int:
@@ -132,82 +139,125 @@ def cost(item: Entry) -> int:
     return len(item[4]) + len(item[3]) + _OVERHEAD
 
 
+def _cost_of(items: list[Entry]) -> int:
+    """What keeping ``items`` costs, with C loops only."""
+    return (
+        sum(map(len, map(_TEXT, items)))
+        + sum(map(len, map(_SENDER, items)))
+        + _OVERHEAD * len(items)
+    )
+
+
 class Log:
     """One stream of messages in id order, bounded by its owner (:class:`History`).
 
+    The kept messages are ``_entries[_head:]``; ``_ids`` holds the ids of the last evicted
+    ones (remembered, to count gaps) followed by those of the kept ones, from ``_kept`` on.
+    Appending and evicting are slices and C loops: no Python work per message.
+
     Args:
         key: The room, :data:`ANNOUNCEMENTS`, or a session's private stream.
+        limit: The stream's count limit (how many evicted ids it remembers follows from it).
     """
 
-    __slots__ = ("_evicted", "_ids", "bytes", "key", "messages")
+    __slots__ = ("_entries", "_head", "_ids", "_kept", "_remember", "bytes", "dropped", "key")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, limit: int) -> None:
         self.key = key
-        self.messages: deque[Entry] = deque()
-        self._ids: deque[int] = deque()  # the ids of ``messages``, for bisection
+        self._entries: list[Entry] = []
+        self._head = 0
+        self._ids = array("q")
+        self._kept = 0
+        self._remember = max(_REMEMBER_MIN, _REMEMBER_FACTOR * limit)
         self.bytes = 0
-        # Ids of evicted messages and when they were stamped, oldest first.
-        self._evicted: deque[tuple[int, float]] = deque()
+        self.dropped = False
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return len(self._entries) - self._head
 
     @property
-    def last_id(self) -> int:
-        """The id of the newest message kept or evicted (0: none yet)."""
-        if self._ids:
-            return self._ids[-1]
-        return self._evicted[-1][0] if self._evicted else 0
+    def head_id(self) -> int:
+        """The id of the oldest kept message (0 if none)."""
+        return self._entries[self._head][0] if len(self._entries) > self._head else 0
 
     def extend(self, items: list[Entry], size: int) -> None:
         """Keep ``items`` (ids above every id here) that cost ``size`` bytes in all."""
-        self.messages.extend(items)
-        self._ids.extend([item[0] for item in items])
+        self._entries.extend(items)
+        self._ids.extend(map(_ID, items))
         self.bytes += size
 
-    def evict(self) -> Entry:
-        """Drop the oldest message, remembering its id; return it."""
-        item = self.messages.popleft()
-        self._ids.popleft()
-        self.bytes -= cost(item)
-        self._evicted.append((item[0], item[1]))
-        if len(self._evicted) > _EVICTED_KEEP:
-            self._evicted.popleft()
-        return item
+    def evict(self, count: int) -> int:
+        """Drop the ``count`` oldest kept messages, remembering their ids; return the bytes
+        they cost."""
+        head = self._head
+        freed = _cost_of(self._entries[head : head + count])
+        self.bytes -= freed
+        head += count
+        self._kept += count
+        if head > 256 and head * 2 > len(self._entries):
+            del self._entries[:head]  # give the evicted entries back, now and then
+            head = 0
+        self._head = head
+        extra = self._kept - self._remember
+        if extra > self._remember // 4:
+            del self._ids[:extra]
+            self._kept -= extra
+        return freed
 
-    def forget_evicted(self, before: float) -> None:
-        """Stop remembering evicted ids stamped before ``before``."""
-        evicted = self._evicted
-        while evicted and evicted[0][1] < before:
-            evicted.popleft()
+    def over(self, limit: int, byte_limit: int) -> int:
+        """How many of the oldest must go to respect ``limit`` and ``byte_limit`` (the newest
+        message is always kept).
+
+        A stream may hold up to 1/16 more than ``limit`` before it is cut back to it: one
+        eviction for a run of messages, not one per message.
+        """
+        size = len(self)
+        count = size - limit if size > limit + (limit >> 4) else 0
+        if self.bytes > byte_limit:
+            entries, head = self._entries, self._head + count
+            excess = self.bytes - _cost_of(entries[self._head : head]) - byte_limit
+            while excess > 0 and head < len(entries) - 1:
+                excess -= cost(entries[head])
+                head += 1
+            count = head - self._head
+        return count
+
+    def expired(self, cutoff: float) -> int:
+        """How many of the oldest were stamped before ``cutoff``."""
+        end = bisect.bisect_left(self._entries, cutoff, lo=self._head, key=_STAMP)
+        return end - self._head
 
     def after(self, last: int, limit: int | None = None) -> list[Entry]:
         """The kept messages with an id above ``last``, oldest first (at most ``limit``)."""
-        start = bisect.bisect_right(self._ids, last)
-        end = len(self.messages) if limit is None else min(len(self.messages), start + limit)
-        return [self.messages[i] for i in range(start, end)]
+        index = max(bisect.bisect_right(self._ids, last), self._kept)
+        start = self._head + index - self._kept
+        end = len(self._entries) if limit is None else start + limit
+        return self._entries[start:end]
 
     def before(self, first: int | None, limit: int) -> list[Entry]:
         """The newest ``limit`` kept messages with an id below ``first`` (``None``: any),
         oldest first."""
-        end = len(self.messages) if first is None else bisect.bisect_left(self._ids, first)
-        start = max(0, end - limit)
-        return [self.messages[i] for i in range(start, end)]
+        if first is None:
+            end = len(self._entries)
+        else:
+            end = self._head + max(0, bisect.bisect_left(self._ids, first) - self._kept)
+        return self._entries[max(self._head, end - limit) : end]
 
     def missed(self, last: int) -> int:
         """How many messages with an id above ``last`` are no longer kept (evicted).
 
-        Exact while the evicted ids are remembered (:attr:`HistoryLimits.horizon`); a
-        lower bound for a ``last`` older than that.
+        Exact while their ids are remembered (ten times the stream's limit, at least 1000);
+        a lower bound for a ``last`` older than that.
         """
-        if not self._evicted or self._evicted[-1][0] <= last:
-            return 0
-        ids = [i for i, _ in self._evicted]
-        return len(ids) - bisect.bisect_right(ids, last)
+        return max(0, self._kept - bisect.bisect_right(self._ids, last))
+
+    def older_than(self, ident: int) -> int:
+        """How many kept messages have an id below ``ident``."""
+        return max(0, bisect.bisect_left(self._ids, ident) - self._kept)
 
     def oldest(self) -> Entry | None:
         """The oldest kept message, or None."""
-        return self.messages[0] if self.messages else None
+        return self._entries[self._head] if len(self._entries) > self._head else None
 
 
 class History:
@@ -216,23 +266,18 @@ class History:
     Args:
         limits: The bounds.
         next_id: The first id to give (a store restores its counter here).
-        on_evict: Called with each message the bounds push out (a store deletes it).
     """
 
-    def __init__(
-        self,
-        limits: HistoryLimits,
-        next_id: int = 1,
-        on_evict: Callable[[Entry], object] | None = None,
-    ) -> None:
+    def __init__(self, limits: HistoryLimits, next_id: int = 1) -> None:
         self.limits = limits
         self.next_id = next_id
         self._logs: dict[str, Log] = {}
-        # Every kept message's stream and id, oldest first: what the totals evict.
-        self._order: deque[tuple[Log, int]] = deque()
+        # The streams by the id of their oldest message (lazily: an entry is checked when it
+        # comes up): what the totals evict from first.
+        self._oldest: list[tuple[int, int, Log]] = []
+        self._pushes = 0
         self.total_messages = 0
         self.total_bytes = 0
-        self._on_evict = on_evict
         #: Messages evicted by the bounds (statistics).
         self.evicted = 0
 
@@ -278,59 +323,74 @@ class History:
         """
         if not items:
             return
-        log = self._logs.get(key)
-        if log is None:
-            log = self._logs[key] = Log(key)
-        if size is None:
-            size = sum(map(cost, items))
-        log.extend(items, size)
-        self._order.extend(zip(repeat(log), [item[0] for item in items]))
-        self.total_messages += len(items)
-        self.total_bytes += size
         limits = self.limits
         limit = limits.messages if per_stream is None else per_stream
-        while len(log) > limit or (log.bytes > limits.bytes and len(log) > 1):
-            self._evict(log)
-        while self.total_messages > limits.total_messages or (
-            self.total_bytes > limits.total_bytes and self.total_messages > 1
-        ):
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = Log(key, limit)
+        if size is None:
+            size = _cost_of(items)
+        if not len(log):
+            self._push(log, items[0][0])
+        log.extend(items, size)
+        self.total_messages += len(items)
+        self.total_bytes += size
+        excess = log.over(limit, limits.bytes)
+        if excess:
+            self._evict(log, excess)
+        if self.total_messages > limits.total_messages or self.total_bytes > limits.total_bytes:
             self._evict_oldest()
 
-    def _evict(self, log: Log) -> None:
-        before = log.bytes
-        message = log.evict()
-        self.total_messages -= 1
-        self.total_bytes -= before - log.bytes
-        self.evicted += 1
-        if self._on_evict is not None:
-            self._on_evict(message)
+    def _push(self, log: Log, head_id: int) -> None:
+        self._pushes += 1
+        heapq.heappush(self._oldest, (head_id, self._pushes, log))
+
+    def _evict(self, log: Log, count: int) -> None:
+        freed = log.evict(count)
+        self.total_messages -= count
+        self.total_bytes -= freed
+        self.evicted += count
 
     def _evict_oldest(self) -> None:
-        order = self._order
-        while order:
-            log, ident = order.popleft()
-            oldest = log.oldest()
-            if oldest is not None and oldest[0] == ident:
-                self._evict(log)
-                return
-            # Already gone (evicted by its own stream's bound, or dropped): skip it.
+        """Evict the server's oldest messages until the totals are respected (at least the
+        newest message stays)."""
+        limits, heap = self.limits, self._oldest
+        while heap and (
+            self.total_messages > limits.total_messages
+            or (self.total_bytes > limits.total_bytes and self.total_messages > 1)
+        ):
+            head_id, _, log = heap[0]
+            if log.dropped or not len(log):
+                heapq.heappop(heap)
+                continue
+            if log.head_id != head_id:  # evicted by its own bounds meanwhile
+                self._pushes += 1
+                heapq.heapreplace(heap, (log.head_id, self._pushes, log))
+                continue
+            # Up to the next stream's oldest message, and no more than the excess.
+            count = max(1, self.total_messages - limits.total_messages)
+            if len(heap) > 1:
+                rival = min(entry[0] for entry in heap[1:3])  # the second smallest is here
+                count = min(count, max(1, log.older_than(rival)))
+            count = min(count, len(log))
+            self._evict(log, count)
+            self._pushes += 1
+            if len(log):
+                heapq.heapreplace(heap, (log.head_id, self._pushes, log))
+            else:
+                heapq.heappop(heap)
 
     def expire(self, now_wall: float) -> None:
-        """Apply the age limit and forget old evicted ids (call now and then)."""
-        limits = self.limits
+        """Apply the age limit (call now and then), and forget empty streams."""
+        age = self.limits.age
         for key, log in list(self._logs.items()):
-            if limits.age is not None:
-                cutoff = now_wall - limits.age
-                while log.messages and log.messages[0][1] < cutoff:
-                    self._evict(log)
-            log.forget_evicted(now_wall - (limits.age or 0.0) - limits.horizon)
-            if not log.messages and not log._evicted:
+            if age is not None and len(log):
+                count = log.expired(now_wall - age)
+                if count:
+                    self._evict(log, count)
+            if not len(log) and log.missed(0) == 0:
+                log.dropped = True
                 del self._logs[key]
-        if len(self._order) > 2 * self.total_messages + 1024:
-            # Compact: only the entries of messages still kept, oldest first.
-            kept = [(ident, log) for log in self._logs.values() for ident in log._ids]
-            kept.sort(key=lambda entry: entry[0])
-            self._order = deque((log, ident) for ident, log in kept)
 
     def drop(self, key: str) -> None:
         """Forget stream ``key`` entirely (a session that ended: its privates go)."""
@@ -339,9 +399,7 @@ class History:
             return
         self.total_messages -= len(log)
         self.total_bytes -= log.bytes
-        log.messages.clear()  # its entries in the eviction order are skipped from now on
-        log._ids.clear()
-        log.bytes = 0
+        log.dropped = True
 
     def restore(self, messages: Iterable[Message]) -> None:
         """Load messages from a store at start, in id order, each into its room's stream."""
@@ -353,4 +411,4 @@ class History:
 
     def rooms(self) -> list[str]:
         """The streams that hold messages."""
-        return [key for key, log in self._logs.items() if log.messages]
+        return [key for key, log in self._logs.items() if len(log)]

@@ -28,7 +28,16 @@ from . import commands as proto
 from .backlog import Backlog
 from .config import ServerConfig
 from .flood import Bucket
-from .history import ANNOUNCEMENTS, Entry, History, entry, room_entries, to_message
+from .history import (
+    ANNOUNCEMENTS,
+    ENTRY_OVERHEAD,
+    Entry,
+    History,
+    entry,
+    room_entries,
+    to_message,
+)
+from .moderation import Moderation
 from .peer import Peer, discard
 from .ports import Clock, ClusterLink, Recorder
 from .rooms import Rooms
@@ -149,6 +158,8 @@ class Hub:
         self.resumes = 0
         self.resume_failures = 0
         self.replayed = 0
+        #: Operators, bans, mutes, topics (#14).
+        self.moderation = Moderation(self, config.op_token, wall=wall)
 
     # -- what the server asks ---------------------------------------------------------------
 
@@ -202,9 +213,10 @@ class Hub:
             self._enter_text_mode(peer)
         log.debug("connection from %s", peer.address)
 
-    def refuse(self, peer: Peer, reason: str, *, say: bool = True) -> None:
-        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in)."""
-        log.info("refused %s: %s", peer.address, reason)
+    def refuse(self, peer: Peer, reason: str, *, say: bool = True, quiet: bool = False) -> None:
+        """Turn ``peer`` away with ``reason`` (or silently: no TLS session to say it in);
+        ``quiet``: logged at debug level only (a banned address, logged by moderation)."""
+        (log.debug if quiet else log.info)("refused %s: %s", peer.address, reason)
         assert peer.transport is not None
         if not say:
             self.release(peer)
@@ -240,6 +252,7 @@ class Hub:
                     self._end_session(pushed)
             else:
                 self._end_session(session, release=False)
+        self.moderation.forget(peer)  # moderation (#14)
         if peer.room:
             self._leave_room(peer, "connection lost" if exc is not None else "quit")
         key = proto.name_key(peer.name)
@@ -593,11 +606,27 @@ class Hub:
                 self._auth_failed(peer, "authentication failed")
                 return
             peer.authenticated = True
+        # -- moderation (#14): the operator token, and a banned name -------------------------
+        if hello.op is not None:
+            if not self.moderation.check_op_token(hello.op):
+                self._auth_failed(peer, "operator authentication failed")
+                return
+            self.moderation.operators.add(peer)
+        banned = self.moderation.name_refusal(hello.name) if hello.name else None
+        if banned is not None:
+            self.disconnect(peer, Message(banned, kind=ERROR))
+            return
+        # -- end of moderation ----------------------------------------------------------------
         room = proto.check_name(hello.room, "room") if hello.room else self.config.default_room
         resumed: bool | None = None
         if hello.session is not None:
             session = self.sessions.find(hello.session)
             if session is not None:
+                banned = self.moderation.name_refusal(session.name)  # moderation (#14)
+                if banned is not None:
+                    self._end_session(session)
+                    self.disconnect(peer, Message(banned, kind=ERROR))
+                    return
                 self._resume(peer, session, hello.last)
                 return
             # Unknown, expired or forged: a new session (the welcome says it did not resume,
@@ -646,24 +675,32 @@ class Hub:
                 self.rooms.discard(peer.room, peer)
                 peer.room = ""
         self._set_name(peer, name or (peer.name or self._guest_name()))
-        session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
-        peer.session = session
+        token = None
+        if peer.version >= 2 and self.config.resume_window > 0:
+            # Only a client that can resume gets a session (and holds its memory).
+            session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
+            session.floor = self.history.latest_id
+            peer.session = session
         self._send_welcome(peer, room, token, resumed)
+        self.moderation.welcomed(peer)  # moderation (#14)
         self._add_to_room(peer, room, announce=True)
         self._history_on_join(peer, room)
 
-    def _send_welcome(self, peer: Peer, room: str, token: str, resumed: bool | None) -> None:
-        welcome = {
+    def _send_welcome(self, peer: Peer, room: str, token: str | None, resumed: bool | None) -> None:
+        welcome: dict[str, object] = {
             "type": "welcome",
             "name": peer.name,
             "room": room,
             "text": self.config.welcome,
             "version": proto.PROTOCOL_VERSION,
             "heartbeat": float(self.config.heartbeat_interval),
-            "session": token,
             "last": self.history.latest_id,
             "max_bytes": self.config.max_line_bytes,
         }
+        if token is not None:
+            welcome["session"] = token
+        if self.moderation.is_operator(peer):  # moderation (#14)
+            welcome["op"] = True
         if resumed is not None:
             welcome["resumed"] = resumed
         peer.write(dump_frame(welcome))
@@ -707,6 +744,8 @@ class Hub:
         peer.session = session
         token = self.sessions.renew(session)  # a token is good for one resume
         self._send_welcome(peer, room, token, True)
+        # Nothing older than the session's first welcome, or than the last id of an earlier
+        # resume: the client had those (what came before its welcome was history).
         if seamless:
             peer.room = room
             peer.announced = True
@@ -715,6 +754,8 @@ class Hub:
                 self.cluster.moved(peer.name, room)
         else:
             self._add_to_room(peer, room, announce=True)
+        if last is not None:
+            last = session.floor = max(last, session.floor)
         self._replay_missed(peer, session, room, last)
 
     def _replay_missed(self, peer: Peer, session: Session, room: str, last: int | None) -> None:
@@ -777,6 +818,12 @@ class Hub:
             transport.write(b"".join(held))
         if transport.get_write_buffer_size() > self.config.max_buffer_bytes:
             self.paused(peer)  # it fell behind while the replay ignored back-pressure
+
+    def end_session(self, peer: Peer) -> None:
+        """``peer`` may not resume (kicked, banned): its session ends now."""
+        if peer.session is not None:
+            self._end_session(peer.session, release=False)
+            peer.session = None
 
     def _end_session(self, session: Session, *, release: bool = True) -> None:
         """Forget ``session`` and its private messages; a name it held waiting goes free."""
@@ -953,10 +1000,15 @@ class Hub:
             elif type(command) is proto.Who:
                 room = command.room or peer.room
                 names = self.who(room)
+                ops = self.moderation.operator_names(names)  # moderation (#14): marked
                 if peer.json:
-                    peer.write(dump_frame({"type": "who", "room": room, "names": names}))
+                    answer: dict[str, object] = {"type": "who", "room": room, "names": names}
+                    if ops:
+                        answer["operators"] = ops
+                    peer.write(dump_frame(answer))
                 else:
-                    peer.send(Message(f"in {room}: {', '.join(names) or '(nobody)'}", kind=INFO))
+                    shown = [f"{n} (op)" if n in ops else n for n in names]
+                    peer.send(Message(f"in {room}: {', '.join(shown) or '(nobody)'}", kind=INFO))
             elif type(command) is proto.Rooms:
                 rooms = self.room_counts()
                 if peer.json:
@@ -975,6 +1027,8 @@ class Hub:
                 peer.write(PONG_FRAME)
             elif type(command) is proto.Pong:
                 pass
+            elif isinstance(command, proto.MODERATION_TYPES):  # moderation (#14)
+                self.moderation.command(peer, command)
             elif type(command) is proto.Hello:
                 raise InvalidFrame("hello must be the first frame")
             elif type(command) is proto.Auth:
@@ -1021,6 +1075,9 @@ class Hub:
             self.cluster.moved(peer.name, room)
         if announce:
             self._announce(peer)
+        topic = self.moderation.topic_message(room)  # moderation (#14): shown on entering
+        if topic is not None:
+            peer.send(topic)
 
     def _leave_room(self, peer: Peer, reason: str) -> None:
         room = peer.room
@@ -1052,6 +1109,8 @@ class Hub:
         if name == peer.name:
             return
         self._check_free(peer, name)  # "Alice" may become "alice"
+        if self.moderation.name_refusal(name) is not None:  # moderation (#14)
+            raise InvalidFrame(f"name {name!r} is banned")
         if self.cluster is not None:
             self._claim(peer, name, peer.room, lambda claimed: self._renamed(peer, name, claimed))
             return
@@ -1065,6 +1124,7 @@ class Hub:
         self._set_name(peer, name)
         if peer.session is not None:
             self.sessions.rename(peer.session, proto.name_key(old), proto.name_key(name), name)
+        self.moderation.renamed(old, name)  # moderation (#14): mutes follow the member
         message = Message(name, sender=old, kind=NICK, room=peer.room, timestamp=self.now())
         if peer.announced:
             self.notify_room(peer.room, message, peer)
@@ -1145,9 +1205,9 @@ class Hub:
             self.rooms.fan_out(room, None, sender, encode_str(sender), batch, timestamp, first)
         self._keep(room, room_entries(first, timestamp, sender, room, batch))
 
-    def _keep(self, key: str, items: list[Entry]) -> None:
+    def _keep(self, key: str, items: list[Entry], size: int | None = None) -> None:
         if self.history.enabled:
-            self.history.keep(key, items)
+            self.history.keep(key, items, size)
         if self.recorder is not None:
             self.recorder.record(items)
 
@@ -1173,6 +1233,10 @@ class Hub:
         if not batch or not peer.room:
             batch.clear()
             return
+        if self.moderation.mutes and self.moderation.muted(peer):  # moderation (#14)
+            batch.clear()
+            self._error(peer, f"you are muted in {peer.room}")
+            return
         if not peer.announced:
             self._announce(peer)
         count = len(batch)
@@ -1182,7 +1246,8 @@ class Hub:
         first = self.history.take_ids(count)
         self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp, first)
         if self.history.enabled or self.recorder is not None:
-            self._keep(room, room_entries(first, timestamp, peer.name, room, batch))
+            size = sum(map(len, batch)) + (len(peer.name) + ENTRY_OVERHEAD) * count
+            self._keep(room, room_entries(first, timestamp, peer.name, room, batch), size)
         if self.cluster is not None:
             self.cluster.batch(peer.name, room, batch, timestamp)
         if refs:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import re
 from typing import Any, Final
 
 from ..exceptions import InvalidFrame, MessageTooLong
@@ -42,10 +43,12 @@ from .wire import MESSAGE, Message, decode_message, dump_frame, parse_frame
 
 __all__ = [
     "INSTANCE_FIELD",
+    "RELIABLE_FIELD",
     "Address",
     "Classifier",
     "Encoder",
     "MulticastStatistics",
+    "Origin",
     "SenderStatistics",
     "Skip",
     "decode_chat",
@@ -56,10 +59,16 @@ logger = logging.getLogger("chatcast.multicast")
 
 #: The JSON field that carries the sending channel's instance id.
 INSTANCE_FIELD: Final = "instance"
+#: The JSON field (in the body of the signed form) that marks a reliable sender's message;
+#: its value is when the sender started, in ms since the Unix epoch by its clock.
+RELIABLE_FIELD: Final = "reliable"
+#: Who sent a reliable message: ``(sender id, epoch, start in ms)`` (epoch 0 unsigned).
+Origin = tuple[str, int, int]
 #: A datagram's source, as the OS gives it: ``(host, port)``, or for IPv6
 #: ``(host, port, flowinfo, scope_id)``.
 Address = tuple[Any, ...]
 
+_SENDER_ID: Final = re.compile(r"[0-9a-f]{16}")
 # "{": only datagrams that start with it are tried as the JSON form.
 _OPEN_BRACE: Final = 0x7B
 
@@ -164,7 +173,26 @@ class MulticastStatistics:
         lost: Sequence numbers that authentic senders skipped and that have not arrived
             since: datagrams lost on the way (or still on their way: a late one, within 64
             of the newest, is accepted and no longer counted). Not a count of datagrams
-            read, so not in the sum above.
+            read, so not in the sum above. A reliable channel counts them too, repaired or
+            not.
+
+    The rest are for channels with ``reliable=True`` (0 otherwise); the sum above then
+    does not hold, since repairs and gap events are delivered and held messages wait:
+
+    Attributes:
+        nacks_sent: NACK datagrams this channel sent.
+        nacked: Sequence numbers it asked for, over all its NACKs.
+        nacks_suppressed: Sequence numbers it did not ask for (that round) because it heard
+            another receiver's NACK for them first.
+        nacks_received: NACKs addressed to this channel as a sender.
+        repairs_sent: Repairs this channel sent as a sender.
+        repairs_throttled: Repairs not sent because of the repair rate limit.
+        repairs_received: Repairs that brought a message this channel was missing.
+        duplicates: Messages that arrived again (repairs for others, late ones), dropped.
+        gaps: Gap events delivered (``Message.kind == "gap"``).
+        missed: Messages given up, over all gap events.
+        held: Messages held back now, waiting for an earlier one to be repaired.
+        control_received: Datagrams read on the repair port.
     """
 
     sent: int = 0
@@ -185,6 +213,18 @@ class MulticastStatistics:
     stale: int = 0
     replayed: int = 0
     lost: int = 0
+    nacks_sent: int = 0
+    nacked: int = 0
+    nacks_suppressed: int = 0
+    nacks_received: int = 0
+    repairs_sent: int = 0
+    repairs_throttled: int = 0
+    repairs_received: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    missed: int = 0
+    held: int = 0
+    control_received: int = 0
 
     @property
     def dropped(self) -> int:
@@ -238,9 +278,13 @@ class Encoder:
         plain: Send the bare text (no name, no number) instead of the JSON form.
         key: The group key: sign every datagram. Not with ``plain``.
         max_datagram_bytes: The largest datagram to make.
+        reliable_since: Mark every datagram as a reliable sender's (started at this time, ms
+            since the Unix epoch), so reliable receivers track and repair it. Not with
+            ``plain``.
 
     Raises:
-        ValueError: A key with ``plain``, or a bad instance id or epoch for signing.
+        ValueError: A key or ``reliable_since`` with ``plain``, or a bad instance id or
+            epoch for signing.
     """
 
     def __init__(
@@ -252,9 +296,13 @@ class Encoder:
         plain: bool = False,
         key: bytes | None = None,
         max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+        reliable_since: int | None = None,
     ) -> None:
         if key is not None and plain:
             raise ValueError("a key cannot be combined with plain=True")
+        if reliable_since is not None and plain:
+            raise ValueError("reliable cannot be combined with plain=True")
+        self._reliable_since = reliable_since
         self._instance = instance
         self._name = name
         self._plain = plain
@@ -276,7 +324,10 @@ class Encoder:
         limit = self._max_bytes
         if self._signer is not None:
             # Sequence number and time are in the signed header, so the body leaves them out.
-            body = dump_frame(Message(text=text, sender=self._name).to_wire())[:-1]
+            obj = Message(text=text, sender=self._name).to_wire()
+            if self._reliable_since is not None:
+                obj[RELIABLE_FIELD] = self._reliable_since
+            body = dump_frame(obj)[:-1]
             size = len(body) + OVERHEAD
             if size > limit:  # before signing, which caps the body length
                 raise MessageTooLong(size, limit)
@@ -288,6 +339,8 @@ class Encoder:
         else:
             wire = Message(text=text, sender=self._name, timestamp=now, seq=self.seq + 1).to_wire()
             wire[INSTANCE_FIELD] = self._instance
+            if self._reliable_since is not None:
+                wire[RELIABLE_FIELD] = self._reliable_since
             data = dump_frame(wire)[:-1]  # a datagram needs no line terminator
         if len(data) > limit:
             raise MessageTooLong(len(data), limit)
@@ -315,6 +368,9 @@ class Classifier:
         received: Datagrams classified, whatever became of them.
         skipped: Datagrams skipped, per reason. ``received`` is their sum plus the messages
             returned.
+        origin: Set to the :data:`Origin` of each message from a reliable sender (one
+            whose datagram carries :data:`RELIABLE_FIELD`); left alone otherwise, so a
+            reliable shell resets it to ``None`` before each call.
     """
 
     def __init__(
@@ -328,6 +384,8 @@ class Classifier:
         max_skew_ms: int = MAX_CLOCK_SKEW_MS,
     ) -> None:
         self.own_address: Address = ("", 0)
+        self.origin: Origin | None = None
+        self._name: str | None = None  # the "from" of the last signed body parsed
         self.received = 0
         self.skipped: dict[Skip, int] = dict.fromkeys(Skip, 0)
         self._instance = instance
@@ -424,6 +482,63 @@ class Classifier:
             return self._skip(Skip.INVALID)
         if message.sender is None:
             message = dataclasses.replace(message, sender=source(addr))
+        since = obj.get(RELIABLE_FIELD)
+        if since is not None:
+            self._mark_reliable(obj.get(INSTANCE_FIELD), 0, since, message.seq)
+        return message
+
+    def _mark_reliable(self, sender: object, epoch: int, since: object, seq: int | None) -> None:
+        if (
+            type(since) is int
+            and since >= 0
+            and isinstance(sender, str)
+            and _SENDER_ID.fullmatch(sender)
+            and seq is not None
+            and seq >= 1
+        ):
+            self.origin = (sender, epoch, since)
+
+    def classify_repair(self, data: bytes, addr: Address, now: float) -> Message | Skip:
+        """Return the reliable sender's message a repair carries (``data`` without the
+        repair marker), or why it is refused; counts nothing.
+
+        Like :meth:`classify`, but no replay window (a repair is older than the window by
+        nature; the reliable receiver drops what it has already) and no source-address
+        check (repairs come from another socket). Sets :attr:`origin`; a message that is not
+        from a reliable sender is ``INVALID``. Never raises.
+        """
+        self.origin = None
+        if len(data) > self._max_bytes:
+            return Skip.OVERSIZED
+        verifier = self._verifier
+        message: Message | Skip
+        if verifier is not None:
+            signed = verifier.verify(data)
+            if not isinstance(signed, SignedDatagram):
+                return _SKIP_FOR[signed]
+            if signed.sender == self._own_sender and not self._echo:
+                return Skip.OWN
+            if abs(signed.time_ms - now * 1000) > self._guard.max_skew_ms:
+                return Skip.STALE
+            message = self._signed_message(signed, addr)
+        else:
+            try:
+                obj = parse_frame(data.decode())
+            except (UnicodeDecodeError, InvalidFrame):
+                return Skip.INVALID
+            if obj.get(INSTANCE_FIELD) == self._instance and not self._echo:
+                return Skip.OWN
+            try:
+                message = decode_chat(obj)
+            except InvalidFrame:
+                return Skip.INVALID
+            if message.sender is None:
+                message = dataclasses.replace(message, sender=source(addr))
+            since = obj.get(RELIABLE_FIELD)
+            if since is not None:
+                self._mark_reliable(obj.get(INSTANCE_FIELD), 0, since, message.seq)
+        if self.origin is None:
+            return Skip.INVALID
         return message
 
     def _classify_signed(
@@ -441,6 +556,14 @@ class Classifier:
         if not isinstance(state, SenderState):
             return self._reject(_SKIP_FOR[state], addr, (signed.time_ms - now_ms) / 1000)
         # Authentic and fresh: its sequence number is spent whatever the body holds.
+        message = self._signed_message(signed, addr)
+        if isinstance(message, Skip):
+            self.skipped[message] += 1
+            return message
+        state.name = self._name
+        return message
+
+    def _signed_message(self, signed: SignedDatagram, addr: Address) -> Message | Skip:
         try:
             obj = parse_frame(signed.body.decode())
             name = obj.get("from")
@@ -453,8 +576,11 @@ class Classifier:
             message = decode_chat(obj)
         except (UnicodeDecodeError, InvalidFrame) as exc:
             logger.debug("skipped a signed datagram with an invalid body from %s: %s", addr, exc)
-            return self._skip(Skip.INVALID)
-        state.name = name
+            return Skip.INVALID
+        self._name = name if isinstance(name, str) else None
+        since = obj.get(RELIABLE_FIELD)
+        if since is not None:
+            self._mark_reliable(signed.sender.decode(), signed.epoch, since, signed.seq)
         return message
 
     def _reject(self, reason: Skip, addr: Address, offset: float = 0.0) -> Skip:

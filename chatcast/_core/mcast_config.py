@@ -17,6 +17,7 @@ import ipaddress
 from typing import Final, Literal
 
 from .datagram import check_key
+from .reliable_options import ReliableOptions
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -153,6 +154,10 @@ class MulticastConfig:
     max_queue: int = DEFAULT_QUEUE_SIZE
     drop: Literal["oldest", "newest"] = "oldest"
     key: bytes | None = None
+    reliable: bool = False
+    ordered: bool = True
+    repair_port: int = 0
+    reliable_options: ReliableOptions = dataclasses.field(default_factory=ReliableOptions)
 
     @classmethod
     def create(
@@ -170,6 +175,10 @@ class MulticastConfig:
         max_queue: int = DEFAULT_QUEUE_SIZE,
         drop: Literal["oldest", "newest"] = "oldest",
         key: bytes | str | None = None,
+        reliable: bool = False,
+        ordered: bool = True,
+        repair_port: int | None = None,
+        reliable_options: ReliableOptions | None = None,
     ) -> MulticastConfig:
         """Check the arguments of a channel and return them normalised.
 
@@ -198,6 +207,22 @@ class MulticastConfig:
                 "a key cannot be combined with plain=True: signed datagrams are always in the "
                 "JSON form"
             )
+        if reliable and plain:
+            raise ValueError(
+                "reliable=True cannot be combined with plain=True: plain datagrams carry no "
+                "sequence number to repair by"
+            )
+        if repair_port is None:
+            repair_port = port + 1 if port < 65535 else port - 1
+        check_port(repair_port)
+        if repair_port == port:
+            raise ValueError(f"repair_port must differ from port {port}")
+        if reliable_options is None:
+            reliable_options = ReliableOptions()
+        elif not isinstance(reliable_options, ReliableOptions):
+            raise TypeError(
+                f"reliable_options must be a ReliableOptions, got {type(reliable_options).__name__}"
+            )
         return cls(
             group=address,
             port=port,
@@ -211,6 +236,10 @@ class MulticastConfig:
             max_queue=max_queue,
             drop=drop,
             key=signing_key,
+            reliable=bool(reliable),
+            ordered=bool(ordered),
+            repair_port=repair_port,
+            reliable_options=reliable_options,
         )
 
 

@@ -34,7 +34,7 @@ def _digest(token: str) -> bytes:
 class Session:
     """One resumable identity: its name, room, current connection and private stream."""
 
-    __slots__ = ("digest", "expires_at", "key", "name", "peer", "room")
+    __slots__ = ("digest", "expires_at", "floor", "key", "name", "peer", "room")
 
     def __init__(self, digest: bytes, key: str, name: str, room: str, peer: Peer | None) -> None:
         self.digest = digest
@@ -46,6 +46,9 @@ class Session:
         self.peer = peer
         #: When a session without a connection ends (monotonic clock).
         self.expires_at: float | None = None
+        #: The newest id when it was first welcomed, or the last id of its latest resume:
+        #: the client had everything up to there, so a resume replays nothing older.
+        self.floor = 0
 
 
 class Sessions:

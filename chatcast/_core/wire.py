@@ -24,16 +24,24 @@ from ..exceptions import InvalidFrame
 
 __all__ = [
     "ANNOUNCEMENT",
+    "BAN",
     "CLOSING",
     "ERROR",
     "GAP",
     "INFO",
     "JOIN",
+    "KICK",
     "KINDS",
     "LEAVE",
     "MESSAGE",
+    "MODERATION_KINDS",
+    "MUTE",
     "NICK",
+    "OP",
     "PRIVATE",
+    "TOPIC",
+    "UNBAN",
+    "UNMUTE",
     "Message",
     "decode_message",
     "dump_frame",
@@ -70,9 +78,30 @@ CLOSING: Final = "closing"
 #: multicast, ``sender`` says where from).
 GAP: Final = "gap"
 
+# Moderation (#14). Each is an event on ``server.events()``: ``sender`` did it (``"server"``
+# for the console and the Python API) to ``to`` (a name, or ``@ADDRESS``), in ``room`` where
+# there is one; ``text`` is the reason (for a topic: the topic). Clients receive ``topic``.
+#: ``to`` was disconnected by ``sender``.
+KICK: Final = "kick"
+#: ``to`` (a name, or ``@ADDRESS``) was banned by ``sender``.
+BAN: Final = "ban"
+#: The ban on ``to`` was lifted by ``sender``.
+UNBAN: Final = "unban"
+#: ``to`` may no longer speak in ``room``.
+MUTE: Final = "mute"
+#: ``to`` may speak in ``room`` again.
+UNMUTE: Final = "unmute"
+#: The topic of ``room`` is ``text`` (set by ``sender``; ``""``: cleared).
+TOPIC: Final = "topic"
+#: ``sender`` became an operator.
+OP: Final = "op"
+#: The moderation kinds.
+MODERATION_KINDS: Final = frozenset({KICK, BAN, UNBAN, MUTE, UNMUTE, TOPIC, OP})
+
 #: Every kind a :class:`Message` can have.
-KINDS: Final = frozenset(
-    {MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING, GAP}
+KINDS: Final = (
+    frozenset({MESSAGE, PRIVATE, JOIN, LEAVE, ANNOUNCEMENT, NICK, INFO, ERROR, CLOSING, GAP})
+    | MODERATION_KINDS
 )
 # Kinds whose text is a reason: their JSON form also carries it as "reason".
 _REASONED: Final = frozenset({ERROR, CLOSING})
@@ -368,10 +397,14 @@ def render_text(message: Message) -> str:
     elif kind == NICK:
         return f"* {sender} is now {sanitize(message.text)}"
     elif kind == GAP:
+        if message.missed is None and message.text:
+            return f"* {sanitize(message.text)}"
         count = message.missed if message.missed is not None else "some"
         where = message.room if message.room is not None else message.sender
         source = f" in {sanitize(where)}" if where else ""
         return f"* {count} message(s) missed{source} (no longer available)"
+    elif kind in MODERATION_KINDS:
+        return _render_moderation(message)
     else:
         prefix = "* "
     if message.history:
@@ -379,3 +412,22 @@ def render_text(message: Message) -> str:
     return "\n".join(
         prefix + line for line in sanitize(message.text, keep_newlines=True).split("\n")
     )
+
+
+_VERBS: Final = {KICK: "kicked", BAN: "banned", UNBAN: "unbanned", MUTE: "muted", UNMUTE: "unmuted"}
+
+
+def _render_moderation(message: Message) -> str:
+    """One line for a moderation message: ``* alice kicked bob (spamming)``."""
+    sender = sanitize(message.sender or "server")
+    room = sanitize(message.room or "")
+    text = sanitize(message.text)
+    if message.kind == TOPIC:
+        if not text:
+            return f"* {sender} cleared the topic of {room}"
+        return f"* topic of {room}: {text} (set by {sender})"
+    if message.kind == OP:
+        return f"* {sender} is now an operator"
+    where = f" in {room}" if room and message.kind in (MUTE, UNMUTE) else ""
+    tail = f" ({text})" if text else ""
+    return f"* {sender} {_VERBS[message.kind]} {sanitize(message.to or '?')}{where}{tail}"

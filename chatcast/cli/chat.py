@@ -14,6 +14,7 @@ from typing import Any
 
 from .._core.commands import (
     CLIENT_COMMANDS,
+    MODERATION_TYPES,
     Command,
     Help,
     History,
@@ -26,29 +27,33 @@ from .._core.commands import (
     help_text,
     parse_text,
 )
-from .._core.history import HistoryLimits
 from ..client import BroadcastClient
+from ..discovery import Announce
 from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame, Refused
 from ..message import (
     ANNOUNCEMENT,
     INFO,
     JOIN,
     LEAVE,
+    MESSAGE,
+    MODERATION_KINDS,
     NICK,
     PRIVATE,
     Message,
     render_text,
     sanitize,
 )
-from ..server import DEFAULT_WELCOME, BroadcastServer
+from ..server import DEFAULT_WELCOME, BroadcastServer, HistoryLimits
 from .console import Console, log_to
-from .operator import announcements
+from .discover import add_discovery_options, choose_server, describe, multicast_key
+from .operator import announcements, client_moderation
 
 __all__ = ["add_parser"]
 
 log = logging.getLogger("chatcast.cli")
 
 TOKEN_ENV = "CHATCAST_TOKEN"
+OP_TOKEN_ENV = "CHATCAST_OP_TOKEN"
 BACKPLANE_ENV = "CHATCAST_BACKPLANE"
 
 
@@ -85,6 +90,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--token",
         default=None,
         help=f"require this token (better: set ${TOKEN_ENV}, kept out of ps)",
+    )
+    server.add_argument(
+        "--op-token",
+        default=None,
+        help=f"clients presenting this token become operators (better: set ${OP_TOKEN_ENV})",
     )
     server.add_argument(
         "--rate", type=float, default=None, help="flood control: messages per second per client"
@@ -169,6 +179,44 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="how long a dropped client's name waits for it to resume (default: %(default)s)",
     )
+    server.add_argument(
+        "--announce",
+        action="store_true",
+        help="announce this server on the LAN so that 'chatcast discover' and 'chatcast "
+        "client' without --host find it (every 2 s, TTL 1, on --interface only)",
+    )
+    server.add_argument(
+        "--interface",
+        default=None,
+        metavar="IP",
+        help="the interface to announce on, by address or name (default: --host, if it is "
+        "one address)",
+    )
+    server.add_argument(
+        "--announce-name", default=None, metavar="NAME", help="the name listed (default: hostname)"
+    )
+    server.add_argument(
+        "--multicast-key",
+        default=None,
+        metavar="KEY",
+        help="sign the announcements with this multicast key (better: set $CHATCAST_MULTICAST_KEY)",
+    )
+    server.add_argument(
+        "--web-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the chat page and a WebSocket on PORT, e.g. 8081 "
+        "(needs: pip install 'chatcast[web]')",
+    )
+    server.add_argument(
+        "--web-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin allowed to open the WebSocket, e.g. https://chat.example.org "
+        "(the page's own is always allowed; repeatable)",
+    )
     server.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     server.add_argument("--worker-events", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(run=run_server)
@@ -181,12 +229,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "commands (/join, /nick, /msg, /who, /rooms, /quit). Ctrl-D quits."
         ),
     )
-    client.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    client.add_argument("--port", type=int, default=8080, help="server port (default: %(default)s)")
+    client.add_argument(
+        "--host",
+        default=None,
+        help="server address (default: find one on the LAN, or 127.0.0.1 when --port is given)",
+    )
+    client.add_argument("--port", type=int, default=None, help="server port (default: 8080)")
     client.add_argument("--name", default=None, help="your name (default: the server picks guestN)")
     client.add_argument("--room", default=None, help="room to join (default: the server's)")
     client.add_argument(
         "--token", default=None, help=f"the server's token (better: set ${TOKEN_ENV})"
+    )
+    client.add_argument(
+        "--op-token", default=None, help=f"become an operator (better: set ${OP_TOKEN_ENV})"
     )
     client.add_argument("--tls", action="store_true", help="connect with TLS")
     client.add_argument("--ca", default=None, help="trust this CA file (PEM) for --tls")
@@ -200,6 +255,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     client.add_argument(
         "--reconnect", action="store_true", help="reconnect when the connection drops"
     )
+    discovery = client.add_argument_group(
+        "discovery (without --host and --port: servers announcing themselves on the LAN)"
+    )
+    add_discovery_options(discovery, key_flag="--multicast-key")  # type: ignore[arg-type]
+    discovery.add_argument(
+        "--discover-timeout",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="listen this long for servers (default: %(default)s)",
+    )
     client.set_defaults(run=run_client)
 
 
@@ -211,6 +277,11 @@ async def run_server(args: argparse.Namespace) -> int:
         origin = "--token" if args.token is not None else f"${TOKEN_ENV}"
         raise ValueError(f"{origin} is empty; leave it out to run without a token")
     args.token = token
+    op_token = args.op_token if args.op_token is not None else os.environ.get(OP_TOKEN_ENV)
+    if op_token is not None and not op_token:
+        origin = "--op-token" if args.op_token is not None else f"${OP_TOKEN_ENV}"
+        raise ValueError(f"{origin} is empty; leave it out to run without operators")
+    args.op_token = op_token
     if args.burst is not None and args.rate is None:
         raise ValueError("--burst needs --rate")
     if args.rate is not None and not args.rate > 0:
@@ -228,6 +299,23 @@ async def run_server(args: argparse.Namespace) -> int:
         where = redact(args.backplane)
     if args.history < 0:
         raise ValueError(f"--history must be 0 or more, got {args.history}")
+    announce = None
+    if args.announce:
+        if args.workers != 1:
+            raise ValueError("--announce cannot be used with --workers")
+        announce = Announce(
+            interface=args.interface, name=args.announce_name, key=multicast_key(args)
+        )
+    elif args.interface or args.announce_name:
+        raise ValueError("--interface and --announce-name go with --announce")
+    web = None
+    if args.web_port is not None:
+        if args.workers != 1:
+            raise ValueError("--web-port works with one worker only")
+        try:
+            from ..web import WebGateway
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
     if args.workers != 1:
         if args.store:
             raise ValueError("--store needs one process: --workers would share one database")
@@ -248,6 +336,7 @@ async def run_server(args: argparse.Namespace) -> int:
         max_clients=args.max_clients,
         max_per_address=args.max_per_address,
         token=token,
+        op_token=op_token,
         rate=args.rate,
         burst=args.burst,
         idle_timeout=args.idle_timeout,
@@ -260,6 +349,7 @@ async def run_server(args: argparse.Namespace) -> int:
         history_on_join=args.history_on_join,
         resume_window=args.resume_window,
         store=args.store,
+        announce=announce,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -270,9 +360,23 @@ async def run_server(args: argparse.Namespace) -> int:
         scheme = "TLS " if context else ""
         extras = [
             *(["token required"] if token else []),
+            *(["operator token set"] if op_token else []),
             *([f"flood control {args.rate:g}/s"] if args.rate else []),
             *([f"backplane {where}"] if backplane is not None else []),
+            *([f"announced on {args.interface or args.host}"] if announce is not None else []),
         ]
+        if args.web_port is not None:
+            web = WebGateway(server, port=args.web_port, origins=args.web_origin)
+            await web.start()
+            everywhere = args.host in ("0.0.0.0", "::", "")
+            extras.append(
+                f"chat page at {web.url}"
+                + (
+                    f" (and port {web.port} of this machine's other addresses)"
+                    if everywhere
+                    else ""
+                )
+            )
         console.write(
             f"chatcast server on {scheme}{args.host} port {server.port}"
             + "".join(f", {extra}" for extra in extras)
@@ -285,6 +389,9 @@ async def run_server(args: argparse.Namespace) -> int:
         await stop.wait()
         console.write("shutting down...")
         await _shut_down(server, tasks)
+        if web is not None:
+            web.close()
+            await web.wait_closed()
     return 0
 
 
@@ -318,7 +425,7 @@ async def _operator(
     :data:`OPERATOR_COMMANDS`: ``/quit`` (or ``/exit``) stops the server, ``/help`` lists
     them, and a mistyped command is answered here, never announced (``//text`` announces
     ``/text``). At end of input, keep serving."""
-    async for _, text in announcements(console, stop):
+    async for _, text in announcements(console, stop, server):
         count = await server.broadcast(text)
         connected = server.statistics().backplane_connected
         where = (
@@ -338,6 +445,8 @@ async def _show_events(console: Console, server: BroadcastServer, quiet: bool) -
     async for event in server.events():
         if event.kind == ANNOUNCEMENT or (quiet and event.kind not in (JOIN, LEAVE, NICK)):
             continue  # the operator's own announcements are echoed by _operator
+        if event.kind in MODERATION_KINDS and event.sender == "server":
+            continue  # the console's own moderation is confirmed by _operator (#14)
         if event.kind == PRIVATE:
             console.write(f"[private] {event.sender} -> {event.to}: (not shown)")
         else:
@@ -351,12 +460,24 @@ async def run_client(args: argparse.Namespace) -> int:
         context = ssl.create_default_context(cafile=args.ca)
     elif args.ca or args.tls_name:
         raise ValueError("--ca and --tls-name need --tls")
+    if args.host is None and args.port is None:
+        found = await choose_server(args, args.discover_timeout)
+        if found is None:
+            return 1
+        print(f"chatcast: connecting to {describe(found)}", file=sys.stderr, flush=True)
+        args.host = found.host
+        if found.tcp is None and found.tls is not None and not args.tls:
+            context = ssl.create_default_context(cafile=args.ca)
+        args.port = found.tcp if found.tcp is not None and not args.tls else found.tls
+        if args.port is None:
+            raise ValueError(f"{describe(found)} has no TLS port")
     client = BroadcastClient(
-        args.host,
-        args.port,
+        args.host or "127.0.0.1",
+        args.port or 8080,
         name=args.name,
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
+        op_token=args.op_token or os.environ.get(OP_TOKEN_ENV) or None,
         ssl=context,
         server_hostname=args.tls_name,
         reconnect=args.reconnect,
@@ -376,8 +497,10 @@ async def run_client(args: argparse.Namespace) -> int:
     async with Console(prompt=f"{client.name}> ") as console:
         console.write(f"{client.welcome}")
         console.write(f"* you are {client.name} in {client.room} (/help for commands)")
-        incoming = asyncio.create_task(_incoming(console, client))
-        typing = asyncio.create_task(_typing(console, client))
+        console.commands = [f"/{name}" for name in (*CLIENT_COMMANDS.names, "help")]
+        names = _Names(console, client)
+        incoming = asyncio.create_task(_incoming(console, client, names))
+        typing = asyncio.create_task(_typing(console, client, names))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {incoming, typing, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -392,15 +515,50 @@ async def run_client(args: argparse.Namespace) -> int:
     return status
 
 
-async def _incoming(console: Console, client: BroadcastClient) -> None:
+class _Names:
+    """Who the client knows is here, for Tab after ``/msg`` (and ``/kick``): the members
+    ``/who`` listed, then joins, leaves, renames and senders as they come."""
+
+    def __init__(self, console: Console, client: BroadcastClient) -> None:
+        self._console = console
+        self._client = client
+        self._names: set[str] = set()
+
+    def seen(self, message: Message) -> None:
+        sender = message.sender
+        if sender is None:
+            return
+        if message.kind == LEAVE:
+            self._names.discard(sender)
+        elif message.kind == NICK:
+            self._names.discard(sender)
+            self._names.add(message.text)
+        elif message.kind in (JOIN, MESSAGE, PRIVATE):
+            self._names.add(sender)
+        else:
+            return
+        self._show()
+
+    def listed(self, names: list[str]) -> None:
+        self._names.update(names)
+        self._show()
+
+    def _show(self) -> None:
+        self._console.names = sorted(self._names - {self._client.name})
+
+
+async def _incoming(console: Console, client: BroadcastClient, names: _Names) -> None:
+    with contextlib.suppress(ChatcastError, ValueError):
+        names.listed(await client.who())
     async for message in client:
+        names.seen(message)
         console.write(render_text(message))
         if message.kind == NICK:
             console.prompt = f"{client.name}> "  # the server confirmed a /nick
     console.write("* connection closed")
 
 
-async def _typing(console: Console, client: BroadcastClient) -> None:
+async def _typing(console: Console, client: BroadcastClient, names: _Names) -> None:
     while True:
         line = await console.read_line()
         if line is None:
@@ -408,15 +566,22 @@ async def _typing(console: Console, client: BroadcastClient) -> None:
         if not line.strip():
             continue
         try:
-            if not await _client_command(console, client, parse_text(line, CLIENT_COMMANDS)):
+            command = parse_text(line, CLIENT_COMMANDS)
+            if not await _client_command(console, client, command, names):
                 return
         except (InvalidFrame, ValueError) as exc:
             console.write(f"! {exc}")
         except ConnectionClosed as exc:
             console.write(f"! not sent: {exc.reason}")
+        except Refused as exc:
+            console.write(f"! {sanitize(exc.reason)}")
+        except TimeoutError:
+            console.write("! no answer from the server")
 
 
-async def _client_command(console: Console, client: BroadcastClient, command: Command) -> bool:
+async def _client_command(
+    console: Console, client: BroadcastClient, command: Command, names: _Names
+) -> bool:
     """Do what a typed command asks of ``client``; return False to quit.
 
     Raises:
@@ -442,8 +607,9 @@ async def _client_command(console: Console, client: BroadcastClient, command: Co
         case Nick(name):
             await client.nick(name)
         case Who(room):
-            names = await client.who(room)
-            console.write(f"* in {room or client.room}: {', '.join(names) or '(nobody)'}")
+            members = await client.who(room)
+            names.listed(members)
+            console.write(f"* in {room or client.room}: {', '.join(members) or '(nobody)'}")
         case Rooms():
             rooms = await client.rooms()
             console.write("* rooms: " + ", ".join(f"{r} ({n})" for r, n in rooms.items()))
@@ -452,6 +618,8 @@ async def _client_command(console: Console, client: BroadcastClient, command: Co
             return False
         case Help():
             console.write(render_text(Message(help_text(CLIENT_COMMANDS), kind=INFO)))
+        case _ if isinstance(command, MODERATION_TYPES):  # moderation (#14)
+            await client_moderation(client, command)
         case _:  # not in CLIENT_COMMANDS: never parsed
             raise AssertionError(f"no client action for {command!r}")
     return True

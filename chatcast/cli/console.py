@@ -6,9 +6,17 @@ user types while other tasks print what arrives from the network above the input
 
 The mode is chosen from what stdin and stdout are:
 
-* **Terminal mode** (POSIX, stdin and stdout both terminals, ``TERM`` not ``dumb``): the
-  terminal is switched to non-canonical mode without echo (``termios``) and this module does
-  the line editing itself, so it always knows what is typed. :meth:`Console.write` erases the
+* **Readline mode** (POSIX, stdin and stdout both terminals and :data:`sys.stdin` /
+  :data:`sys.stdout`, ``TERM`` not ``dumb``, and the platform's ``readline``, GNU readline or
+  libedit, usable: see :mod:`chatcast.cli.rlinput`): readline edits the line, with history
+  (Up/Down), cursor keys (Left/Right/Home/End), Ctrl-A/E/K/U/W, the user's ``~/.inputrc``, and
+  Tab completing :attr:`Console.names` after ``/msg`` and ``/kick`` and
+  :attr:`Console.commands` at the start of a line. :meth:`Console.write` hands the lines to
+  readline's thread, which clears the input line, prints them and redraws the prompt, the
+  text and the cursor (within 0.1 s). ``CHATCAST_READLINE=0`` turns it off.
+* **Terminal mode** (the same without readline): the terminal is switched to non-canonical
+  mode without echo (``termios``) and this module does the line editing itself (no history,
+  no cursor movement), so it always knows what is typed. :meth:`Console.write` erases the
   input line (``\\r\\x1b[K``), prints, then redraws the prompt and the unfinished line.
 * **Line mode** (anything else: pipes, files, ``/dev/null``, CI, ``TERM=dumb``, Windows):
   lines are read as they come, LF-terminated (a CR before the LF is dropped; a last line
@@ -34,10 +42,12 @@ import select
 import signal
 import sys
 from collections import deque
+from collections.abc import Iterable
 from typing import IO, Any, Final
 
 from ..message import sanitize
-from .lineedit import ERASE_LINE, InputLine, LineSplitter
+from . import rlinput
+from .lineedit import ERASE_LINE, InputLine, LineSplitter, complete
 from .reader import InputReader, encoding_of, fileno
 
 if sys.platform != "win32":
@@ -65,17 +75,19 @@ class Console:
     block was never left, and, when it is the controlling terminal, while the process is
     stopped by Ctrl-Z (retaken and redrawn on ``fg``) unless the program handles SIGTSTP.
 
-    In terminal mode the keys are: printable characters (any UTF-8) append, Backspace/DEL
-    delete the last character, Ctrl-U clears the line, Ctrl-W deletes the last word, Alt-
-    Backspace too, Enter submits, Ctrl-D on an empty line is end of input (elsewhere it is
-    ignored). Tab types a space. Other escape sequences (arrows, function keys, Alt-letter)
-    and control keys are ignored: they never insert anything. Ctrl-C, Ctrl-Z and Ctrl-\\ stay
-    signals of the terminal driver, as in any program: under :func:`asyncio.run` Ctrl-C
-    cancels the main task, the ``async with`` block is left (the terminal restored, the typed
-    line left on screen but never returned) and ``asyncio.run`` raises
-    :exc:`KeyboardInterrupt`. The input line never wraps: a line wider than the terminal
-    scrolls sideways, a ``<`` marking that its start is hidden, so it can always be erased and
-    redrawn. Submitted lines stay on screen after the prompt.
+    In readline mode the keys are readline's (see the module docstring); Ctrl-D on an empty line
+    is end of input. In terminal mode the keys are: printable characters (any UTF-8) append,
+    Backspace/DEL delete the last character, Ctrl-U clears the line, Ctrl-W deletes the last
+    word, Alt-Backspace too, Enter submits, Ctrl-D on an empty line is end of input (elsewhere
+    it is ignored). Tab types a space. Other escape sequences (arrows, function keys,
+    Alt-letter) and control keys are ignored: they never insert anything. Ctrl-C, Ctrl-Z and
+    Ctrl-\\ stay signals of the terminal driver, as in any program: under :func:`asyncio.run`
+    Ctrl-C cancels the main task, the ``async with`` block is left (the terminal restored, the
+    typed line left on screen but never returned) and ``asyncio.run`` raises
+    :exc:`KeyboardInterrupt`. The input line never wraps: a line wider than the terminal scrolls
+    sideways, a ``<`` marking that its start is hidden, so it can always be erased and redrawn
+    (readline wraps a long line instead, and clears every row of it). Submitted lines stay on
+    screen after the prompt.
 
     Lines are read into a queue as soon as they arrive, whether or not :meth:`read_line` is
     being awaited, so no line is lost, even when several arrive in one read; reading pauses
@@ -140,6 +152,35 @@ class Console:
         self._editing = False  # raw mode on and the prompt on screen
         self._escape_timer: asyncio.TimerHandle | None = None
         self._signals: list[int] = []
+        # Readline mode (a terminal mode): readline edits, in a thread of its own.
+        self._rl: rlinput.ReadlineInput | None = None
+        self._rl_mode: list[Any] | None = None  # readline's terminal mode, kept over Ctrl-Z
+        self._names: tuple[str, ...] = ()
+        self._commands: tuple[str, ...] = ()
+
+    @property
+    def readline(self) -> bool:
+        """True while the platform's readline edits the input line (see the class doc)."""
+        return self._rl is not None and self._state == _OPEN
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names Tab completes after ``/msg`` and ``/kick`` (readline mode); settable
+        with any iterable of str, from the loop's thread."""
+        return self._names
+
+    @names.setter
+    def names(self, names: Iterable[str]) -> None:
+        self._names = tuple(names)  # replaced whole: the input thread reads it as it is
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The commands (``"/msg"``...) Tab completes at the start of a line; settable."""
+        return self._commands
+
+    @commands.setter
+    def commands(self, commands: Iterable[str]) -> None:
+        self._commands = tuple(commands)
 
     @property
     def prompt(self) -> str:
@@ -149,7 +190,9 @@ class Console:
     @prompt.setter
     def prompt(self, prompt: str) -> None:
         self._line.prompt = prompt
-        if self._editing:
+        if self._rl is not None:
+            self._rl.set_prompt(self._line.prompt)
+        elif self._editing:
             self._emit_quietly(self._line.draw(self._columns()))
 
     async def __aenter__(self) -> Console:
@@ -164,7 +207,7 @@ class Console:
                 # at end of input), plain output, which a background job may write.
                 self._terminal = False
                 self._eof = True
-            else:
+            elif not (self._terminal and self._start_readline()):
                 if self._terminal:
                     self._start_terminal()
                 self._start_reading()
@@ -228,7 +271,9 @@ class Console:
         if text.endswith("\n"):
             text = text[:-1]
         lines = sanitize(text, keep_newlines=True).split("\n")
-        if self._editing:
+        if self._rl is not None and self._state == _OPEN:
+            self._rl.write("\r\n".join(lines))
+        elif self._editing:
             self._emit(self._line.above(lines, self._columns()))
         else:
             newline = "\r\n" if self._terminal else "\n"
@@ -292,6 +337,52 @@ class Console:
         if self._reader is not None:
             self._reader.stop()
             self._reader = None
+
+    # Readline mode (POSIX only: a terminal mode).
+
+    def _start_readline(self) -> bool:
+        """Hand the input line to readline if it can take it; return whether it did."""
+        assert self._loop is not None
+        assert self._in_fd is not None
+        if not rlinput.available(self._in, self._out):
+            return False
+        try:
+            self._saved_mode = termios.tcgetattr(self._in_fd)
+        except termios.error:
+            return False
+        atexit.register(self._restore_readline_mode)
+        self._rl = rlinput.ReadlineInput(
+            self._line.prompt,
+            loop=self._loop,
+            on_line=self._on_readline,
+            on_end=self._on_eof,
+            complete=self._complete,
+            encoding=self._out_encoding,
+        )
+        self._rl.start()
+        if self._is_controlling_terminal():
+            self._install_signal_handlers()
+        return True
+
+    def _on_readline(self, line: str) -> None:
+        if self._state == _OPEN and not self._eof:
+            self._queue_line(line)
+
+    def _complete(self, line: str, begidx: int, endidx: int, text: str) -> list[str]:
+        return complete(line, begidx, text, self._names, self._commands)
+
+    def _restore_readline_mode(self) -> None:
+        assert self._in_fd is not None
+        if self._saved_mode is not None:
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self._in_fd, termios.TCSANOW, self._saved_mode)
+
+    def _stop_readline(self) -> None:
+        assert self._rl is not None
+        self._rl.stop()  # leaves the line as terminal mode does
+        if not self._eof:
+            self._restore_readline_mode()
+        atexit.unregister(self._restore_readline_mode)
 
     # Terminal mode (POSIX only: self._terminal is never true on Windows).
 
@@ -358,11 +449,9 @@ class Console:
         # Only where the disposition is still the default: a handler the program set is
         # its business. All three concern the controlling terminal only.
         assert self._loop is not None
-        handlers = (
-            (signal.SIGTSTP, self._on_suspend),
-            (signal.SIGCONT, self._on_continue),
-            (signal.SIGWINCH, self._on_resize),
-        )
+        handlers = [(signal.SIGTSTP, self._on_suspend), (signal.SIGCONT, self._on_continue)]
+        if self._rl is None:  # readline follows the width itself (its own SIGWINCH handler)
+            handlers.append((signal.SIGWINCH, self._on_resize))
         for signum, handler in handlers:
             try:
                 if signal.getsignal(signum) != signal.SIG_DFL:
@@ -385,6 +474,12 @@ class Console:
         # Ctrl-Z: give the shell a sane terminal while we are stopped, then stop for real
         # with the default action, which our handler replaced.
         assert self._loop is not None
+        if self._rl is not None:
+            assert self._in_fd is not None
+            with contextlib.suppress(termios.error):
+                self._rl_mode = termios.tcgetattr(self._in_fd)
+            self._emit_quietly(ERASE_LINE)
+            self._restore_readline_mode()
         if self._editing:
             self._emit_quietly(ERASE_LINE)
         self._restore_mode()
@@ -400,6 +495,13 @@ class Console:
         # After any stop (SIGCONT): the shell may have reset the terminal; retake it, unless
         # we were continued in the background (tcsetattr would stop us again with SIGTTOU).
         if self._state != _OPEN or self._eof or not self._is_foreground():
+            return
+        if self._rl is not None:
+            if self._rl_mode is not None:
+                assert self._in_fd is not None
+                with contextlib.suppress(termios.error):
+                    termios.tcsetattr(self._in_fd, termios.TCSANOW, self._rl_mode)
+            self._rl.redraw()
             return
         try:
             self._enter_raw_mode()
@@ -477,6 +579,8 @@ class Console:
             self._escape_timer = None
         if self._signals:
             self._remove_signal_handlers()
+        if self._rl is not None:
+            self._stop_readline()
         if self._editing:
             # Leave the cursor at the start of an empty line for whatever prints next; keep a
             # typed but unsubmitted line visible (Ctrl-C pressed, say).

@@ -10,6 +10,7 @@ terminal, and says what to write to draw it, to print other output above it, and
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -18,11 +19,13 @@ from ..message import sanitize
 __all__ = [
     "ERASE_LINE",
     "MIN_INPUT_COLUMNS",
+    "NAME_COMMANDS",
     "InputLine",
     "Keys",
     "LineEditor",
     "LineSplitter",
     "char_width",
+    "complete",
     "text_width",
 ]
 
@@ -30,6 +33,29 @@ __all__ = [
 ERASE_LINE: Final = "\r\x1b[K"
 #: The fewest columns the typed text gets, however narrow the terminal.
 MIN_INPUT_COLUMNS: Final = 4
+#: Commands whose first argument is a member's name: Tab completes it.
+NAME_COMMANDS: Final = frozenset({"/msg", "/kick", "/ban", "/mute", "/unmute"})
+
+
+def complete(
+    line: str, begidx: int, text: str, names: Iterable[str], commands: Iterable[str] = ()
+) -> list[str]:
+    """Tab completion: the candidates for ``text``, the word of ``line`` at ``begidx``.
+
+    The first argument of a command of :data:`NAME_COMMANDS` completes to the ``names`` that
+    start with it (ignoring case); a first word starting with ``/`` completes to the
+    ``commands`` (``"/msg"``...) that start with it. Anything else has no candidates.
+    Candidates are sorted and unique.
+    """
+    before = line[:begidx].split()
+    if not before:
+        if not text.startswith("/"):
+            return []
+        return sorted({command for command in commands if command.startswith(text.lower())})
+    if len(before) != 1 or before[0].lower() not in NAME_COMMANDS:
+        return []
+    prefix = text.casefold()
+    return sorted({name for name in names if name.casefold().startswith(prefix)})
 
 
 class LineSplitter:

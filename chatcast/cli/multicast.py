@@ -80,6 +80,26 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "on the network can still read the text",
     )
 
+    options.add_argument(
+        "--reliable",
+        action="store_true",
+        help="repair lost messages (NACKs and repairs on the repair port, --port + 1 by "
+        "default): messages of reliable senders arrive each once, in order; what cannot be "
+        "repaired is shown as a gap",
+    )
+    options.add_argument(
+        "--unordered",
+        action="store_true",
+        help="with --reliable: show messages as they come instead of holding back those after "
+        "a gap",
+    )
+    options.add_argument(
+        "--repair-port",
+        type=int,
+        default=None,
+        help="with --reliable: UDP port of control and repair traffic (default: --port + 1)",
+    )
+
     multicast = commands.add_parser(
         "multicast",
         help="chat over UDP multicast (the lab's sender.py and receiver.py)",
@@ -153,6 +173,8 @@ def _channel(args: argparse.Namespace, *, receive_only: bool = False) -> Multica
         raise ValueError(
             f"--plain sends unsigned text, so it cannot be used with a key (--key or ${KEY_ENV})"
         )
+    if args.reliable and plain:
+        raise ValueError("--plain sends bare text, which cannot be repaired: drop --reliable")
     return MulticastChannel(
         args.group,
         args.port,
@@ -161,6 +183,9 @@ def _channel(args: argparse.Namespace, *, receive_only: bool = False) -> Multica
         name=name,
         plain=plain,
         key=key,
+        reliable=args.reliable,
+        ordered=not args.unordered,
+        repair_port=args.repair_port,
     )
 
 
@@ -175,7 +200,8 @@ def _where(channel: MulticastChannel, args: argparse.Namespace, *, ttl: bool = T
     interface = args.interface or "the default interface"
     where = f"{channel.group} port {channel.port} on {interface}"
     where = f"{where}, ttl {channel.ttl}" if ttl else where
-    return f"{where}, signed" if _key(args) is not None else where
+    where = f"{where}, signed" if _key(args) is not None else where
+    return f"{where}, reliable" if args.reliable else where
 
 
 def _render(message: Message, plain: bool) -> str:

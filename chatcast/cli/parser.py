@@ -22,7 +22,7 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    from . import chat, demo, multicast
+    from . import chat, demo, discover, multicast
 
     parser = argparse.ArgumentParser(
         prog="chatcast",
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(commands)
     multicast.add_parser(commands)
     chat.add_parser(commands)
+    discover.add_parser(commands)
     return parser
 
 

@@ -79,6 +79,8 @@ async def run_workers(args: argparse.Namespace, where: str | None) -> int:
     env = {**os.environ, "CHATCAST_BACKPLANE": args.backplane}
     if args.token:
         env["CHATCAST_TOKEN"] = args.token
+    if args.op_token:
+        env["CHATCAST_OP_TOKEN"] = args.op_token
     workers = [
         await asyncio.create_subprocess_exec(
             *argv,

@@ -333,3 +333,47 @@ def test_announcements_are_numbered_kept_and_replayed() -> None:
     _, out = chat.hello(session="t1", last=last)
     replayed = [f for f in out.frames() if f["type"] == "announcement"]
     assert [(f["text"], f["history"]) for f in replayed] == [("server restarts at noon", True)]
+
+
+def test_a_resume_replays_nothing_from_before_the_session_began() -> None:
+    """A client cannot make a resume replay what came before its own welcome (nor, once it
+    resumed, before the id it resumed from): a chain of resumes "from id 0" replays only
+    what came after the session began, never the room's whole history."""
+    chat = ResumeChat()
+    bob, _ = chat.hello(name="bob")
+    for n in range(5):
+        chat.send(bob, type="message", text=f"before {n}")
+    chat.hello(name="alice")
+    chat.send(bob, type="message", text="after")
+    _, out = chat.hello(session="t2", last=0)
+    assert texts(out) == ["after"]
+    _, again = chat.hello(session="t3", last=0)
+    assert texts(again) == ["after"]
+
+
+def test_history_is_only_for_those_who_may_join() -> None:
+    """Before authenticating, a history request (text or JSON) gets nothing but a refusal."""
+    chat = ResumeChat(token="s3cret")
+    peer, out = chat.connect()
+    chat.hub.receive(peer, b"/history 5\n")
+    assert out.lines()[-1] == "! authentication required: send /auth TOKEN first"
+    other, other_out = chat.connect()
+    chat.hub.receive(other, b'{"type":"hello","version":2,"session":"t1","last":0}\n')
+    assert other_out.frames()[-1]["reason"] == "authentication required"
+    assert "welcome" not in other_out.text()
+
+
+def test_a_flood_of_forged_resumes_costs_one_lookup_each() -> None:
+    """A thousand guessed tokens: each a new session (no name, no history taken over), no
+    session table growth beyond the connections themselves, each counted."""
+    chat = ResumeChat()
+    alice, _ = chat.hello(name="alice")
+    for n in range(1000):
+        peer, out = chat.hello(session=f"guess{n}", last=0)
+        assert welcome(out)["resumed"] is False
+        assert peer.name != "alice"
+        chat.hub.receive(peer, b'{"type":"quit"}\n')
+        chat.hub.lost(peer, None)
+    assert chat.hub.resume_failures == 1000
+    assert len(chat.hub.sessions) == 1  # alice's
+    assert chat.hub.peer_named("alice") is alice
