@@ -15,7 +15,11 @@ messages) in one transaction, then applies the retention limits on disk and stor
 id. The file is in write-ahead-log mode with ``synchronous=NORMAL``: a committed batch survives
 a crash of the process; a power cut may lose the last batches (up to about ``flush_interval``
 seconds of messages) but never corrupts the file. :meth:`SQLiteStore.close` writes everything
-still queued before it returns.
+still queued before it returns. What the retention would delete at once is never written: of
+a busy room's batch, only its newest ``limits.messages``; and the queue holds at most
+``limits.total_messages`` (counted as ``skipped``). The writer keeps the GIL as little as it
+can (rows go 500 to a statement, built by SQLite from the entries as they are), since the
+event loop has to wait each time the writer takes it back.
 
 A write that fails later (disk full, the file made read-only) is logged on the ``chatcast``
 logger and counted (:attr:`SQLiteStore.statistics`); the server goes on serving from its
@@ -120,8 +124,10 @@ class SQLiteStore:
     Args:
         path: The database file; created if missing (its directory must exist).
         limits: The retention limits applied on disk: messages per room (announcements count
-            as one more room), bytes per room, age, total messages and total bytes. The
-            server's own history limits by default.
+            as one more room), bytes per room, age, total messages and total bytes; the
+            defaults of :class:`HistoryLimits` if none (a server given a path instead of a
+            store makes the store with its own ``history`` limits). Give a store the same
+            limits as its server: the server keeps in memory only what its own allow.
         flush_interval: Seconds the writer gathers messages before it commits them: one
             transaction per batch. At most this much recent history is lost on a power cut.
         max_batch: The most messages committed in one transaction.
