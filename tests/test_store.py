@@ -654,3 +654,21 @@ def test_batches_longer_than_one_statement(tmp_path: Path) -> None:
         (12, "b"),
         (13, "b"),
     ]
+
+
+def test_an_idle_writer_still_applies_the_age_limit(tmp_path: Path) -> None:
+    """With nothing new to write, the writer wakes within ``age`` and deletes what aged."""
+    path = tmp_path / "chat.db"
+    store = SQLiteStore(path, limits=HistoryLimits(age=0.3))
+    store.open()
+    put(store, chat(1, 2))
+    assert store.flush(timeout(10))
+    retention = store._retention
+    assert retention is not None
+    assert retention.total_count == 2
+    deadline = time.monotonic() + timeout(5)
+    while retention.total_count and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the writer's count under a deadline: it has no event
+    assert retention.total_count == 0
+    store.close()
+    assert reopen(path, HistoryLimits(age=None)) == (3, [])
