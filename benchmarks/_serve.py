@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.history is not None:
             from chatcast import HistoryLimits
 
-            options["history"] = HistoryLimits(messages=args.history) if args.history else None
+            # Bytes to match: N messages of the load generator's size fit (a replay of N).
+            limits = HistoryLimits(messages=args.history, bytes=max(1 << 20, args.history * 512))
+            options["history"] = limits if args.history else None
         if args.store is not None:
             options["store"] = args.store
         runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix, options))

@@ -540,6 +540,9 @@ def scale(args: argparse.Namespace) -> int:
                 elif args.mode == "text":
                     sock.send(b"/join " + room + b"\n")
                     client.state = 2
+                elif args.mode == "json2":  # protocol version 2: a resumable session
+                    sock.send(b'{"type":"hello","version":2,"room":"' + room + b'"}\n')
+                    client.state = 2
                 else:
                     sock.send(b'{"type":"hello","room":"' + room + b'"}\n')
                     client.state = 2
@@ -548,7 +551,7 @@ def scale(args: argparse.Namespace) -> int:
                 if (
                     args.mode == "bare"
                     or (args.mode == "text" and b"you are now in" in buf)
-                    or (args.mode == "json" and b'"type":"welcome"' in buf)
+                    or (args.mode in ("json", "json2") and b'"type":"welcome"' in buf)
                 ):
                     client.state = 3
                     client.buf = b""
@@ -590,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--first", type=int, default=0, help="index of this worker's first client")
-    p.add_argument("--mode", choices=("text", "json", "bare"), default="text")
+    p.add_argument("--mode", choices=("text", "json", "json2", "bare"), default="text")
     p.add_argument("--room-size", type=int, default=100)
     p.add_argument("--inflight", type=int, default=256)
     args = parser.parse_args(argv)

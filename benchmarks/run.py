@@ -200,7 +200,7 @@ def scale(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
         for size in cfg.room_sizes
         for k, uv in servers
         if k == "chatcast"
-        for mode in ("text", "json")
+        for mode in cfg.scale_modes
     ]
     cases += [(k, uv, "bare", 0) for k, uv in servers if k == "ceiling"]
     for kind, uv, mode, room_size in cases:
@@ -691,6 +691,8 @@ class Config:
         # Clients per room: 1 measures the connection alone; 100 (a class) adds each
         # client's join notice to the 99 others (chatcast announces every join).
         self.room_sizes = [10] if quick else [1, 100]
+        # JSON clients of protocol version 1, and of version 2 (each holds a session).
+        self.scale_modes = ["text", "json"] if quick else ["text", "json", "json2"]
         self.mcast_count = 2000 if quick else 200_000
         self.mcast_paced_rate = 20_000.0 if quick else 100_000.0
         self.mcast_paced_s = 0.1 if quick else 2.0

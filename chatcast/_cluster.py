@@ -219,15 +219,13 @@ class Cluster:
             return
         if kind == bp.PRIVATE:
             target = hub.peer_named(envelope.to or "")
+            message = Message(
+                text, sender=envelope.sender, kind=PRIVATE, to=envelope.to, timestamp=envelope.ts
+            )
             if target is not None and not target.closing:
-                message = Message(
-                    text,
-                    sender=envelope.sender,
-                    kind=PRIVATE,
-                    to=envelope.to,
-                    timestamp=envelope.ts,
-                )
                 hub.deliver_private(target, message)
+            else:
+                hub.keep_for_away(message)  # a member of ours who is away may resume
             return
         if kind == bp.ANNOUNCEMENT:
             message = Message(

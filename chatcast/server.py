@@ -534,8 +534,11 @@ class BroadcastServer:
 
         With a backplane, a client on another server is reached too.
 
+        A client that is away but may still resume (its connection dropped within the
+        resume window) gets it when it comes back.
+
         Raises:
-            KeyError: Nobody of that name is connected.
+            KeyError: Nobody of that name is connected (or away and resumable).
             ConnectionClosed: The name is on another server and the backplane is down.
             ChannelClosed: The server is closed.
         """
@@ -545,6 +548,8 @@ class BroadcastServer:
         peer = self._hub.peer_named(name)
         if peer is not None and not peer.closing:
             self._hub.deliver_private(peer, message)
+            return
+        if self._hub.keep_for_away(message):  # away, may resume: it waits for them
             return
         try:
             if self._cluster is None or not self._cluster.private(message):

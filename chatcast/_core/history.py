@@ -96,9 +96,13 @@ ENTRY_OVERHEAD: Final = _OVERHEAD
 # that learns a lower bound.
 _REMEMBER_FACTOR: Final = 10
 _REMEMBER_MIN: Final = 1000
+# And at most this many in all streams together (8 bytes each): past it the streams that
+# remember the most forget half.
+_REMEMBER_TOTAL: Final = 1_000_000
+# A stream that has held nothing for this long (seconds) is forgotten, remembered ids and all.
+_FORGET_EMPTY: Final = 3600.0
 
 _ID: Final = itemgetter(0)
-_STAMP: Final = itemgetter(1)
 _SENDER: Final = itemgetter(3)
 _TEXT: Final = itemgetter(4)
 
@@ -160,7 +164,17 @@ class Log:
         limit: The stream's count limit (how many evicted ids it remembers follows from it).
     """
 
-    __slots__ = ("_entries", "_head", "_ids", "_kept", "_remember", "bytes", "dropped", "key")
+    __slots__ = (
+        "_entries",
+        "_head",
+        "_ids",
+        "_kept",
+        "_remember",
+        "bytes",
+        "dropped",
+        "empty_since",
+        "key",
+    )
 
     def __init__(self, key: str, limit: int) -> None:
         self.key = key
@@ -171,6 +185,8 @@ class Log:
         self._remember = max(_REMEMBER_MIN, _REMEMBER_FACTOR * limit)
         self.bytes = 0
         self.dropped = False
+        #: Wall-clock time since which it has held nothing (see :meth:`History.expire`).
+        self.empty_since: float | None = None
 
     def __len__(self) -> int:
         return len(self._entries) - self._head
@@ -186,6 +202,36 @@ class Log:
         self._ids.extend(map(_ID, items))
         self.bytes += size
 
+    @property
+    def remembered(self) -> int:
+        """How many ids of evicted messages it remembers."""
+        return self._kept
+
+    def skip(self, items: list[Entry]) -> None:
+        """Note the ids of ``items`` without keeping them (history off): a resume is still
+        told how many it missed."""
+        self._ids.extend(map(_ID, items))
+        self._kept += len(items)
+        self._forget_remembered()
+
+    def forget(self, count: int) -> None:
+        """Forget the ``count`` oldest remembered ids."""
+        count = min(count, self._kept)
+        del self._ids[:count]
+        self._kept -= count
+
+    def clear(self) -> None:
+        """Hold and remember nothing."""
+        self._entries = []
+        self._ids = array("q")
+        self._head = self._kept = self.bytes = 0
+
+    def _forget_remembered(self) -> None:
+        extra = self._kept - self._remember
+        if extra > self._remember // 4:
+            del self._ids[:extra]
+            self._kept -= extra
+
     def evict(self, count: int) -> int:
         """Drop the ``count`` oldest kept messages, remembering their ids; return the bytes
         they cost."""
@@ -198,10 +244,7 @@ class Log:
             del self._entries[:head]  # give the evicted entries back, now and then
             head = 0
         self._head = head
-        extra = self._kept - self._remember
-        if extra > self._remember // 4:
-            del self._ids[:extra]
-            self._kept -= extra
+        self._forget_remembered()
         return freed
 
     def over(self, limit: int, byte_limit: int) -> int:
@@ -223,9 +266,12 @@ class Log:
         return count
 
     def expired(self, cutoff: float) -> int:
-        """How many of the oldest were stamped before ``cutoff``."""
-        end = bisect.bisect_left(self._entries, cutoff, lo=self._head, key=_STAMP)
-        return end - self._head
+        """How many of the oldest, in a row, were stamped before ``cutoff`` (stamps come from
+        wall clocks, of other servers too: they are not trusted to be in order)."""
+        entries, index, end = self._entries, self._head, len(self._entries)
+        while index < end and entries[index][1] < cutoff:
+            index += 1
+        return index - self._head
 
     def after(self, last: int, limit: int | None = None) -> list[Entry]:
         """The kept messages with an id above ``last``, oldest first (at most ``limit``)."""
@@ -328,6 +374,9 @@ class History:
         log = self._logs.get(key)
         if log is None:
             log = self._logs[key] = Log(key, limit)
+        if not limit or not limits.total_messages:
+            log.skip(items)  # kept nowhere: the ids only
+            return
         if size is None:
             size = _cost_of(items)
         if not len(log):
@@ -343,7 +392,12 @@ class History:
 
     def _push(self, log: Log, head_id: int) -> None:
         self._pushes += 1
-        heapq.heappush(self._oldest, (head_id, self._pushes, log))
+        heap = self._oldest
+        if len(heap) > 2 * len(self._logs) + 64:
+            # Entries of dropped or emptied streams pile up: keep one per stream holding some.
+            heap[:] = [(s.head_id, n, s) for n, s in enumerate(self._logs.values()) if len(s)]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (head_id, self._pushes, log))
 
     def _evict(self, log: Log, count: int) -> None:
         freed = log.evict(count)
@@ -381,16 +435,31 @@ class History:
                 heapq.heappop(heap)
 
     def expire(self, now_wall: float) -> None:
-        """Apply the age limit (call now and then), and forget empty streams."""
+        """Apply the age limit (call now and then); forget streams empty for an hour, and
+        the oldest remembered ids past the total."""
         age = self.limits.age
+        remembered = 0
         for key, log in list(self._logs.items()):
             if age is not None and len(log):
                 count = log.expired(now_wall - age)
                 if count:
                     self._evict(log, count)
-            if not len(log) and log.missed(0) == 0:
+            if len(log):
+                log.empty_since = None
+            elif log.empty_since is None:
+                log.empty_since = now_wall
+            elif now_wall - log.empty_since > _FORGET_EMPTY:
                 log.dropped = True
                 del self._logs[key]
+                continue
+            remembered += log.remembered
+        if remembered > _REMEMBER_TOTAL:
+            for log in sorted(self._logs.values(), key=lambda s: -s.remembered):
+                if remembered <= _REMEMBER_TOTAL // 2:
+                    break
+                half = log.remembered // 2
+                log.forget(half)
+                remembered -= half
 
     def drop(self, key: str) -> None:
         """Forget stream ``key`` entirely (a session that ended: its privates go)."""
@@ -400,6 +469,7 @@ class History:
         self.total_messages -= len(log)
         self.total_bytes -= log.bytes
         log.dropped = True
+        log.clear()  # its place in the heap of oldest streams holds nothing now
 
     def restore(self, messages: Iterable[Message]) -> None:
         """Load messages from a store at start, in id order, each into its room's stream."""

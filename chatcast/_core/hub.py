@@ -243,7 +243,6 @@ class Hub:
         held = False
         if session is not None and session.peer is peer:
             peer.session = None
-            session.room = peer.room or session.room
             if self.config.resume_window > 0 and not self.closing:
                 # The name waits for its owner to come back with the token.
                 held = True
@@ -355,6 +354,10 @@ class Hub:
         """The transport of ``peer`` drained: write its backlog (and what was dropped)."""
         backlog = peer.backlog
         transport = peer.transport
+        if peer.replay is not None and peer.replay[2][1]:
+            peer.replay[2][1] = False  # a replay waited for this: it goes on
+            self.clock.call_soon(self._replay_chunk, peer)
+            return
         if backlog is None or transport is None or peer.closing or peer.replay is not None:
             return
         peer.backlog = None
@@ -716,11 +719,10 @@ class Hub:
         """
         self.resumes += 1
         ghost = session.peer
-        room = session.room
+        room = session.room  # kept up to date by every join, even of a closing ghost
         seamless = False
         if ghost is not None and ghost is not peer:
-            room = ghost.room or room
-            seamless = ghost.announced and bool(ghost.room)
+            seamless = ghost.announced and ghost.room == room
             ghost.session = None
             if ghost.room:
                 self.rooms.discard(ghost.room, ghost)
@@ -769,14 +771,14 @@ class Hub:
             return
         items: list[Entry] = []
         missed = 0
-        name = session.name
+        own = session.names  # what it said under any of its names is not news to it
         for key in (room, ANNOUNCEMENTS, session.key):
             stream = self.history.log(key)
             if stream is None:
                 continue
             found = stream.after(last)
             if key == room:
-                found = [item for item in found if item[3] != name]
+                found = [item for item in found if item[3] not in own]
             items.extend(found)
             missed += stream.missed(last)
         items.sort(key=lambda item: item[0])
@@ -787,30 +789,51 @@ class Hub:
         """Write ``items`` (as history) to ``peer``, after ``gap``; a long replay is spread
         over turns of the loop (:data:`REPLAY_CHUNK`), live output waiting behind it."""
         json = peer.json
+        if peer.replay is not None:
+            # A replay is running (a resume, then a join's history): this one goes behind it.
+            if gap is not None:
+                peer.replay[1].append(gap)
+            peer.replay[1].extend(items)
+            self.replayed += len(items)
+            return
         if gap is not None:
             peer.write(encode(gap, json))
         if not items:
             return
         self.replayed += len(items)
-        if len(items) <= REPLAY_CHUNK or peer.transport is None:
+        if len(items) <= REPLAY_CHUNK or peer.transport is None or peer.backlog is not None:
+            # Short, or the peer is behind already (its writer is the backlog): in one go.
             peer.write(b"".join([encode(to_message(item), json) for item in items]))
             return
         held: list[bytes] = []
-        peer.replay = held
+        queue: list[Entry | Message] = list(items)
+        peer.replay = (held, queue, [0, False])
         peer.write = held.append
-        self.clock.call_soon(self._replay_chunk, peer, items, 0)
+        self.clock.call_soon(self._replay_chunk, peer)
 
-    def _replay_chunk(self, peer: Peer, items: list[Entry], start: int) -> None:
-        held = peer.replay
+    def _replay_chunk(self, peer: Peer) -> None:
+        replay = peer.replay
         transport = peer.transport
-        if held is None or transport is None or peer.closing:
+        if replay is None or transport is None or peer.closing:
             peer.replay = None
             return
-        end = start + REPLAY_CHUNK
+        held, queue, state = replay
+        if transport.get_write_buffer_size() >= self.config.max_buffer_bytes:
+            state[1] = True  # the peer reads slower than we replay: go on when it drained
+            return
+        start = state[0]
+        end = state[0] = start + REPLAY_CHUNK
         json = peer.json
-        transport.write(b"".join([encode(to_message(item), json) for item in items[start:end]]))
-        if end < len(items):
-            self.clock.call_soon(self._replay_chunk, peer, items, end)
+        transport.write(
+            b"".join(
+                [
+                    encode(item if isinstance(item, Message) else to_message(item), json)
+                    for item in queue[start:end]
+                ]
+            )
+        )
+        if end < len(queue):
+            self.clock.call_soon(self._replay_chunk, peer)
             return
         peer.replay = None
         peer.write = transport.write
@@ -1070,6 +1093,8 @@ class Hub:
 
     def _add_to_room(self, peer: Peer, room: str, *, announce: bool) -> None:
         peer.room = room
+        if peer.session is not None:
+            peer.session.room = room  # where a resume takes it back to
         self.rooms.add(room, peer)
         if self.cluster is not None:
             self.cluster.moved(peer.name, room)
@@ -1139,19 +1164,12 @@ class Hub:
         key = proto.name_key(to)
         target = self._names.get(key)
         if target is None or target.closing or not target.authenticated:
-            session = self.sessions.holder(key)
-            if session is not None and session.peer is None:
-                # Its owner is away but may resume: the message waits, for the owner only.
-                ident = self.history.take_ids(1)
-                message = Message(
-                    text, peer.name, PRIVATE, None, self.now(), session.name, None, ident
-                )
-                self.history.keep(session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
+            ident = self.history.take_ids(1)
+            message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
+            if self.keep_for_away(message):
                 self.messages_in += 1
                 self.rooms.publish(message)
                 return ident
-            ident = self.history.take_ids(1)
-            message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
             if self.cluster is None or not self.cluster.private(message):
                 raise InvalidFrame(f"no such user: {_shown(to)}")
             self.messages_in += 1
@@ -1162,6 +1180,28 @@ class Hub:
         message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
         self.deliver_private(target, message)
         return ident
+
+    def keep_for_away(self, message: Message) -> bool:
+        """Keep a private message (numbered) for a member who is away but may resume: its
+        connection ended, or is closing, within the resume window. False if ``message.to``
+        is nobody's session."""
+        session = self.sessions.holder(proto.name_key(message.to or ""))
+        if session is None or (session.peer is not None and not session.peer.closing):
+            return False
+        if message.id is None:
+            message = Message(
+                message.text,
+                message.sender,
+                PRIVATE,
+                None,
+                message.timestamp,
+                message.to,
+                None,
+                self.history.take_ids(1),
+            )
+        # For the owner only: the stream goes with the session.
+        self.history.keep(session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
+        return True
 
     def deliver_private(self, target: Peer, message: Message) -> None:
         """Deliver a private message (numbered here if it is not) to a local ``target``; its
@@ -1206,8 +1246,8 @@ class Hub:
         self._keep(room, room_entries(first, timestamp, sender, room, batch))
 
     def _keep(self, key: str, items: list[Entry], size: int | None = None) -> None:
-        if self.history.enabled:
-            self.history.keep(key, items, size)
+        # With history off the ids are still noted: a resume is told how many it missed.
+        self.history.keep(key, items, size)
         if self.recorder is not None:
             self.recorder.record(items)
 
@@ -1232,10 +1272,20 @@ class Hub:
         """
         if not batch or not peer.room:
             batch.clear()
+            if refs:
+                for _, ref in refs:
+                    self._error(peer, "not in a room: message dropped", ref)
+                refs.clear()
             return
         if self.moderation.mutes and self.moderation.muted(peer):  # moderation (#14)
             batch.clear()
-            self._error(peer, f"you are muted in {peer.room}")
+            reason = f"you are muted in {peer.room}"
+            if refs:  # each message its sender waits for is refused, by its ref
+                for _, ref in refs:
+                    self._error(peer, reason, ref)
+                refs.clear()
+            else:
+                self._error(peer, reason)
             return
         if not peer.announced:
             self._announce(peer)
@@ -1245,9 +1295,8 @@ class Hub:
         room = peer.room
         first = self.history.take_ids(count)
         self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp, first)
-        if self.history.enabled or self.recorder is not None:
-            size = sum(map(len, batch)) + (len(peer.name) + ENTRY_OVERHEAD) * count
-            self._keep(room, room_entries(first, timestamp, peer.name, room, batch), size)
+        size = sum(map(len, batch)) + (len(peer.name) + ENTRY_OVERHEAD) * count
+        self._keep(room, room_entries(first, timestamp, peer.name, room, batch), size)
         if self.cluster is not None:
             self.cluster.batch(peer.name, room, batch, timestamp)
         if refs:

@@ -6,7 +6,7 @@ beyond attaching its transport. The hub (``hub.py``) is the only module that cha
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
 from .backlog import Backlog
@@ -82,8 +82,9 @@ class Peer:
         self.bucket: Bucket | None = None  # flood control, when the server has a rate
         self.version = 1  # the protocol version of a JSON client's hello
         self.session: Session | None = None  # resumable identity (JSON clients)
-        # Live output held while missed messages are replayed (see Hub._replay), or None.
-        self.replay: list[bytes] | None = None
+        # While missed messages are replayed (see Hub._replay): the live output held back,
+        # what is to be replayed, and [next index, waiting for the transport to drain].
+        self.replay: tuple[list[bytes], list[Any], list[Any]] | None = None
 
     def attach(self, transport: Transport, address: str) -> None:
         """Write to ``transport`` from now on (a new one after a TLS handshake, too)."""

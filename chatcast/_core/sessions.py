@@ -23,6 +23,9 @@ from .peer import Peer
 
 __all__ = ["MAX_TOKEN_LENGTH", "Session", "Sessions"]
 
+#: Names a session remembers as its own (a rename flood is flood-controlled anyway).
+_NAMES_KEPT: Final = 16
+
 #: The longest token a client may present (ours are 24 characters).
 MAX_TOKEN_LENGTH: Final = 64
 
@@ -34,13 +37,15 @@ def _digest(token: str) -> bytes:
 class Session:
     """One resumable identity: its name, room, current connection and private stream."""
 
-    __slots__ = ("digest", "expires_at", "floor", "key", "name", "peer", "room")
+    __slots__ = ("digest", "expires_at", "floor", "key", "name", "names", "peer", "room")
 
     def __init__(self, digest: bytes, key: str, name: str, room: str, peer: Peer | None) -> None:
         self.digest = digest
         #: The history stream of its private messages.
         self.key = key
         self.name = name
+        #: Every name it had (the last few): its own messages are not replayed to it.
+        self.names: tuple[str, ...] = (name,)
         self.room = room
         #: The connection holding it, or None while it waits to be resumed.
         self.peer = peer
@@ -113,6 +118,7 @@ class Sessions:
             del self._by_name[old_key]
         self._by_name[new_key] = session
         session.name = name
+        session.names = (*session.names[-(_NAMES_KEPT - 1) :], name)
 
     def attach(self, session: Session, peer: Peer) -> None:
         """``peer`` holds ``session`` from now on."""

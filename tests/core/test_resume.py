@@ -6,10 +6,11 @@ import itertools
 import json
 from typing import Any
 
-from chatcast._core.history import HistoryLimits
+from chatcast._core.history import History, HistoryLimits
 from chatcast._core.hub import REPLAY_CHUNK
 from chatcast._core.peer import Peer
 from chatcast._core.rooms import NOTICE_DELAY
+from chatcast._core.wire import ERROR, Message
 
 from .test_hub import Chat, FakeTransport
 
@@ -377,3 +378,173 @@ def test_a_flood_of_forged_resumes_costs_one_lookup_each() -> None:
     assert chat.hub.resume_failures == 1000
     assert len(chat.hub.sessions) == 1  # alice's
     assert chat.hub.peer_named("alice") is alice
+
+
+# -- found in review ------------------------------------------------------------------
+
+
+def test_session_room_follows_join_when_the_server_drops_the_peer() -> None:
+    """alice /joins den, then the server drops her (heartbeat timeout): disconnect() empties
+    peer.room before lost(), so the session keeps 'lobby'; the resume puts her back in the
+    lobby and replays lobby, not den: the den message she missed is lost silently."""
+    chat = ResumeChat()
+    alice, _alice_out = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob", room="den")
+    chat.send(alice, type="join", room="den")
+    last = chat.hub.history.latest_id
+    chat.hub.disconnect(alice, Message("heartbeat timeout", kind=ERROR))  # as tick() does
+    chat.clock.advance(NOTICE_DELAY)
+    chat.hub.lost(alice, None)
+    chat.send(bob, type="message", text="missed in den")
+    back, back_out = chat.hello(session="t1", last=last)
+    assert texts(back_out) == ["missed in den"]
+    assert back.room == "den"
+
+
+def test_resume_while_the_dropped_ghost_lingers() -> None:
+    """Same, but the client resumes before lost() (lingering close of up to 2 s)."""
+    chat = ResumeChat()
+    alice, _ = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob", room="den")
+    chat.send(alice, type="join", room="den")
+    last = chat.hub.history.latest_id
+    chat.hub.disconnect(alice, None)  # e.g. slow consumer / heartbeat timeout
+    chat.send(bob, type="message", text="missed in den")
+    back, _back_out = chat.hello(session="t1", last=last)
+    assert back.room == "den"
+
+
+def test_muted_message_is_acked_after_a_join() -> None:
+    """A muted member's message with a ref is dropped, but its ref stays in ``refs``; after
+    /join in the same read, the next accepted message acks BOTH refs with the same id."""
+    chat = ResumeChat(op_token="sesame")
+    op, _ = chat.hello(name="teacher", op="sesame")
+    alice, alice_out = chat.hello(name="alice")
+    chat.send(op, type="mute", name="alice")
+    alice_out.chunks.clear()
+    chat.hub.receive(
+        alice,
+        b'{"type":"message","text":"dropped","ref":"r1"}\n'
+        b'{"type":"join","room":"den"}\n'
+        b'{"type":"message","text":"kept","ref":"r2"}\n',
+    )
+    acks = [f for f in alice_out.frames() if f["type"] == "ack"]
+    errors = [f for f in alice_out.frames() if f["type"] == "error"]
+    assert [a["ref"] for a in acks] == ["r2"]
+    assert errors
+    assert errors[0].get("ref") == "r1"
+
+
+def test_resume_with_history_off_gets_no_gap() -> None:
+    """HistoryLimits(messages=0): room messages are not kept, so a resume replays nothing and
+    the 'exact gap' is 0: the client loses the missed messages with no gap frame at all."""
+    chat = ResumeChat(history=HistoryLimits(messages=0))
+    _ghost, ghost_out = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob")
+    last = welcome(ghost_out)["last"]
+    for n in range(3):
+        chat.send(bob, type="message", text=f"missed {n}")
+    _, alice_out = chat.hello(session="t1", last=last)
+    assert welcome(alice_out)["resumed"] is True
+    kinds = [f["type"] for f in alice_out.frames()]
+    assert "gap" in kinds or "missed 0" in texts(alice_out)
+
+
+def test_two_chunked_replays_lose_the_second_ones_tail() -> None:
+    """history_on_join may be up to 500 (> REPLAY_CHUNK): a join pipelined behind the hello
+    starts a second chunked replay while the first runs; the first one's end sets
+    peer.replay = None and the second stops after its first chunk."""
+    chat = ResumeChat(history_on_join=500)
+    bob, _ = chat.hello(name="bob")
+    carol, _ = chat.hello(name="carol", room="den")
+    for n in range(500):
+        chat.send(bob, type="message", text=f"lobby {n}")
+        chat.send(carol, type="message", text=f"den {n}")
+    peer, out = chat.connect()
+    chat.hub.receive(
+        peer,
+        b'{"type":"hello","version":2,"name":"alice"}\n{"type":"join","room":"den"}\n',
+    )
+    chat.clock.advance(1)
+    den = [t for t in texts(out) if t.startswith("den")]
+    assert len(den) == 500
+
+
+def test_renamed_session_gets_its_own_messages_back() -> None:
+    """Own messages are filtered by the session's current name: after /nick, what it said
+    under its old name after `last` is replayed to it as someone else's."""
+    chat = ResumeChat()
+    alice, _alice_out = chat.hello(name="alice")
+    _bob, _ = chat.hello(name="bob")
+    last = chat.hub.history.latest_id
+    chat.send(alice, type="message", text="mine")
+    chat.send(alice, type="nick", name="alicia")
+    chat.hub.lost(alice, ConnectionResetError())
+    _, back_out = chat.hello(session="t1", last=last)
+    assert "mine" not in texts(back_out)
+
+
+def test_private_to_a_session_whose_connection_is_closing_is_refused() -> None:
+    """The server dropped alice (heartbeat timeout, slow consumer): for the ~2 s lingering
+    close her session still points at the closing peer, so a private to her is refused
+    'no such user' instead of being kept for her resume."""
+    chat = ResumeChat()
+    alice, _ = chat.hello(name="alice")
+    bob, bob_out = chat.hello(name="bob")
+    chat.hub.disconnect(alice, Message("heartbeat timeout", kind=ERROR))
+    bob_out.chunks.clear()
+    chat.send(bob, type="message", text="psst", to="alice", ref="p")
+    assert [f["type"] for f in bob_out.frames() if f.get("ref") == "p"] == ["ack"]
+
+
+def test_ended_sessions_leave_nothing_behind_in_the_history() -> None:
+    """Sessions that got a private and quit: their streams are dropped and hold nothing, and
+    the heap of oldest streams stays bounded by the streams that exist."""
+    chat = ResumeChat()
+    bob, _ = chat.hello(name="bob")
+    for n in range(200):
+        peer, _ = chat.hello(name=f"u{n}")
+        chat.send(bob, type="message", text="x" * 1000, to=f"u{n}")
+        chat.send(peer, type="quit")
+        chat.hub.lost(peer, None)
+    history = chat.hub.history
+    assert history.total_messages == 0
+    assert len(history._oldest) <= 70  # not one per session that ever was
+    assert all(len(entry[2]) == 0 and entry[2].remembered == 0 for entry in history._oldest)
+
+
+def test_streams_of_dead_rooms_are_forgotten() -> None:
+    """A room that held something and then nothing for an hour is forgotten, remembered ids
+    and all: 5000 rooms used once do not stay for good."""
+    history = History(HistoryLimits(total_messages=10, age=60.0))
+    for n in range(5000):
+        first = history.take_ids(1)
+        history.keep(f"room{n}", [(first, 0.0, "message", "m", "hi", f"room{n}", None)])
+    history.expire(10_000.0)  # everything is past its age: empty from now
+    assert history.total_messages == 0
+    history.expire(10_000.0 + 3601)
+    assert len(history._logs) == 0
+
+
+def test_a_long_replay_waits_for_a_slow_reader() -> None:
+    """A replay does not push more than max_buffer_bytes into a transport the client is not
+    draining: it waits for the drain (resume_writing), then goes on, live output behind it."""
+    chat = ResumeChat()
+    _, ghost_out = chat.hello(name="alice")
+    bob, _ = chat.hello(name="bob")
+    last = welcome(ghost_out)["last"]
+    for n in range(REPLAY_CHUNK * 3):
+        chat.hub.receive(bob, f'{{"type":"message","text":"m{n}"}}\n'.encode())
+    alice, alice_out = chat.connect()
+    full = {"size": chat.config.max_buffer_bytes}  # the client is not reading
+    alice_out.get_write_buffer_size = lambda: full["size"]  # type: ignore[method-assign]
+    chat.hub.receive(alice, b'{"type":"hello","version":2,"session":"t1","last":%d}\n' % last)
+    chat.clock.advance(1)
+    assert texts(alice_out) == []
+    chat.hub.receive(bob, b'{"type":"message","text":"live"}\n')
+    assert alice.replay is not None  # waiting, not dropped as a slow consumer
+    assert not alice.closing
+    full["size"] = 0
+    chat.hub.resumed(alice)  # the transport drained
+    chat.clock.advance(1)
+    assert texts(alice_out) == [f"m{n}" for n in range(REPLAY_CHUNK * 3)] + ["live"]
