@@ -119,7 +119,7 @@ def _reason(error: sqlite3.Error) -> str:
 
 
 class SQLiteStore:
-    """Room history and message ids kept in a SQLite file (a :class:`Recorder` for the hub).
+    """Room history and message ids kept in a SQLite file (a :class:`~chatcast._core.ports.Recorder` for the hub).
 
     Args:
         path: The database file; created if missing (its directory must exist).
@@ -196,7 +196,7 @@ class SQLiteStore:
         Returns:
             The next id to give, and the kept messages in id order (at most
             ``limits.messages`` per room, none older than ``limits.age``, at most
-            ``limits.total_messages`` in all), for :meth:`History.restore`.
+            ``limits.total_messages`` in all), for :meth:`~chatcast._core.history.History.restore`.
 
         Raises:
             StoreError: The file is in use by another process, corrupt, not a chatcast store

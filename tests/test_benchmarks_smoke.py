@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # about 35 s: on one Python in CI
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
