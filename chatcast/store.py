@@ -119,7 +119,8 @@ def _reason(error: sqlite3.Error) -> str:
 
 
 class SQLiteStore:
-    """Room history and message ids kept in a SQLite file (a :class:`~chatcast._core.ports.Recorder` for the hub).
+    """Room history and message ids kept in a SQLite file (the hub's
+    :class:`~chatcast._core.ports.Recorder`).
 
     Args:
         path: The database file; created if missing (its directory must exist).
