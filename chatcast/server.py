@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import ssl as ssl_module
@@ -157,6 +158,9 @@ class ServerStatistics:
 
 
 _DEFAULT_HISTORY: Final = HistoryLimits()
+# Where a store keeps the moderation records, and the events that change them.
+_MODERATION_STATE: Final = "moderation"
+_KEPT_MODERATION: Final = frozenset({"ban", "unban", "mute", "unmute", "topic"})
 
 
 class BroadcastServer:
@@ -394,6 +398,14 @@ class BroadcastServer:
             self._hub.history.restore(kept)
             self._hub.history.next_id = max(self._hub.history.next_id, next_id)
             self._hub.recorder = self.store
+            # Bans, mutes and topics survive a restart too (#14).
+            records = self.store.state.get(_MODERATION_STATE)
+            if records:
+                try:
+                    self.restore_moderation(json.loads(records))
+                except ValueError as exc:
+                    log.warning("store %s: moderation records not restored: %s", self.store, exc)
+            self._hub.rooms.subscribe(self._moderation_changed)
         if self._cluster is not None:
             await self._cluster.start()  # before listening: the first client sees the others
         # TLS is started on each accepted connection by the server itself (start_tls), not
@@ -662,6 +674,12 @@ class BroadcastServer:
     def operators(self) -> list[str]:
         """The names of the clients that are operators here, sorted."""
         return sorted(peer.name for peer in self._hub.moderation.operators)
+
+    def _moderation_changed(self, event: Message) -> bool:
+        """A ban, mute or topic changed: keep them all in the store (written off the loop)."""
+        if event.kind in _KEPT_MODERATION and self.store is not None and not self._closed.is_set():
+            self.store.save_state(_MODERATION_STATE, json.dumps(self.moderation_records()))
+        return True
 
     def moderation_records(self) -> list[dict[str, Any]]:
         """Every ban, mute and topic as plain dicts, to keep (see :meth:`restore_moderation`)."""

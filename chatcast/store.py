@@ -29,6 +29,7 @@ in-memory history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -66,6 +67,8 @@ _SCHEMA: Final = (
     " text TEXT NOT NULL,"
     " ts REAL,"
     " cost INTEGER NOT NULL)",  # what the message counts against the byte limits
+    # Small documents the server keeps across restarts (its moderation: bans, mutes, topics).
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
 
 # How long an idle writer sleeps before it applies the age limit again.
@@ -182,6 +185,10 @@ class SQLiteStore:
         self._skipped = 0
         self._failing_since: float | None = None
         self._last_error_log = 0.0
+        #: The documents kept with :meth:`save_state`, as read at :meth:`open`.
+        self.state: dict[str, str] = {}
+        self._state_lock = threading.Lock()
+        self._pending_state: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -247,6 +254,7 @@ class SQLiteStore:
             self._store_next(next_id)
             conn.execute("COMMIT")
             messages = [_message(row) for row in conn.execute(_SELECT_ALL)]
+            self.state = dict(conn.execute("SELECT key, value FROM state"))
         except sqlite3.Error as error:
             self._conn = None
             _close_quietly(conn)
@@ -322,6 +330,13 @@ class SQLiteStore:
             self._last_id = last
         if not self._wake.is_set():
             self._wake.set()
+
+    def save_state(self, key: str, value: str) -> None:
+        """Keep the document ``value`` under ``key`` (replacing the last one), written with
+        the next batch; never blocks. :attr:`state` has them at the next :meth:`open`."""
+        with self._state_lock:
+            self._pending_state[key] = value
+        self._wake.set()
 
     @property
     def statistics(self) -> StoreStatistics:
@@ -411,6 +426,10 @@ class SQLiteStore:
 
     def _drain(self) -> None:
         """Commit the queue in batches of at most ``max_batch`` (and the age limit, idle)."""
+        with self._state_lock:
+            documents, self._pending_state = self._pending_state, {}
+        if documents:
+            self._write_state(documents)
         queue = self._queue
         while True:
             # Popped in C (no Python per message): the loop keeps the GIL for the fan-out.
@@ -465,6 +484,23 @@ class SQLiteStore:
                 self._lost,
             )
             self._failing_since = None
+
+    def _write_state(self, documents: dict[str, str]) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", documents.items()
+            )
+            conn.execute("COMMIT")
+        except Exception as error:  # never reaches the server, as for messages
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._write_errors += 1
+            logger.warning(
+                "message store %s: could not keep %s: %s", self.path, ", ".join(documents), error
+            )
 
     def _failed(self, count: int, error: Exception) -> None:
         """Roll back, count and log a failed batch; resynchronise the on-disk counts."""

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from chatcast._core.history import ANNOUNCEMENTS, History, HistoryLimits, entry
-from chatcast.exceptions import StoreError
+from chatcast.exceptions import ChatcastError, StoreError
 from chatcast.message import Message
 from chatcast.store import SQLiteStore
 from tests.helpers import timeout
@@ -672,3 +672,22 @@ def test_an_idle_writer_still_applies_the_age_limit(tmp_path: Path) -> None:
     assert retention.total_count == 0
     store.close()
     assert reopen(path, HistoryLimits(age=None)) == (3, [])
+
+
+async def test_bans_mutes_and_topics_survive_a_restart_with_the_store(tmp_path: Path) -> None:
+    """With a store, the moderation records are kept too (issue #14): a restarted server still
+    refuses the banned name and shows the topic."""
+    from chatcast import BroadcastClient, BroadcastServer
+
+    path = tmp_path / "chat.db"
+    async with BroadcastServer("127.0.0.1", 0, store=path) as server:
+        server.ban(name="mallory", reason="spam")
+        server.set_topic("lobby", "Lab 3: sockets")
+    async with BroadcastServer("127.0.0.1", 0, store=path) as again:
+        assert [ban.name for ban in again.bans()] == ["mallory"]
+        assert again.topic("lobby") == "Lab 3: sockets"
+        with pytest.raises(ChatcastError, match="banned"):
+            await BroadcastClient("127.0.0.1", again.port, name="mallory").connect()
+        again.unban(name="mallory")
+    async with BroadcastServer("127.0.0.1", 0, store=path) as third:
+        assert third.bans() == []

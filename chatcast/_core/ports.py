@@ -114,3 +114,12 @@ class Store(Recorder, Protocol):
     async def aclose(self) -> None:
         """Write what is queued, then close."""
         ...
+
+    @property
+    def state(self) -> dict[str, str]:
+        """Documents kept across restarts (by :meth:`save_state`), as read by :meth:`open`."""
+        ...
+
+    def save_state(self, key: str, value: str) -> None:
+        """Keep a small document (the server's moderation records) across restarts."""
+        ...
