@@ -406,33 +406,43 @@ class BroadcastServer:
                 except ValueError as exc:
                     log.warning("store %s: moderation records not restored: %s", self.store, exc)
             self._hub.rooms.subscribe(self._moderation_changed)
-        if self._cluster is not None:
-            await self._cluster.start()  # before listening: the first client sees the others
-        # TLS is started on each accepted connection by the server itself (start_tls), not
-        # by create_server(ssl=...): that way a connection is counted against the limits as
-        # soon as it is accepted, and only max_handshakes handshakes run at once. Otherwise
-        # each silent TCP connection to a TLS port would hold asyncio's TLS buffers (about
-        # 300 KiB) for the whole handshake timeout, uncounted. uvloop starts reading right
-        # after connection_made, whatever the protocol asks, so the ClientHello would reach
-        # us instead of the TLS layer: there, TLS stays in create_server (counted after it).
-        self._tls_per_connection = self.ssl is not None and isinstance(loop, asyncio.BaseEventLoop)
-        in_accept = self.ssl is not None and not self._tls_per_connection
-        acceptor = Acceptor(
-            self._hub,
-            self._connection_made,
-            self._connection_lost,
-            tls_pending=self._tls_per_connection,
-            keepalive=self.config.keepalive,
-        )
-        self._server = await loop.create_server(
-            lambda: Connection(acceptor),
-            self.config.host,
-            self._port,
-            ssl=self.ssl if in_accept else None,
-            ssl_handshake_timeout=self.config.ssl_handshake_timeout if in_accept else None,
-            reuse_port=self.config.reuse_port or None,
-            backlog=1024,
-        )
+        try:
+            if self._cluster is not None:
+                await self._cluster.start()  # before listening: the first client sees the others
+            # TLS is started on each accepted connection by the server itself (start_tls), not
+            # by create_server(ssl=...): that way a connection is counted against the limits as
+            # soon as it is accepted, and only max_handshakes handshakes run at once. Otherwise
+            # each silent TCP connection to a TLS port would hold asyncio's TLS buffers (about
+            # 300 KiB) for the whole handshake timeout, uncounted. uvloop starts reading right
+            # after connection_made, whatever the protocol asks, so the ClientHello would reach
+            # us instead of the TLS layer: there, TLS stays in create_server (counted after it).
+            self._tls_per_connection = self.ssl is not None and isinstance(
+                loop, asyncio.BaseEventLoop
+            )
+            in_accept = self.ssl is not None and not self._tls_per_connection
+            acceptor = Acceptor(
+                self._hub,
+                self._connection_made,
+                self._connection_lost,
+                tls_pending=self._tls_per_connection,
+                keepalive=self.config.keepalive,
+            )
+            self._server = await loop.create_server(
+                lambda: Connection(acceptor),
+                self.config.host,
+                self._port,
+                ssl=self.ssl if in_accept else None,
+                ssl_handshake_timeout=self.config.ssl_handshake_timeout if in_accept else None,
+                reuse_port=self.config.reuse_port or None,
+                backlog=1024,
+            )
+        except BaseException:
+            # Not left half started: a store opened above is closed (and unlocked) again.
+            if self.store is not None and self._hub.recorder is not None:
+                self._hub.recorder = None
+                self._hub.rooms.unsubscribe(self._moderation_changed)
+                await self.store.aclose()
+            raise
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="chatcast-server-sweep")
         log.info("listening on %s port %d", self.config.host or "*", self._port)

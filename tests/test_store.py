@@ -691,3 +691,17 @@ async def test_bans_mutes_and_topics_survive_a_restart_with_the_store(tmp_path: 
         again.unban(name="mallory")
     async with BroadcastServer("127.0.0.1", 0, store=path) as third:
         assert third.bans() == []
+
+
+async def test_a_server_that_cannot_listen_gives_its_store_back(tmp_path: Path) -> None:
+    """The port is taken: start() fails, and the store is closed again (not left locked), so
+    the same program can try again on another port."""
+    from chatcast import BroadcastServer
+
+    path = tmp_path / "chat.db"
+    async with BroadcastServer("127.0.0.1", 0) as squatter:
+        taken = BroadcastServer("127.0.0.1", squatter.port, store=path)
+        with pytest.raises(OSError, match="address already in use"):
+            await taken.start()
+    async with BroadcastServer("127.0.0.1", 0, store=path) as server:
+        assert server.is_serving
