@@ -1171,7 +1171,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL",
         help="record every chatcast server with py-spy into results/profile-LABEL-*.txt",
     )
-    parser.add_argument("--subscribers", help="burst subscriber counts, e.g. 100,1000")
+    parser.add_argument(
+        "--subscribers", help="burst subscriber counts, e.g. 100,1000 (history: the first)"
+    )
     parser.add_argument("--room-sizes", help="scale: clients per room, e.g. 1,100")
     parser.add_argument(
         "--servers", help="comma-separated subset of threaded, naive, ceiling, chatcast"
@@ -1191,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.room_sizes = [int(n) for n in args.room_sizes.split(",")]
     if args.subscribers:
         cfg.burst_subscribers = [int(n) for n in args.subscribers.split(",")]
+        cfg.history_subscribers = cfg.burst_subscribers[0]
     servers = [("threaded", False), ("naive", False), ("ceiling", False), ("chatcast", False)]
     if args.uvloop:
         servers += [("ceiling", True), ("chatcast", True)]
