@@ -333,7 +333,7 @@ class SQLiteStore:
 
     def save_state(self, key: str, value: str) -> None:
         """Keep the document ``value`` under ``key`` (replacing the last one), written with
-        the next batch; never blocks. :attr:`state` has them at the next :meth:`open`."""
+        the next batch; never blocks. ``state`` has them at the next :meth:`open`."""
         with self._state_lock:
             self._pending_state[key] = value
         self._wake.set()
