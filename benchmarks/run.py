@@ -262,13 +262,19 @@ def scale(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
     return rows
 
 
-def hotpath(cfg: Config) -> list[Row]:
-    """The fan-out hot path alone, without sockets (see :mod:`benchmarks.hotpath`)."""
-    child = Child(["-m", "benchmarks.hotpath", *(["--quick"] if cfg.quick else [])])
+def _child_rows(args: list[str], timeout: float) -> list[Row]:
+    """Run ``python -m ARGS`` in a child process and return the rows of its ``RESULT`` line."""
+    child = Child(["-m", *args])
     try:
-        rows: list[Row] = json.loads(child.expect("RESULT", timeout=300))
+        rows: list[Row] = json.loads(child.expect("RESULT", timeout=timeout))
     finally:
         child.stop()
+    return rows
+
+
+def hotpath(cfg: Config) -> list[Row]:
+    """The fan-out hot path alone, without sockets (see :mod:`benchmarks.hotpath`)."""
+    rows = _child_rows(["benchmarks.hotpath", *(["--quick"] if cfg.quick else [])], 300)
     for row in rows:
         _progress(row, f"{row['lines_per_read']} lines/read: {row['us_per_read']:.1f} us/read")
     return rows
@@ -277,13 +283,8 @@ def hotpath(cfg: Config) -> list[Row]:
 def client(cfg: Config) -> list[Row]:
     """The client's receive path against a bare readline + json.loads loop
     (see :mod:`benchmarks.client_receive`)."""
-    child = Child(
-        ["-m", "benchmarks.client_receive", *(["--quick"] if cfg.quick else ["--repeat=3"])]
-    )
-    try:
-        rows: list[Row] = json.loads(child.expect("RESULT", timeout=900))
-    finally:
-        child.stop()
+    quick = ["--quick"] if cfg.quick else ["--repeat=3"]
+    rows = _child_rows(["benchmarks.client_receive", *quick], 900)
     for row in rows:
         row["server"] = "BroadcastClient"
         row["all_counted"] = True  # each receiver stops only at its N-th message
@@ -426,11 +427,7 @@ def replay(cfg: Config) -> list[Row]:
 
 def web(cfg: Config) -> list[Row]:
     """WebSocket subscribers against TCP ones (see :mod:`benchmarks.web`)."""
-    child = Child(["-m", "benchmarks.web", *(["--quick"] if cfg.quick else [])])
-    try:
-        rows: list[Row] = json.loads(child.expect("RESULT", timeout=900))
-    finally:
-        child.stop()
+    rows = _child_rows(["benchmarks.web", *(["--quick"] if cfg.quick else [])], 900)
     for row in rows:
         if row["kind"] == "ratio":
             _progress(
@@ -989,11 +986,7 @@ def _history_table(rows: list[Row]) -> list[str]:
 def acks(cfg: Config) -> list[Row]:
     """Sending with acks: pipelined post() and one-at-a-time send() against fire-and-forget
     (see :mod:`benchmarks.acks`)."""
-    child = Child(["-m", "benchmarks.acks", *(["--quick"] if cfg.quick else ["--repeat=3"])])
-    try:
-        rows: list[Row] = json.loads(child.expect("RESULT", timeout=600))
-    finally:
-        child.stop()
+    rows = _child_rows(["benchmarks.acks", *(["--quick"] if cfg.quick else ["--repeat=3"])], 600)
     for row in rows:
         _progress(row, f"{row['messages_per_s']:,.0f} messages/s")
     return rows

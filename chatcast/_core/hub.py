@@ -17,6 +17,7 @@ transport's own while the peer keeps up; under back-pressure it is swapped for a
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import time
@@ -1188,17 +1189,7 @@ class Hub:
         session = self.sessions.holder(proto.name_key(message.to or ""))
         if session is None or (session.peer is not None and not session.peer.closing):
             return False
-        if message.id is None:
-            message = Message(
-                message.text,
-                message.sender,
-                PRIVATE,
-                None,
-                message.timestamp,
-                message.to,
-                None,
-                self.history.take_ids(1),
-            )
+        message = self._numbered(message)
         # For the owner only: the stream goes with the session.
         self.history.keep(session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
         return True
@@ -1206,34 +1197,21 @@ class Hub:
     def deliver_private(self, target: Peer, message: Message) -> None:
         """Deliver a private message (numbered here if it is not) to a local ``target``; its
         session keeps it, for a resume."""
-        if message.id is None:
-            message = Message(
-                message.text,
-                message.sender,
-                PRIVATE,
-                None,
-                message.timestamp,
-                message.to,
-                None,
-                self.history.take_ids(1),
-            )
+        message = self._numbered(message)
         self.rooms.deliver_private(target, message)
         if target.session is not None:
             self.history.keep(target.session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
 
+    def _numbered(self, message: Message) -> Message:
+        """``message`` with an id of its own (the next one), unless it has one."""
+        if message.id is not None:
+            return message
+        return dataclasses.replace(message, id=self.history.take_ids(1))
+
     def announce(self, message: Message) -> int:
         """Number, keep and deliver an announcement to everyone (or its room); return how
         many it was handed to."""
-        message = Message(
-            message.text,
-            message.sender,
-            message.kind,
-            message.room,
-            message.timestamp,
-            None,
-            None,
-            self.history.take_ids(1),
-        )
+        message = self._numbered(message)
         key = message.room if message.room is not None else ANNOUNCEMENTS
         self._keep(key, [entry(message)])
         return self.rooms.announce(message)
