@@ -91,6 +91,7 @@ class ServerInfo:
         tls: Whether the port speaks TLS.
         token: Whether a token is needed.
         clients: Clients connected now.
+        web: The port of its chat page (:class:`~chatcast.web.WebGateway`), if it serves one.
     """
 
     host: str | None
@@ -98,6 +99,7 @@ class ServerInfo:
     tls: bool
     token: bool
     clients: int
+    web: int | None = None
 
 
 def _specific(host: str | None) -> str | None:
@@ -190,7 +192,7 @@ class Announcer:
             host=self._host or _specific(info.host),
             tcp=None if info.tls else info.port,
             tls=info.port if info.tls else None,
-            web=self._announce.web,
+            web=info.web if info.web is not None else self._announce.web,
             token=info.token,
             clients=info.clients,
             interval=self._announce.interval,

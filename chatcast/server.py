@@ -338,6 +338,7 @@ class BroadcastServer:
         self._all_gone.set()
         self._connections_total = 0
         self._rejected = 0
+        self._web_port: int | None = None  # set by a WebGateway while it serves (beacons say so)
         self._announcer = None
         if announce:
             settings = announce if isinstance(announce, Announce) else Announce()
@@ -526,7 +527,7 @@ class BroadcastServer:
     def _beacon_info(self) -> ServerInfo:
         return ServerInfo(
             self.config.host, self._port, self.ssl is not None, self.config.token is not None,
-            self._active,
+            self._active, self._web_port,
         )  # fmt: skip
 
     # -- what an embedding program can do ---------------------------------------------------

@@ -189,6 +189,7 @@ class WebGateway:
             backlog=1024,
         )
         self._port = self._listener.sockets[0].getsockname()[1]
+        self.server._web_port = self._port  # LAN discovery lists the page too
         log.info("web page and WebSocket on %s", self.url)
 
     def close(self) -> None:
@@ -198,6 +199,8 @@ class WebGateway:
         """
         if self._listener is None or not self._listener.is_serving():
             return
+        if self.server._web_port == self._port:
+            self.server._web_port = None
         self._listener.close()
         hub = self.server._hub
         if hub.closing:

@@ -199,3 +199,18 @@ async def test_live_table_in_a_terminal() -> None:
             row = next(line for line in screen if "evil" in line)
             assert row.split()[:3] == ["^[[31mevil", LO, str(server.port)]
         await asyncio.to_thread(tmux.wait_for, "no servers heard yet")  # the goodbye
+
+
+async def test_a_server_with_a_chat_page_announces_its_port() -> None:
+    """The WEB column: a WebGateway on the server is in its beacons (found by a user)."""
+    pytest.importorskip("websockets")
+    from chatcast.web import WebGateway
+
+    async with (
+        BroadcastServer(LO, 0, announce=announce(name="web", interval=0.5)) as server,
+        WebGateway(server, LO, 0) as gateway,
+    ):
+        # The first beacon went out as the server started, before the gateway: the next one
+        # (0.5 s later) lists the page; the table keeps a server's latest beacon.
+        servers = await discover_once(interface=LO, port=PORT, seconds=1.3)
+    assert [(s.name, s.web) for s in servers] == [("web", gateway.port)]

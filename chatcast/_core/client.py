@@ -190,7 +190,8 @@ class ClientProtocol:
         errors: ``error`` frames received.
         bad_frames: Frames from the server that were skipped: undecodable, unknown, malformed.
         end_reason: Why the current connection would have ended if it ended now: the last
-            ``error`` or ``closing`` reason, else ``"connection closed by server"``.
+            ``error`` or ``closing`` reason, else ``"connection closed without a reason"`` (by
+            the server, or by something on the way).
         session: The session token of the last welcome (a secret: never log it); the next
             hello presents it to resume, with :attr:`last_id`.
         last_id: The id of the newest message received (live or replayed after a resume).
@@ -219,7 +220,7 @@ class ClientProtocol:
         self.heartbeat = 30.0
         self.errors = 0
         self.bad_frames = 0
-        self.end_reason = "connection closed by server"
+        self.end_reason = "connection closed without a reason"
         self._state = _State.IDLE
         self._refusal: str | None = None  # a text-mode "! reason" heard before the welcome
         self._heard = False  # anything at all heard on this connection
@@ -275,7 +276,7 @@ class ClientProtocol:
         self._state = _State.HELLO
         self._refusal = None
         self._heard = False
-        self.end_reason = "connection closed by server"
+        self.end_reason = "connection closed without a reason"
         self._out.clear()
         self._answers.clear()
         self._pending.clear()

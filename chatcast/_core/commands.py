@@ -682,9 +682,13 @@ def parse_json(frame: str | dict[str, Any]) -> Command:
             check_text(_field(obj, "text", required=True)), to=_field(obj, "to"), ref=_ref(obj)
         )
     if kind == "history":
-        limit = _int(obj, "limit")
-        if limit is not None and not 1 <= limit <= MAX_HISTORY_REQUEST:
-            raise InvalidFrame(f'"limit" must be from 1 to {MAX_HISTORY_REQUEST}')
+        limit = obj.get("limit")
+        if limit is not None and (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_HISTORY_REQUEST
+        ):
+            raise InvalidFrame(f'"limit" must be an integer from 1 to {MAX_HISTORY_REQUEST}')
         return History(
             _field(obj, "room"),
             50 if limit is None else limit,

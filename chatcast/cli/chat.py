@@ -32,6 +32,7 @@ from ..discovery import Announce
 from ..exceptions import ChatcastError, ConnectionClosed, InvalidFrame, Refused
 from ..message import (
     ANNOUNCEMENT,
+    ERROR,
     INFO,
     JOIN,
     LEAVE,
@@ -506,7 +507,9 @@ async def run_client(args: argparse.Namespace) -> int:
             {incoming, typing, stopper}, return_when=asyncio.FIRST_COMPLETED
         )
         if incoming in done and incoming.exception() is not None:
-            console.write(f"! {incoming.exception()}")
+            reason = f"! {sanitize(str(incoming.exception()))}"
+            if reason != names.last_error:  # the server's last error is the reason: said once
+                console.write(reason)
             status = 1
         for task in (incoming, typing, stopper):
             task.cancel()
@@ -523,6 +526,8 @@ class _Names:
         self._console = console
         self._client = client
         self._names: set[str] = set()
+        #: The last error line shown: the reason the connection may end with.
+        self.last_error = ""
 
     def seen(self, message: Message) -> None:
         sender = message.sender
@@ -552,7 +557,10 @@ async def _incoming(console: Console, client: BroadcastClient, names: _Names) ->
         names.listed(await client.who())
     async for message in client:
         names.seen(message)
-        console.write(render_text(message))
+        line = render_text(message)
+        if message.kind == ERROR:
+            names.last_error = line
+        console.write(line)
         if message.kind == NICK:
             console.prompt = f"{client.name}> "  # the server confirmed a /nick
     console.write("* connection closed")

@@ -296,7 +296,7 @@ def test_others_nick_and_join_change_nothing() -> None:
 def test_error_and_closing_set_the_end_reason() -> None:
     """An error is counted and becomes the end reason; closing says the server closed."""
     protocol = opened()
-    assert protocol.end_reason == "connection closed by server"
+    assert protocol.end_reason == "connection closed without a reason"
     protocol.receive_data(frame(type="error", text="slow consumer", reason="slow consumer"))
     assert (protocol.errors, protocol.end_reason) == (1, "slow consumer")
     assert not protocol.refused

@@ -285,8 +285,8 @@ def test_history_requests() -> None:
         chat.send(bob, type="history", ref="e", **bad)
     reasons = [f["reason"] for f in bob_out.frames() if f["type"] == "error"]
     assert reasons == [
-        '"limit" must be from 1 to 500',
-        '"limit" must be from 1 to 500',
+        '"limit" must be an integer from 1 to 500',
+        '"limit" must be an integer from 1 to 500',
         "id 99 is ahead of this server (latest 10)",
         '"before" must be an integer from 0 to 2**63-1',
         "room may hold only letters, digits, '_', '.' and '-'",
