@@ -125,6 +125,23 @@ def _loadgen(args: list[str], timeout: float) -> Row:
 # -- workloads ------------------------------------------------------------------------------
 
 
+def _burst(cfg: Config, server: Server, subs: int, per_pub: int, json_subs: bool) -> Row:
+    """One run of the load generator's burst against ``server``."""
+    args = [
+        "burst",
+        f"--server-pid={server.pid}",
+        f"--port={server.port}",
+        f"--subscribers={subs}",
+        f"--publishers={cfg.publishers}",
+        f"--messages={per_pub}",
+        f"--settle={cfg.settle}",
+        f"--timeout={cfg.timeout}",
+    ]
+    if json_subs:
+        args.append("--json-subscribers")
+    return _loadgen(args, cfg.timeout + 60)
+
+
 def burst(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
     """Workload 1 at each subscriber count, for each server."""
     rows = []
@@ -137,20 +154,7 @@ def burst(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
                 runs = []
                 for _ in range(repeats):
                     with Server(kind, uvloop=uv, max_clients=subs + 100) as server:
-                        args = [
-                            f"--server-pid={server.pid}",
-                            f"--port={server.port}",
-                            f"--subscribers={subs}",
-                            f"--publishers={cfg.publishers}",
-                            f"--messages={per_pub}",
-                            f"--settle={cfg.settle}",
-                            f"--timeout={cfg.timeout}",
-                        ]
-                        if json_subs:
-                            args.append("--json-subscribers")
-                        args.insert(0, "burst")
-                        result = _loadgen(args, cfg.timeout + 60)
-                        runs.append(result)
+                        runs.append(_burst(cfg, server, subs, per_pub, json_subs))
                 best = sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2]
                 best["runs_per_s"] = [r["deliveries_per_s"] for r in runs]
                 best["all_counted"] = all(r["all_counted"] for r in runs)
@@ -321,19 +325,7 @@ def history(cfg: Config) -> list[Row]:
                     with Server(
                         "chatcast", max_clients=subs + 100, history=messages, store=store
                     ) as server:
-                        args = [
-                            "burst",
-                            f"--server-pid={server.pid}",
-                            f"--port={server.port}",
-                            f"--subscribers={subs}",
-                            f"--publishers={cfg.publishers}",
-                            f"--messages={per_pub}",
-                            f"--settle={cfg.settle}",
-                            f"--timeout={cfg.timeout}",
-                        ]
-                        if json_subs:
-                            args.append("--json-subscribers")
-                        result = _loadgen(args, cfg.timeout + 60)
+                        result = _burst(cfg, server, subs, per_pub, json_subs)
                         figures = server.statistics()
                         result["history_kept"] = figures.get("history_messages", 0)
                         if "store_pending" in figures:

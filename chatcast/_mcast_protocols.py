@@ -318,37 +318,22 @@ async def open_transports(
     Raises:
         OSError: The OS refused to bind, join or route to the group; nothing is left open.
     """
-    loop = asyncio.get_running_loop()
-    receive_sock = send_sock = None
-    receive_transport: asyncio.DatagramTransport | None = None
-    try:
-        receive_sock = _sockets.open_receive_socket(
-            config.group,
-            config.port,
-            interface,
-            loopback=config.loopback,
-            receive_buffer_bytes=config.receive_buffer_bytes,
-        )
-        send_sock = _sockets.open_send_socket(
-            config.group, config.port, interface, ttl=config.ttl, loopback=config.loopback
-        )
+    granted = 0
+
+    def prepare(receive_sock: socket.socket, send_sock: socket.socket) -> None:
+        nonlocal granted
         own = send_sock.getsockname()
         receiver.classifier.own_address = (own[0], own[1])
         granted = receive_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        if not isinstance(loop, _PROACTOR):
+        if not isinstance(asyncio.get_running_loop(), _PROACTOR):
             receiver.sock = receive_sock
-        receive_transport, _ = await loop.create_datagram_endpoint(
-            lambda: receiver, sock=receive_sock
+
+    try:
+        receive_transport, send_transport = await _open_pair(
+            config, config.port, interface, receiver, sender, prepare
         )
-        receive_sock = None  # the transport owns it now
-        send_transport, _ = await loop.create_datagram_endpoint(lambda: sender, sock=send_sock)
     except BaseException:
         receiver.sock = None
-        for sock in (receive_sock, send_sock):
-            if sock is not None:
-                sock.close()
-        if receive_transport is not None:
-            receive_transport.close()
         raise
     return receive_transport, send_transport, granted
 
@@ -364,24 +349,39 @@ async def open_repair_transports(
     Raises:
         OSError: The OS refused; nothing is left open.
     """
+    return await _open_pair(config, config.repair_port, interface, receiver, sender)
+
+
+async def _open_pair(
+    config: MulticastConfig,
+    port: int,
+    interface: _sockets.Interface,
+    receiver: asyncio.DatagramProtocol,
+    sender: asyncio.DatagramProtocol,
+    prepare: Callable[[socket.socket, socket.socket], None] | None = None,
+) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]:
+    """Open a receive and a send socket on ``port`` of the group, ``prepare`` them, and hand
+    them to the running loop; on any failure close what was opened and raise."""
     loop = asyncio.get_running_loop()
     receive_sock = send_sock = None
     receive_transport: asyncio.DatagramTransport | None = None
     try:
         receive_sock = _sockets.open_receive_socket(
             config.group,
-            config.repair_port,
+            port,
             interface,
             loopback=config.loopback,
             receive_buffer_bytes=config.receive_buffer_bytes,
         )
         send_sock = _sockets.open_send_socket(
-            config.group, config.repair_port, interface, ttl=config.ttl, loopback=config.loopback
+            config.group, port, interface, ttl=config.ttl, loopback=config.loopback
         )
+        if prepare is not None:
+            prepare(receive_sock, send_sock)
         receive_transport, _ = await loop.create_datagram_endpoint(
             lambda: receiver, sock=receive_sock
         )
-        receive_sock = None
+        receive_sock = None  # the transport owns it now
         send_transport, _ = await loop.create_datagram_endpoint(lambda: sender, sock=send_sock)
     except BaseException:
         for sock in (receive_sock, send_sock):
