@@ -210,6 +210,9 @@ class ClientProtocol:
     ) -> None:
         self._decoder = LineDecoder(max_line_bytes)  # raises ValueError for a bad limit
         self.max_line_bytes = max_line_bytes
+        # What the server reads (its welcome's max_bytes), if less: a longer frame would be
+        # refused without its ref, and a send() would wait for an answer that never comes.
+        self._send_limit = max_line_bytes
         self.name = name
         self.room = room
         self.token = token
@@ -495,8 +498,8 @@ class ClientProtocol:
         if self._state is _State.CLOSED:
             raise ChannelClosed("client is closed")
         data = dump_frame(frame)
-        if len(data) - 1 > self.max_line_bytes:
-            raise MessageTooLong(len(data) - 1, self.max_line_bytes)
+        if len(data) - 1 > self._send_limit:
+            raise MessageTooLong(len(data) - 1, self._send_limit)
         return data
 
     # -- receiving --------------------------------------------------------------------------
@@ -610,6 +613,9 @@ class ClientProtocol:
         self.operator = obj.get("op") is True
         self.name = str(obj.get("name") or self.name)
         self.room = str(obj.get("room") or self.room)
+        limit = obj.get("max_bytes")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self._send_limit = min(self.max_line_bytes, limit)
         session, last = obj.get("session"), obj.get("last")
         resumed = obj.get("resumed") is True
         if isinstance(session, str) and 0 < len(session) <= 64:

@@ -558,3 +558,14 @@ def test_acks_refusals_and_history_answers_go_to_their_refs() -> None:
 def test_a_history_request_out_of_range_is_refused_before_sending(limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):
         opened().history("1", limit=limit)
+
+
+def test_a_frame_over_the_server_s_limit_is_refused_before_sending() -> None:
+    """The welcome's max_bytes: a longer message is MessageTooLong here, not a frame the
+    server would refuse without its ref."""
+    protocol = ClientProtocol(name="alice")
+    protocol.connect()
+    protocol.receive_data(welcome2(max_bytes=100))
+    protocol.message("x" * 50)
+    with pytest.raises(MessageTooLong):
+        protocol.message("x" * 100)
