@@ -31,9 +31,9 @@ from .config import ServerConfig
 from .flood import Bucket
 from .history import (
     ANNOUNCEMENTS,
-    ENTRY_OVERHEAD,
     Entry,
     History,
+    batch_cost,
     entry,
     room_entries,
     to_message,
@@ -143,9 +143,7 @@ class Hub:
         self.history = history if history is not None else History(config.history)
         self.recorder = recorder
         #: Resumable sessions of JSON clients.
-        self.sessions = (
-            Sessions(config.max_sessions) if token is None else Sessions(config.max_sessions, token)
-        )
+        self.sessions = Sessions(config.max_sessions, token)
         self._expired_at = 0.0
         # Counters (ServerStatistics).
         self.messages_in = 0
@@ -670,14 +668,7 @@ class Hub:
             self.errors += 1
             self.disconnect(peer, Message(f"name {name!r} is taken", kind=ERROR))
             return
-        # The text-mode guest identity held since connecting is given up: silently while
-        # its join was not announced yet (the usual case), with a leave notice otherwise.
-        if peer.room:
-            if peer.announced:
-                self._leave_room(peer, "switched to JSON mode")
-            else:
-                self.rooms.discard(peer.room, peer)
-                peer.room = ""
+        self._drop_guest(peer)
         self._set_name(peer, name or (peer.name or self._guest_name()))
         token = None
         if peer.version >= 2 and self.config.resume_window > 0:
@@ -689,6 +680,16 @@ class Hub:
         self.moderation.welcomed(peer)  # moderation (#14)
         self._add_to_room(peer, room, announce=True)
         self._history_on_join(peer, room)
+
+    def _drop_guest(self, peer: Peer) -> None:
+        """Give up the text-mode guest identity held since connecting: silently while its
+        join was not announced yet (the usual case), with a leave notice otherwise."""
+        if peer.room:
+            if peer.announced:
+                self._leave_room(peer, "switched to JSON mode")
+            else:
+                self.rooms.discard(peer.room, peer)
+                peer.room = ""
 
     def _send_welcome(self, peer: Peer, room: str, token: str | None, resumed: bool | None) -> None:
         welcome: dict[str, object] = {
@@ -736,19 +737,12 @@ class Hub:
             self.disconnect(ghost, Message("resumed from another connection", kind=CLOSING))
         else:
             log.info("%s resumed from %s", session.name, peer.address)
-        if peer.room:  # the text-mode guest identity held since connecting
-            if peer.announced:
-                self._leave_room(peer, "switched to JSON mode")
-            else:
-                self.rooms.discard(peer.room, peer)
-                peer.room = ""
+        self._drop_guest(peer)
         self._set_name(peer, session.name)
         self.sessions.attach(session, peer)
         peer.session = session
         token = self.sessions.renew(session)  # a token is good for one resume
         self._send_welcome(peer, room, token, True)
-        # Nothing older than the session's first welcome, or than the last id of an earlier
-        # resume: the client had those (what came before its welcome was history).
         if seamless:
             peer.room = room
             peer.announced = True
@@ -758,6 +752,8 @@ class Hub:
         else:
             self._add_to_room(peer, room, announce=True)
         if last is not None:
+            # Nothing older than the session's first welcome, or than the last id of an
+            # earlier resume: the client had those (what came before its welcome was history).
             last = session.floor = max(last, session.floor)
         self._replay_missed(peer, session, room, last)
 
@@ -1162,24 +1158,20 @@ class Hub:
     def _private(self, peer: Peer, text: str, to: str | None) -> int:
         """Deliver a private message; return its id."""
         assert to is not None
-        key = proto.name_key(to)
-        target = self._names.get(key)
-        if target is None or target.closing or not target.authenticated:
-            ident = self.history.take_ids(1)
-            message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
-            if self.keep_for_away(message):
-                self.messages_in += 1
-                self.rooms.publish(message)
-                return ident
-            if self.cluster is None or not self.cluster.private(message):
-                raise InvalidFrame(f"no such user: {_shown(to)}")
-            self.messages_in += 1
-            self.rooms.publish(message)
-            return ident
-        self.messages_in += 1
+        target = self._names.get(proto.name_key(to))
         ident = self.history.take_ids(1)
         message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
-        self.deliver_private(target, message)
+        if target is not None and not target.closing and target.authenticated:
+            self.messages_in += 1
+            self.deliver_private(target, message)
+            return ident
+        # Away but resumable here, or on another server: accepted all the same.
+        if not self.keep_for_away(message) and (
+            self.cluster is None or not self.cluster.private(message)
+        ):
+            raise InvalidFrame(f"no such user: {_shown(to)}")
+        self.messages_in += 1
+        self.rooms.publish(message)
         return ident
 
     def keep_for_away(self, message: Message) -> bool:
@@ -1221,7 +1213,9 @@ class Hub:
         first = self.history.take_ids(len(batch))
         if room in self.rooms:
             self.rooms.fan_out(room, None, sender, encode_str(sender), batch, timestamp, first)
-        self._keep(room, room_entries(first, timestamp, sender, room, batch))
+        self._keep(
+            room, room_entries(first, timestamp, sender, room, batch), batch_cost(sender, batch)
+        )
 
     def _keep(self, key: str, items: list[Entry], size: int | None = None) -> None:
         # With history off the ids are still noted: a resume is told how many it missed.
@@ -1273,8 +1267,8 @@ class Hub:
         room = peer.room
         first = self.history.take_ids(count)
         self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp, first)
-        size = sum(map(len, batch)) + (len(peer.name) + ENTRY_OVERHEAD) * count
-        self._keep(room, room_entries(first, timestamp, peer.name, room, batch), size)
+        entries = room_entries(first, timestamp, peer.name, room, batch)
+        self._keep(room, entries, batch_cost(peer.name, batch))
         if self.cluster is not None:
             self.cluster.batch(peer.name, room, batch, timestamp)
         if refs:

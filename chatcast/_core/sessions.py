@@ -65,11 +65,9 @@ class Sessions:
         token: Makes a new token (tests pass a predictable one).
     """
 
-    def __init__(
-        self, limit: int, token: Callable[[], str] = lambda: secrets.token_urlsafe(18)
-    ) -> None:
+    def __init__(self, limit: int, token: Callable[[], str] | None = None) -> None:
         self._limit = limit
-        self._token = token
+        self._token = token if token is not None else lambda: secrets.token_urlsafe(18)
         self._by_digest: dict[bytes, Session] = {}
         self._by_name: dict[str, Session] = {}
         # Sessions without a connection, soonest to expire first.
