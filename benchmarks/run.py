@@ -125,6 +125,15 @@ def _loadgen(args: list[str], timeout: float) -> Row:
 # -- workloads ------------------------------------------------------------------------------
 
 
+def _median(runs: list[Row], key: str, each: str) -> Row:
+    """The run with the median ``key``, with every run's ``key`` under ``each`` and
+    ``all_counted`` only if every run counted all its deliveries."""
+    row = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+    row[each] = [r[key] for r in runs]
+    row["all_counted"] = all(r["all_counted"] for r in runs)
+    return row
+
+
 def _burst(cfg: Config, server: Server, subs: int, per_pub: int, json_subs: bool) -> Row:
     """One run of the load generator's burst against ``server``."""
     args = [
@@ -155,9 +164,7 @@ def burst(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
                 for _ in range(repeats):
                     with Server(kind, uvloop=uv, max_clients=subs + 100) as server:
                         runs.append(_burst(cfg, server, subs, per_pub, json_subs))
-                best = sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2]
-                best["runs_per_s"] = [r["deliveries_per_s"] for r in runs]
-                best["all_counted"] = all(r["all_counted"] for r in runs)
+                best = _median(runs, "deliveries_per_s", "runs_per_s")
                 best["server"] = server.name + (" (JSON subs)" if json_subs else "")
                 rows.append(best)
                 _progress(best, f"{best['deliveries_per_s']:,.0f} deliveries/s")
@@ -186,9 +193,7 @@ def paced(cfg: Config, servers: list[tuple[str, bool]]) -> list[Row]:
             runs.setdefault(server.name, []).append(result)
     rows = []
     for results in runs.values():
-        row = sorted(results, key=lambda r: r["p99_ms"])[len(results) // 2]
-        row["runs_p99_ms"] = [r["p99_ms"] for r in results]
-        row["all_counted"] = all(r["all_counted"] for r in results)
+        row = _median(results, "p99_ms", "runs_p99_ms")
         row["lost"] = max(r["lost"] for r in results)
         rows.append(row)
         p99s = ", ".join(f"{p:.2f}" for p in row["runs_p99_ms"])
@@ -343,9 +348,7 @@ def history(cfg: Config) -> list[Row]:
                 runs.setdefault((label, json_subs), []).append(result)
     rows = []
     for results in runs.values():
-        row = sorted(results, key=lambda r: r["deliveries_per_s"])[len(results) // 2]
-        row["runs_per_s"] = [r["deliveries_per_s"] for r in results]
-        row["all_counted"] = all(r["all_counted"] for r in results)
+        row = _median(results, "deliveries_per_s", "runs_per_s")
         rows.append(row)
         _progress(row, f"{row['deliveries_per_s']:,.0f} deliveries/s")
     for json_subs in (False, True):
@@ -407,9 +410,7 @@ def replay(cfg: Config) -> list[Row]:
             runs.setdefault(result["server"], []).append(result)
     rows = []
     for results in runs.values():
-        row = sorted(results, key=lambda r: r["p99_ms"])[len(results) // 2]
-        row["runs_p99_ms"] = [r["p99_ms"] for r in results]
-        row["all_counted"] = all(r["all_counted"] for r in results)
+        row = _median(results, "p99_ms", "runs_p99_ms")
         rows.append(row)
         _progress(row, f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
     if len(rows) == 2 and rows[0]["p99_ms"] > 0:
@@ -628,9 +629,7 @@ def cross(cfg: Config) -> list[Row]:
         for subs in cfg.cross_subscribers:
             for setup in setups:
                 runs = [_cross_run(cfg, redis, setup, "burst", subs) for _ in range(cfg.repeat)]
-                best = sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2]
-                best["runs_per_s"] = [r["deliveries_per_s"] for r in runs]
-                best["all_counted"] = all(r["all_counted"] for r in runs)
+                best = _median(runs, "deliveries_per_s", "runs_per_s")
                 # CPU comes in 10 ms clock ticks and jumps from run to run: each figure is the
                 # median of the runs (every run made the same deliveries), not the median
                 # run's own.
