@@ -17,6 +17,7 @@ its way the connection's reading is paused and any frames already read wait thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -25,10 +26,13 @@ from typing import Any
 
 from ._core import envelope as bp
 from ._core.commands import name_key
+from ._core.history import Entry, entry, room_entries
 from ._core.hub import Hub
+from ._core.peer import Peer
+from ._core.sessions import digest_of
 from .backplane import Backplane
 from .exceptions import InvalidFrame
-from .message import ANNOUNCEMENT, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
+from .message import ANNOUNCEMENT, GAP, INFO, JOIN, LEAVE, NICK, PRIVATE, Message
 
 __all__ = ["Cluster"]
 
@@ -58,6 +62,9 @@ class Cluster:
         self._claiming: dict[str, object] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # The senders of our batches in the log, by sequence number, until they come back
+        # from it (they are not sent their own messages).
+        self._senders: dict[int, Peer] = {}
         backplane.attach(self._deliver, self._state_changed)
 
     def serve(self, hub: Hub) -> None:
@@ -83,6 +90,151 @@ class Cluster:
             await asyncio.wait(list(self._tasks), timeout=2)
         await self.backplane.close()
 
+    # -- the log (#12) ----------------------------------------------------------------------
+
+    @property
+    def sequenced(self) -> bool:
+        return self.backplane.sequenced
+
+    @property
+    def logged(self) -> bool:
+        return self.backplane.logged
+
+    def append(
+        self,
+        sender: Peer,
+        room: str,
+        texts: list[str],
+        timestamp: float,
+        refs: list[tuple[int, str]] | None,
+    ) -> None:
+        """Put a batch in the log; it is delivered from there (here too, but to ``sender``),
+        and its refs are acknowledged once it is in. If the log cannot take it, it is
+        delivered here only, without ids."""
+        hub = self.hub
+        seq = 0
+
+        def done(first: int | None) -> None:
+            if first is None:
+                self._senders.pop(seq, None)
+                hub.deliver_unlogged(sender, room, texts, timestamp, refs)
+            else:
+                hub.acked(sender, refs, first)
+
+        envelope = bp.Envelope(self.origin, bp.BATCH, room, sender.name, tuple(texts), ts=timestamp)
+        seq = self.backplane.publish(envelope, done) or 0
+        if seq:
+            senders = self._senders
+            senders[seq] = sender
+            if len(senders) > 100_000:  # batches of rooms we stopped reading never came back
+                for old in list(senders)[:50_000]:
+                    del senders[old]
+
+    def private_logged(self, sender: Peer, message: Message, ref: str | None) -> None:
+        """Put a private message in the log; the server of its recipient delivers it."""
+        hub = self.hub
+        to = message.to or ""
+
+        def done(first: int | None) -> None:
+            if first is not None:
+                if ref is not None and sender.json and not sender.closing:
+                    sender.write(dump_ack(ref, first))
+                return
+            target = hub.peer_named(to)
+            if target is not None and not target.closing:
+                hub.rooms.deliver_private(target, message)  # unnumbered: ids are the log's
+                if ref is not None and sender.json and not sender.closing:
+                    sender.write(dump_ack(ref, 0))
+            else:
+                hub.refused(
+                    sender, [(0, ref)] if ref is not None else None,
+                    f"{to} is on another server, which cannot be reached now",
+                )  # fmt: skip
+
+        self.backplane.publish(
+            bp.Envelope(
+                self.origin,
+                bp.PRIVATE,
+                None,
+                message.sender,
+                (message.text,),
+                to=to,
+                ts=message.timestamp,
+            ),
+            done,
+        )
+
+    def find_session(self, token: str, then: Callable[[dict[str, str] | None], None]) -> None:
+        digest = digest_of(token)
+        if digest is None:
+            then(None)
+            return
+
+        async def run() -> None:
+            try:
+                record = await self.backplane.find_session(digest.hex())
+            except Exception as exc:
+                log.warning("session lookup failed: %s", exc or "timeout")
+                record = None
+            then(record)
+
+        self._spawn(run())
+
+    def session_saved(self, digest: bytes, record: dict[str, str], ttl: float) -> None:
+        self.backplane.save_session(digest.hex(), record, ttl)
+
+    def session_dropped(self, digest: bytes) -> None:
+        self.backplane.drop_session(digest.hex())
+
+    def take(self, name: str, room: str) -> None:
+        self.remote.pop(name, None)
+        self.backplane.take(name, room)
+        self.backplane.follow(room)
+
+    def resumed(self, name: str) -> None:
+        """Tell the other servers that ``name`` resumed here."""
+        self.backplane.publish(bp.Envelope(self.origin, bp.RESUMED, None, name))
+
+    def replay(
+        self,
+        room: str,
+        names: frozenset[str],
+        last: int,
+        then: Callable[[list[Entry], Message | None], None],
+    ) -> None:
+        # What is delivered live from now on is held for the member: the replay stops there.
+        upto_all = self.backplane.position(room)[1]
+
+        async def run() -> None:
+            try:
+                await self.backplane.following(room)
+                upto = (self.backplane.position(room)[0], upto_all)
+                envelopes, short = await self.backplane.missed(room, names, last, upto)
+            except Exception as exc:
+                log.warning("replay from the log failed: %s", exc or "timeout")
+                then([], Message("", kind=GAP, room=room, missed=1))
+                return
+            items: list[Entry] = []
+            for envelope in envelopes:
+                items.extend(_entries(envelope))
+            then(items, Message("", kind=GAP, room=room, missed=1) if short else None)
+
+        self._spawn(run())
+
+    def after_following(self, room: str, then: Callable[[], None]) -> None:
+        async def run() -> None:
+            with contextlib.suppress(Exception):
+                await self.backplane.following(room)
+            then()
+
+        self._spawn(run())
+
+    def _unfollow_empty_rooms(self) -> None:
+        hub = self.hub
+        for room in self.backplane.followed():
+            if room not in hub.rooms:
+                self.backplane.unfollow(room)
+
     # -- outgoing ---------------------------------------------------------------------------
 
     def batch(self, sender: str, room: str, texts: list[str], timestamp: float) -> None:
@@ -105,7 +257,28 @@ class Cluster:
                 )
             )
 
-    def announcement(self, message: Message) -> None:
+    def announcement(self, message: Message) -> bool:
+        """Send an announcement to the other servers; True if it goes through the log, which
+        then delivers it here too."""
+        if self.backplane.sequenced:
+            hub = self.hub
+
+            def done(first: int | None) -> None:
+                if first is None:
+                    hub.rooms.announce(message)  # here only, unnumbered
+
+            self.backplane.publish(
+                bp.Envelope(
+                    self.origin,
+                    bp.ANNOUNCEMENT,
+                    message.room,
+                    "server",
+                    (message.text,),
+                    ts=message.timestamp,
+                ),
+                done,
+            )
+            return True
         self.backplane.publish(
             bp.Envelope(
                 self.origin,
@@ -116,6 +289,7 @@ class Cluster:
                 ts=message.timestamp,
             )
         )
+        return False
 
     def private(self, message: Message) -> bool:
         """Send a private message to a name on another server; False if nobody has it.
@@ -123,7 +297,7 @@ class Cluster:
         Raises:
             InvalidFrame: The name is on another server, but the backplane is down.
         """
-        to = self._remote_name(message.to or "")
+        to = self.remote_name(message.to or "")
         if to is None:
             return False
         if not self.backplane.statistics().connected:
@@ -148,7 +322,7 @@ class Cluster:
             bp.Envelope(self.origin, bp.MODERATION, None, str(action.get("by")), (text,))
         )
 
-    def _remote_name(self, name: str) -> str | None:
+    def remote_name(self, name: str) -> str | None:
         """The name on another server that is ``name`` (``Alice`` for ``alice``), or None."""
         if name in self.remote:
             return name
@@ -157,6 +331,7 @@ class Cluster:
 
     def moved(self, name: str, room: str) -> None:
         self.backplane.moved(name, room)
+        self.backplane.follow(room)
 
     def release(self, name: str) -> None:
         self.backplane.release(name)
@@ -177,7 +352,7 @@ class Cluster:
         # Held elsewhere (Redis compares case-insensitively itself; the replica is scanned
         # only when Redis cannot say), or claimed right now by another of our clients.
         held = name in self.remote or (
-            not self.backplane.statistics().connected and self._remote_name(name) is not None
+            not self.backplane.statistics().connected and self.remote_name(name) is not None
         )
         if held or self._claiming.get(key, claimant) is not claimant:
             then(False)
@@ -201,11 +376,36 @@ class Cluster:
     def _deliver(self, envelope: bp.Envelope) -> None:
         hub = self.hub
         kind = envelope.kind
+        ident = envelope.id
+        if not envelope.origin:  # history from the log, for a room we start to follow
+            if ident is None or envelope.room is None:
+                return
+            if kind == bp.BATCH and envelope.sender is not None:
+                hub.keep_remote(
+                    envelope.room, envelope.sender, list(envelope.texts), envelope.ts or 0.0, ident
+                )
+            elif kind == bp.ANNOUNCEMENT and envelope.texts:
+                hub.keep_announcement(_announcement(envelope))
+            return
+        own = envelope.origin == self.origin
         if kind == bp.BATCH:
             if envelope.room is not None and envelope.sender is not None:
+                exclude = self._senders.pop(envelope.seq or 0, None) if own else None
                 hub.relay_remote(
-                    envelope.sender, envelope.room, list(envelope.texts), envelope.ts or 0.0
+                    envelope.sender,
+                    envelope.room,
+                    list(envelope.texts),
+                    envelope.ts or 0.0,
+                    ident,
+                    exclude,
                 )
+            return
+        if ident is not None and kind in (bp.PRIVATE, bp.ANNOUNCEMENT):
+            hub.history.seen(ident)
+        elif own:
+            return  # our own notice, action or resume: done here already
+        if kind == bp.RESUMED:
+            hub.resumed_elsewhere(envelope.sender or "")
             return
         text = envelope.texts[0] if envelope.texts else ""
         if kind == bp.MODERATION:
@@ -220,7 +420,12 @@ class Cluster:
         if kind == bp.PRIVATE:
             target = hub.peer_named(envelope.to or "")
             message = Message(
-                text, sender=envelope.sender, kind=PRIVATE, to=envelope.to, timestamp=envelope.ts
+                text,
+                sender=envelope.sender,
+                kind=PRIVATE,
+                to=envelope.to,
+                timestamp=envelope.ts,
+                id=ident,
             )
             if target is not None and not target.closing:
                 hub.deliver_private(target, message)
@@ -228,10 +433,7 @@ class Cluster:
                 hub.keep_for_away(message)  # a member of ours who is away may resume
             return
         if kind == bp.ANNOUNCEMENT:
-            message = Message(
-                text, sender="server", kind=ANNOUNCEMENT, room=envelope.room, timestamp=envelope.ts
-            )
-            hub.announce(message)
+            hub.announce(_announcement(envelope))
             return
         # A notice: keep the replica of who is where, then tell the room here.
         sender = envelope.sender or ""
@@ -301,6 +503,7 @@ class Cluster:
     async def _refresh_forever(self) -> None:
         while not self._closing:
             await asyncio.sleep(self.backplane.heartbeat)
+            self._unfollow_empty_rooms()
             await self._refresh()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -312,3 +515,39 @@ class Cluster:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("cluster task failed", exc_info=task.exception())
+
+
+def _announcement(envelope: bp.Envelope) -> Message:
+    return Message(
+        envelope.texts[0] if envelope.texts else "",
+        sender="server",
+        kind=ANNOUNCEMENT,
+        room=envelope.room,
+        timestamp=envelope.ts,
+        id=envelope.id,
+    )
+
+
+def _entries(envelope: bp.Envelope) -> list[Entry]:
+    """The history entries of an envelope from the log (what a resume replays)."""
+    ident = envelope.id or 0
+    if envelope.kind == bp.BATCH and envelope.room is not None:
+        return room_entries(
+            ident, envelope.ts or 0.0, envelope.sender or "", envelope.room, list(envelope.texts)
+        )
+    if envelope.kind == bp.ANNOUNCEMENT:
+        return [entry(_announcement(envelope))]
+    message = Message(
+        envelope.texts[0] if envelope.texts else "",
+        sender=envelope.sender,
+        kind=PRIVATE,
+        to=envelope.to,
+        timestamp=envelope.ts,
+        id=ident,
+    )
+    return [entry(message)]
+
+
+def dump_ack(ref: str, ident: int) -> bytes:
+    """An ``ack`` frame."""
+    return json.dumps({"type": "ack", "ref": ref, "id": ident}).encode() + b"\n"

@@ -34,7 +34,14 @@ from ._core.commands import name_key
 from ._core.envelope import BATCH, Envelope
 from .exceptions import BackplaneError
 
-__all__ = ["Backplane", "BackplaneStatistics", "Envelope", "RedisBackplane", "redact"]
+__all__ = [
+    "Backplane",
+    "BackplaneStatistics",
+    "Envelope",
+    "RedisBackplane",
+    "RedisPubSubBackplane",
+    "redact",
+]
 
 log = logging.getLogger("chatcast.backplane")
 
@@ -54,6 +61,11 @@ class BackplaneStatistics:
             notice, announcement or private message counts one).
         reconnects: Times the connection was re-established after a loss (or after the
             engine was unreachable at start).
+        bad_entries: Entries of the log that were skipped: malformed, foreign, or with an
+            id the log never gave (from the future).
+        duplicates: Entries dropped because their id had been delivered already.
+        caught_up: Entries read after a lost connection came back (they would have been lost
+            without the log).
     """
 
     connected: bool
@@ -62,12 +74,19 @@ class BackplaneStatistics:
     failures: int
     reconnects: int
     lost_messages: int = 0
+    bad_entries: int = 0
+    duplicates: int = 0
+    caught_up: int = 0
 
 
-#: What the server gives a backplane to call: deliver an envelope from another server, and
-#: report a state change ("down", "up": reconnected and resynced).
+#: What the server gives a backplane to call: deliver an envelope from another server (or,
+#: from a :attr:`~Backplane.sequenced` one, from any server, this one included), and report a
+#: state change ("down", "up": reconnected and resynced).
 Deliver = Callable[[Envelope], None]
 StateChanged = Callable[[str, str], None]
+#: Called once an envelope is in the backplane's log, with the id of its first message; with
+#: ``None`` if it could not get there (the server then delivers it locally only).
+Done = Callable[[int | None], None]
 
 
 class Backplane:
@@ -81,6 +100,8 @@ class Backplane:
 
     #: Seconds between liveness refreshes; the server re-reads :meth:`presence` as often.
     heartbeat: float = 5.0
+    #: Whether the engine keeps a log that numbers messages (see :attr:`sequenced`).
+    logged: bool = False
 
     def __init__(self) -> None:
         #: This server's id on the backplane (random, unique).
@@ -101,9 +122,64 @@ class Backplane:
         """Stop; release this server's names."""
         raise NotImplementedError
 
-    def publish(self, envelope: Envelope) -> None:
-        """Queue ``envelope`` for every other server. Never waits, never raises."""
+    def publish(self, envelope: Envelope, done: Done | None = None) -> int | None:
+        """Queue ``envelope`` for every other server. Never waits, never raises.
+
+        A :attr:`sequenced` backplane calls ``done`` once the envelope is in its log (with the
+        id of its first message) or once it gave up (with ``None``, perhaps at once), and
+        returns the sequence number the envelope comes back with (None if given up).
+        """
         raise NotImplementedError
+
+    @property
+    def sequenced(self) -> bool:
+        """Whether messages go through the backplane's log now: numbered there, and
+        delivered from it on every server, the sender's included. False for a fire-and-forget
+        engine, and for a log that cannot be reached (the server then works locally)."""
+        return False
+
+    def follow(self, room: str) -> None:
+        """This server has a member in ``room``: read its messages (sharded engines)."""
+
+    def unfollow(self, room: str) -> None:
+        """This server has no member in ``room`` any more."""
+
+    def followed(self) -> list[str]:
+        """The rooms read now."""
+        return []
+
+    async def following(self, room: str) -> None:
+        """Return once ``room``'s messages are read (sharded engines)."""
+
+    def position(self, room: str) -> tuple[int, int]:
+        """The newest ids delivered live from ``room`` and from everything else."""
+        return 0, 0
+
+    async def missed(
+        self, room: str, names: frozenset[str], after: int, upto: tuple[int, int]
+    ) -> tuple[list[Envelope], bool]:
+        """What a member named one of ``names`` (name keys) in ``room`` missed after id
+        ``after`` up to ``upto`` (a :meth:`position`): the room's envelopes, announcements
+        and its private messages, in id order; and whether some are gone.
+
+        Raises:
+            Exception: The log cannot be read now.
+        """
+        raise NotImplementedError
+
+    async def find_session(self, digest: str) -> dict[str, str] | None:
+        """The session record ``digest`` (hex) names, saved by any server, or None."""
+        return None
+
+    def save_session(self, digest: str, record: dict[str, str], ttl: float) -> None:
+        """Keep a session record where every server can find it, for ``ttl`` seconds."""
+
+    def drop_session(self, digest: str) -> None:
+        """Forget a session record."""
+
+    def take(self, name: str, room: str) -> None:
+        """Take ``name`` for this server whoever holds it (a resumed session owns it)."""
+        self.moved(name, room)
 
     async def claim(self, name: str, room: str) -> bool:
         """Take ``name`` for a client of this server in ``room``; False if taken elsewhere."""
@@ -140,8 +216,14 @@ return 0
 """
 
 
-class RedisBackplane(Backplane):
-    """A backplane on Redis: pub/sub for events, a hash for names.
+class RedisPubSubBackplane(Backplane):
+    """A backplane on Redis pub/sub, at most once: the design before the log (#12).
+
+    Kept for comparison (``benchmarks/sharding.py``) and for Redis older than 5: every server
+    reads every envelope; whatever crosses while a server's link is down is lost (counted);
+    ids are per server and sessions cannot move. :class:`RedisBackplane` is the default.
+
+    Pub/sub for events, a hash for names.
 
     Args:
         url: The Redis URL, e.g. ``"redis://127.0.0.1:6379/0"``.
@@ -293,9 +375,10 @@ class RedisBackplane(Backplane):
 
     # -- queued work --------------------------------------------------------------------
 
-    def publish(self, envelope: Envelope) -> None:
+    def publish(self, envelope: Envelope, done: Done | None = None) -> int | None:
         messages = len(envelope.texts) if envelope.kind == BATCH else 1
         self._enqueue("publish", envelope.encode(), messages)
+        return None
 
     def moved(self, name: str, room: str) -> None:
         self._local[name] = room
@@ -579,3 +662,6 @@ def _database(url: str) -> int:
     query = urllib.parse.parse_qs(parts.query).get("db")
     text = query[0] if query else parts.path.strip("/")
     return int(text) if text.isdigit() else 0
+
+
+from ._redis_streams import RedisBackplane  # noqa: E402  (it builds on the classes above)

@@ -116,6 +116,10 @@ class ServerStatistics:
         backplane_failures: Envelopes that could not cross (lost for the other servers).
         backplane_lost_messages: Chat messages in those envelopes.
         backplane_reconnects: Times the backplane reconnected after a loss.
+        backplane_bad_entries: Entries of the backplane's log skipped as malformed, foreign
+            or from the future.
+        backplane_duplicates: Entries of the log dropped because their id was delivered.
+        backplane_caught_up: Entries read from the log after a lost link came back.
         last_id: The id of the newest message (room, private or announcement).
         history_messages: Messages kept in the history now (all rooms and conversations).
         history_bytes: What they count against the byte limits.
@@ -147,6 +151,9 @@ class ServerStatistics:
     backplane_failures: int = 0
     backplane_reconnects: int = 0
     backplane_lost_messages: int = 0
+    backplane_bad_entries: int = 0
+    backplane_duplicates: int = 0
+    backplane_caught_up: int = 0
     last_id: int = 0
     history_messages: int = 0
     history_bytes: int = 0
@@ -548,8 +555,9 @@ class BroadcastServer:
         message = Message(
             text, sender="server", kind=ANNOUNCEMENT, room=room, timestamp=self._hub.now()
         )
-        if self._cluster is not None:
-            self._cluster.announcement(message)
+        if self._cluster is not None and self._cluster.announcement(message):
+            # Through the cluster's log, which delivers it here too.
+            return self._hub.audience(room)
         return self._hub.announce(message)
 
     async def send(self, name: str, text: str) -> None:
@@ -731,6 +739,9 @@ class BroadcastServer:
                 "backplane_failures": figures.failures,
                 "backplane_reconnects": figures.reconnects,
                 "backplane_lost_messages": figures.lost_messages,
+                "backplane_bad_entries": figures.bad_entries,
+                "backplane_duplicates": figures.duplicates,
+                "backplane_caught_up": figures.caught_up,
             }
         return ServerStatistics(
             clients=self._active,

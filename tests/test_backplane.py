@@ -36,7 +36,7 @@ redis = pytest.importorskip(
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
-from chatcast.backplane import Envelope, RedisBackplane  # noqa: E402
+from chatcast.backplane import Envelope, RedisBackplane, RedisPubSubBackplane  # noqa: E402
 
 
 def _free_port() -> int:
@@ -494,23 +494,33 @@ async def test_a_wrong_password_is_an_error_at_start() -> None:
         protected.kill()
 
 
-async def test_databases_are_separate_chats(redis_server: RedisProcess) -> None:
+@pytest.mark.parametrize("engine", [RedisBackplane, RedisPubSubBackplane])
+async def test_databases_are_separate_chats(redis_server: RedisProcess, engine: Any) -> None:
     """One Redis, one prefix, databases 0 and 1: two chats (pub/sub ignores the database,
-    so the channel names carry it)."""
+    so the channel names carry it; the log's keys are per database)."""
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     base = redis_server.url.rsplit("/", 1)[0]
     servers = [
-        BroadcastServer("127.0.0.1", 0, backplane=RedisBackplane(f"{base}/{db}", prefix=prefix))
+        BroadcastServer("127.0.0.1", 0, backplane=engine(f"{base}/{db}", prefix=prefix))
         for db in (0, 1)
     ]
-    r = redis.asyncio.Redis.from_url(redis_server.url)
+    dbs = [redis.asyncio.Redis.from_url(f"{base}/{db}") for db in (0, 1)]
     try:
         for server in servers:
             await server.start()
-        channels = {c.decode() for c in await r.pubsub_channels(f"{prefix}:*")}
-        assert channels == {f"{prefix}:events:db0", f"{prefix}:events:db1"}
+        if engine is RedisPubSubBackplane:
+            channels = {c.decode() for c in await dbs[0].pubsub_channels(f"{prefix}:*")}
+            assert channels == {f"{prefix}:events:db0", f"{prefix}:events:db1"}
+        else:
+            for server in servers:
+                await server.broadcast("hello")
+            for server in servers:
+                await wait_until(lambda s=server: s.statistics().backplane_published >= 1)
+            for db in dbs:
+                assert await db.xlen(f"{prefix}:all") == 1  # each chat has its own log
     finally:
-        await r.aclose()
+        for db in dbs:
+            await db.aclose()
         for server in servers:
             await server.aclose()
 

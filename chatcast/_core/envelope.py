@@ -19,6 +19,7 @@ __all__ = [
     "MODERATION",
     "NICK",
     "PRIVATE",
+    "RESUMED",
     "Envelope",
 ]
 
@@ -32,8 +33,11 @@ NICK: Final = "nick"
 #: A moderation action (#14): ``texts`` holds it as one JSON object (a ban, an unban, a
 #: kick, a mute, an unmute or a topic), ``sender`` who took it.
 MODERATION: Final = "mod"
+#: A member of the origin server resumed its session there (``sender``: its name): a server
+#: still holding that name for a ghost connection lets go of it.
+RESUMED: Final = "resumed"
 #: Every envelope kind.
-KINDS: Final = frozenset({BATCH, PRIVATE, ANNOUNCEMENT, JOIN, LEAVE, NICK, MODERATION})
+KINDS: Final = frozenset({BATCH, PRIVATE, ANNOUNCEMENT, JOIN, LEAVE, NICK, MODERATION, RESUMED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,10 @@ class Envelope:
             reason for ``"leave"``).
         to: The recipient of a private message.
         ts: The server's timestamp.
+        seq: The origin server's own sequence number for it (a backplane log uses it to
+            append each envelope once, however often it is retried).
+        id: The id of its first message, given by the backplane's log (not part of the
+            wire form: the log keeps it beside the envelope).
     """
 
     origin: str
@@ -59,11 +67,19 @@ class Envelope:
     texts: tuple[str, ...] = ()
     to: str | None = None
     ts: float | None = None
+    seq: int | None = None
+    id: int | None = None
 
     def encode(self) -> bytes:
         """The wire form: one compact JSON object."""
         obj: dict[str, Any] = {"o": self.origin, "k": self.kind, "t": list(self.texts)}
-        for key, value in (("r", self.room), ("s", self.sender), ("to", self.to), ("ts", self.ts)):
+        for key, value in (
+            ("r", self.room),
+            ("s", self.sender),
+            ("to", self.to),
+            ("ts", self.ts),
+            ("q", self.seq),
+        ):
             if value is not None:
                 obj[key] = value
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
@@ -89,6 +105,9 @@ class Envelope:
         ts = obj.get("ts")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
             raise ValueError("envelope ts must be a number")
+        seq = obj.get("q")
+        if seq is not None and (seq.__class__ is not int or seq < 0):
+            raise ValueError("envelope seq must be a non-negative integer")
         return cls(
             origin=fields["o"],
             kind=obj["k"],
@@ -97,4 +116,5 @@ class Envelope:
             texts=tuple(texts),
             to=fields["to"],
             ts=None if ts is None else float(ts),
+            seq=seq,
         )

@@ -200,6 +200,11 @@ class Log:
         """The id of the oldest kept message (0 if none)."""
         return self._entries[self._head][0] if len(self._entries) > self._head else 0
 
+    @property
+    def last_id(self) -> int:
+        """The id of the newest message kept or remembered (0 if none)."""
+        return self._ids[-1] if self._ids else 0
+
     def extend(self, items: list[Entry], size: int) -> None:
         """Keep ``items`` (ids above every id here) that cost ``size`` bytes in all."""
         self._entries.extend(items)
@@ -339,6 +344,11 @@ class History:
     def latest_id(self) -> int:
         """The last id given (0: none yet)."""
         return self.next_id - 1
+
+    def seen(self, ident: int) -> None:
+        """Note an id given elsewhere (by a cluster's log): :attr:`latest_id` is at least it."""
+        if ident >= self.next_id:
+            self.next_id = ident + 1
 
     # -- keeping ----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from ..exceptions import InvalidFrame, ProtocolError
 from . import commands as proto
@@ -42,7 +42,7 @@ from .moderation import Moderation
 from .peer import Peer, discard
 from .ports import Clock, ClusterLink, Recorder
 from .rooms import Rooms
-from .sessions import Session, Sessions
+from .sessions import Session, Sessions, digest_of
 from .textpath import plain_chat, plain_lines
 from .wire import (
     CLOSING,
@@ -92,6 +92,10 @@ _UNMETERED: Final = (proto.Ping, proto.Pong, proto.Quit)
 REPLAY_CHUNK: Final = 256
 #: Private messages kept per session, for its owner to resume.
 PRIVATE_HISTORY: Final = 1000
+# The state of a peer's replay while it is only held, waiting for the cluster (Hub._hold).
+_HOLD: Final = -1
+# How long the cluster keeps the record of a connected member's session (seconds).
+_ATTACHED_TTL: Final = 86400.0
 # How often the age limits of the history are applied (seconds).
 _EXPIRE_EVERY: Final = 5.0
 
@@ -248,6 +252,7 @@ class Hub:
                 now = self.clock.time()
                 for pushed in self.sessions.detach(session, now + self.config.resume_window):
                     self._end_session(pushed)
+                self._session_saved(session)
             else:
                 self._end_session(session, release=False)
         self.moderation.forget(peer)  # moderation (#14)
@@ -623,6 +628,17 @@ class Hub:
         resumed: bool | None = None
         if hello.session is not None:
             session = self.sessions.find(hello.session)
+            cluster = self.cluster
+            if session is None and cluster is not None and cluster.sequenced and not peer.asked:
+                # Perhaps opened on another server of the cluster (which may have died).
+                peer.asked = True
+                token = hello.session
+                self._wait(
+                    peer,
+                    lambda then: cluster.find_session(token, then),
+                    lambda record: self._adopt(peer, hello, record),
+                )
+                return
             if session is not None:
                 banned = self.moderation.name_refusal(session.name)  # moderation (#14)
                 if banned is not None:
@@ -650,6 +666,76 @@ class Hub:
                 return
         self._welcome(peer, name, room, True, resumed)
 
+    def _adopt(self, peer: Peer, hello: proto.Hello, record: dict[str, str] | None) -> None:
+        """Finish a hello whose session another server opened: resume it here, with the
+        name, the room and what was missed (from the cluster's log); or, if the record is
+        gone or bad, go on as a new session."""
+        digest = digest_of(hello.session or "")
+        try:
+            if record is None or digest is None:
+                raise ValueError("no such session")
+            name, room = record["name"], record["room"]
+            names = tuple(record["names"].split("\n"))
+            floor = int(record["floor"])
+            proto.check_name(name)
+            proto.check_name(room, "room")
+        except (KeyError, ValueError, InvalidFrame):
+            self._hello(peer, hello)  # asked already: a new session now
+            return
+        key = proto.name_key(name)
+        holder = self._names.get(key)
+        if (holder is not None and holder is not peer) or self.sessions.holder(key) is not None:
+            self._hello(peer, hello)  # the name is someone else's here now
+            return
+        assert self.cluster is not None
+        session = self.sessions.adopt(digest, key, name, names, room, floor)
+        self.cluster.take(name, room)  # ours now, whoever held it
+        self.cluster.resumed(name)  # a server still holding it for a ghost lets go
+        log.info("%s resumed from %s (a session of another server)", name, peer.address)
+        self._resume(peer, session, hello.last)
+
+    def resumed_elsewhere(self, name: str) -> None:
+        """Another server resumed the session of ``name``: a ghost connection of ours that
+        still holds it is closed, and the session ends here (the name is not released: it
+        is the other server's now)."""
+        key = proto.name_key(name)
+        session = self.sessions.holder(key)
+        if session is not None:
+            self.sessions.end(session, proto.name_key)
+            self.history.drop(session.key)
+            ghost = session.peer
+            if ghost is not None:
+                ghost.session = None
+        holder = self._names.get(key)
+        if holder is not None:
+            del self._names[key]
+            holder.session = None
+            self.disconnect(holder, Message("resumed from another connection", kind=CLOSING))
+
+    def _wait(
+        self,
+        peer: Peer,
+        ask: Callable[[Callable[[Any], None]], None],
+        then: Callable[[Any], None],
+    ) -> None:
+        """Ask the cluster something (``ask(done)``), then ``then(answer)``; reading from
+        ``peer`` is paused meanwhile and frames already decoded wait their turn."""
+        peer.deferred = []
+        if peer.transport is not None:
+            peer.transport.pause_reading()
+
+        def done(answer: Any) -> None:
+            deferred, peer.deferred = peer.deferred or [], None
+            if peer.closing:
+                return
+            if peer.transport is not None:
+                peer.transport.resume_reading()
+            then(answer)
+            if deferred and not peer.closing:
+                self.handle_frames(peer, deferred)
+
+        ask(done)
+
     def _check_free(self, peer: Peer, name: str) -> None:
         """Raise unless ``name`` is free for ``peer``: nobody has it, nor holds it to resume."""
         key = proto.name_key(name)
@@ -676,6 +762,7 @@ class Hub:
             session, token = self.sessions.open(peer, proto.name_key(peer.name), room)
             session.floor = self.history.latest_id
             peer.session = session
+            self._session_saved(session)
         self._send_welcome(peer, room, token, resumed)
         self.moderation.welcomed(peer)  # moderation (#14)
         self._add_to_room(peer, room, announce=True)
@@ -741,7 +828,10 @@ class Hub:
         self._set_name(peer, session.name)
         self.sessions.attach(session, peer)
         peer.session = session
+        old = session.digest
         token = self.sessions.renew(session)  # a token is good for one resume
+        if self.cluster is not None:
+            self.cluster.session_dropped(old)
         self._send_welcome(peer, room, token, True)
         if seamless:
             peer.room = room
@@ -755,6 +845,7 @@ class Hub:
             # Nothing older than the session's first welcome, or than the last id of an
             # earlier resume: the client had those (what came before its welcome was history).
             last = session.floor = max(last, session.floor)
+        self._session_saved(session)
         self._replay_missed(peer, session, room, last)
 
     def _replay_missed(self, peer: Peer, session: Session, room: str, last: int | None) -> None:
@@ -762,6 +853,13 @@ class Hub:
         announcements and its private messages, in id order; a gap first for what is gone."""
         latest = self.history.latest_id
         if last is None:
+            return
+        cluster = self.cluster
+        if cluster is not None and cluster.sequenced:
+            # From the cluster's log, which every server can read; live output waits.
+            self._hold(peer)
+            names = frozenset(proto.name_key(name) for name in session.names)
+            cluster.replay(room, names, last, lambda items, gap: self._release(peer, items, gap))
             return
         if last > latest:
             self._error(peer, f"last id {last} is ahead of this server (latest {latest})")
@@ -782,7 +880,36 @@ class Hub:
         gap = Message("", kind=GAP, room=room, missed=missed) if missed else None
         self._replay(peer, items, gap)
 
-    def _replay(self, peer: Peer, items: list[Entry], gap: Message | None = None) -> None:
+    def _hold(self, peer: Peer) -> None:
+        """Hold ``peer``'s live output until :meth:`_release` (a replay is being fetched)."""
+        if peer.replay is not None or peer.transport is None:
+            return  # a replay holds it already
+        held: list[bytes] = []
+        peer.replay = (held, [], [_HOLD, False])
+        peer.write = held.append
+
+    def _release(self, peer: Peer, items: list[Entry], gap: Message | None) -> None:
+        """Replay ``items`` (after ``gap``) to ``peer``, then what was held meanwhile."""
+        replay = peer.replay
+        transport = peer.transport
+        if transport is None or peer.closing:
+            return
+        if replay is None or replay[2][0] != _HOLD:
+            self._replay(peer, items, gap)  # behind the replay that is running
+            return
+        held, queued, _ = replay
+        peer.replay = None
+        peer.write = transport.write
+        self._replay(peer, items, gap)
+        if queued:  # replays that came meanwhile (a join's history)
+            self.replayed -= sum(1 for item in queued if not isinstance(item, Message))
+            self._replay(peer, queued)
+        if held:
+            peer.write(b"".join(held))
+
+    def _replay(
+        self, peer: Peer, items: list[Entry] | list[Entry | Message], gap: Message | None = None
+    ) -> None:
         """Write ``items`` (as history) to ``peer``, after ``gap``; a long replay is spread
         over turns of the loop (:data:`REPLAY_CHUNK`), live output waiting behind it."""
         json = peer.json
@@ -800,7 +927,14 @@ class Hub:
         self.replayed += len(items)
         if len(items) <= REPLAY_CHUNK or peer.transport is None or peer.backlog is not None:
             # Short, or the peer is behind already (its writer is the backlog): in one go.
-            peer.write(b"".join([encode(to_message(item), json) for item in items]))
+            peer.write(
+                b"".join(
+                    [
+                        encode(item if isinstance(item, Message) else to_message(item), json)
+                        for item in items
+                    ]
+                )
+            )
             return
         held: list[bytes] = []
         queue: list[Entry | Message] = list(items)
@@ -845,8 +979,26 @@ class Hub:
             self._end_session(peer.session, release=False)
             peer.session = None
 
+    def _session_saved(self, session: Session) -> None:
+        """Keep ``session`` where every server of the cluster finds it: a client may resume
+        on another server (its own died). Kept a day while connected (a crashed server says
+        nothing), ``resume_window`` once it waits."""
+        cluster = self.cluster
+        if cluster is None or not cluster.logged:
+            return
+        record = {
+            "name": session.name,
+            "room": session.room,
+            "floor": str(session.floor),
+            "names": "\n".join(session.names),
+        }
+        ttl = self.config.resume_window if session.peer is None else _ATTACHED_TTL
+        cluster.session_saved(session.digest, record, ttl)
+
     def _end_session(self, session: Session, *, release: bool = True) -> None:
         """Forget ``session`` and its private messages; a name it held waiting goes free."""
+        if self.cluster is not None:
+            self.cluster.session_dropped(session.digest)
         waiting = session.peer is None
         self.sessions.end(session, proto.name_key)
         self.history.drop(session.key)
@@ -864,6 +1016,20 @@ class Hub:
         """The room's last messages, marked as history, to a client that understands them."""
         count = self.config.history_on_join
         if not count or not peer.json or peer.version < 2 or peer.closing:
+            return
+        cluster = self.cluster
+        if cluster is not None and cluster.sequenced and not peer.asked_history:
+            # The room's history comes from the cluster's log if nobody here was in it.
+            peer.asked_history = True
+            self._hold(peer)
+
+            def ready() -> None:
+                peer.asked_history = False
+                stream = self.history.log(room)
+                items = stream.before(None, count) if stream is not None else []
+                self._release(peer, items if peer.room == room else [], None)
+
+            cluster.after_following(room, ready)
             return
         stream = self.history.log(room)
         if stream is not None and len(stream):
@@ -1008,8 +1174,8 @@ class Hub:
             return
         try:
             if type(command) is proto.Say:
-                ident = self._private(peer, command.text, command.to)
-                if command.ref is not None and peer.json:
+                ident = self._private(peer, command.text, command.to, command.ref)
+                if ident is not None and command.ref is not None and peer.json:
                     peer.write(dump_frame({"type": "ack", "ref": command.ref, "id": ident}))
             elif type(command) is proto.History:
                 self._history_request(peer, command)
@@ -1092,6 +1258,7 @@ class Hub:
         peer.room = room
         if peer.session is not None:
             peer.session.room = room  # where a resume takes it back to
+            self._session_saved(peer.session)
         self.rooms.add(room, peer)
         if self.cluster is not None:
             self.cluster.moved(peer.name, room)
@@ -1146,6 +1313,7 @@ class Hub:
         self._set_name(peer, name)
         if peer.session is not None:
             self.sessions.rename(peer.session, proto.name_key(old), proto.name_key(name), name)
+            self._session_saved(peer.session)
         self.moderation.renamed(old, name)  # moderation (#14): mutes follow the member
         message = Message(name, sender=old, kind=NICK, room=peer.room, timestamp=self.now())
         if peer.announced:
@@ -1155,10 +1323,30 @@ class Hub:
         # the join under the new one.
         peer.send(message)
 
-    def _private(self, peer: Peer, text: str, to: str | None) -> int:
-        """Deliver a private message; return its id."""
+    def _private(self, peer: Peer, text: str, to: str | None, ref: str | None = None) -> int | None:
+        """Deliver a private message; return its id (None: the cluster's log answers
+        ``ref`` later).
+
+        Raises:
+            InvalidFrame: Nobody has that name, here or (with a cluster) elsewhere.
+        """
         assert to is not None
         target = self._names.get(proto.name_key(to))
+        cluster = self.cluster
+        if cluster is not None and cluster.sequenced:
+            key = proto.name_key(to)
+            if target is not None:
+                to = target.name
+            elif self.sessions.holder(key) is None:
+                remote = cluster.remote_name(to)
+                if remote is None:
+                    raise InvalidFrame(f"no such user: {_shown(to)}")
+                to = remote
+            message = Message(text, peer.name, PRIVATE, None, self.now(), to)
+            self.messages_in += 1
+            cluster.private_logged(peer, message, ref)
+            self.rooms.publish(message)
+            return None
         ident = self.history.take_ids(1)
         message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
         if target is not None and not target.closing and target.authenticated:
@@ -1200,6 +1388,11 @@ class Hub:
             return message
         return dataclasses.replace(message, id=self.history.take_ids(1))
 
+    def audience(self, room: str | None) -> int:
+        """How many members here an announcement to ``room`` (None: everyone) reaches."""
+        counts = self.rooms.counts()
+        return sum(counts.values()) if room is None else counts.get(room, 0)
+
     def announce(self, message: Message) -> int:
         """Number, keep and deliver an announcement to everyone (or its room); return how
         many it was handed to."""
@@ -1208,14 +1401,82 @@ class Hub:
         self._keep(key, [entry(message)])
         return self.rooms.announce(message)
 
-    def relay_remote(self, sender: str, room: str, batch: list[str], timestamp: float) -> None:
-        """Number, keep and relay a batch another server's member sent to ``room``."""
-        first = self.history.take_ids(len(batch))
+    def relay_remote(
+        self,
+        sender: str,
+        room: str,
+        batch: list[str],
+        timestamp: float,
+        first: int | None = None,
+        exclude: Peer | None = None,
+    ) -> None:
+        """Keep and relay a batch a member sent to ``room``: a member of another server, or
+        (from the cluster's log, numbered from ``first``) of any server but ``exclude``.
+        Numbered here if ``first`` is None."""
+        if first is None:
+            first = self.history.take_ids(len(batch))
+        else:
+            self.history.seen(first + len(batch) - 1)
         if room in self.rooms:
-            self.rooms.fan_out(room, None, sender, encode_str(sender), batch, timestamp, first)
+            self.rooms.fan_out(room, exclude, sender, encode_str(sender), batch, timestamp, first)
         self._keep(
             room, room_entries(first, timestamp, sender, room, batch), batch_cost(sender, batch)
         )
+
+    # -- the cluster's log (#12) ------------------------------------------------------------
+
+    def keep_remote(self, room: str, sender: str, batch: list[str], ts: float, first: int) -> None:
+        """Keep a batch read from the cluster's log as history only (a room this server
+        starts to follow): not delivered, and not kept twice."""
+        self.history.seen(first + len(batch) - 1)
+        stream = self.history.log(room)
+        if stream is not None and first <= stream.last_id:
+            return
+        self._keep(room, room_entries(first, ts, sender, room, batch), batch_cost(sender, batch))
+
+    def keep_announcement(self, message: Message) -> None:
+        """Keep a room's announcement read from the cluster's log as history only."""
+        assert message.id is not None
+        assert message.room is not None
+        self.history.seen(message.id)
+        stream = self.history.log(message.room)
+        if stream is None or message.id > stream.last_id:
+            self._keep(message.room, [entry(message)])
+
+    def deliver_unlogged(
+        self,
+        peer: Peer,
+        room: str,
+        batch: list[str],
+        timestamp: float,
+        refs: list[tuple[int, str]] | None,
+    ) -> None:
+        """Deliver here only, without ids, a batch the cluster's log could not take."""
+        self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp)
+        self.acked(peer, refs, 0)
+
+    def acked(self, peer: Peer, refs: list[tuple[int, str]] | None, first: int) -> None:
+        """Acknowledge the messages in ``refs`` (offsets in a batch numbered from ``first``;
+        0: accepted but not numbered, the cluster's log being out of reach)."""
+        if not refs or peer.closing:
+            return
+        peer.write(
+            b"".join(
+                [
+                    b'{"type":"ack","ref":%s,"id":%d}\n'
+                    % (encode_str(ref).encode(), first + i if first else 0)
+                    for i, ref in refs
+                ]
+            )
+        )
+        refs.clear()
+
+    def refused(self, peer: Peer, refs: list[tuple[int, str]] | None, reason: str) -> None:
+        """Refuse each message in ``refs`` with ``reason``."""
+        if peer.closing:
+            return
+        for _, ref in refs or ():
+            self._error(peer, reason, ref)
 
     def _keep(self, key: str, items: list[Entry], size: int | None = None) -> None:
         # With history off the ids are still noted: a resume is told how many it missed.
@@ -1265,20 +1526,27 @@ class Hub:
         self.messages_in += count
         timestamp = self.now()
         room = peer.room
+        cluster = self.cluster
+        if cluster is not None and cluster.sequenced:
+            # The cluster's log numbers the batch, and every server delivers it from there,
+            # this one included: one order per room, the same ids everywhere.
+            cluster.append(peer, room, batch[:], timestamp, refs[:] if refs else None)
+            batch.clear()
+            if refs:
+                refs.clear()
+            return
+        if cluster is not None and cluster.logged:
+            # The log cannot be reached: local delivery, without ids (ids are the log's).
+            self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp)
+            cluster.batch(peer.name, room, batch, timestamp)  # counted as lost there
+            self.acked(peer, refs, 0)
+            batch.clear()
+            return
         first = self.history.take_ids(count)
         self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp, first)
         entries = room_entries(first, timestamp, peer.name, room, batch)
         self._keep(room, entries, batch_cost(peer.name, batch))
-        if self.cluster is not None:
-            self.cluster.batch(peer.name, room, batch, timestamp)
-        if refs:
-            peer.write(
-                b"".join(
-                    [
-                        b'{"type":"ack","ref":%s,"id":%d}\n' % (encode_str(ref).encode(), first + i)
-                        for i, ref in refs
-                    ]
-                )
-            )
-            refs.clear()
+        if cluster is not None:
+            cluster.batch(peer.name, room, batch, timestamp)
+        self.acked(peer, refs, first)
         batch.clear()

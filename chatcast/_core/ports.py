@@ -70,7 +70,7 @@ class ClusterLink(Protocol):
 
     def notice(self, message: Message) -> None: ...
 
-    def announcement(self, message: Message) -> None: ...
+    def announcement(self, message: Message) -> bool: ...
 
     def private(self, message: Message) -> bool: ...
 
@@ -83,6 +83,68 @@ class ClusterLink(Protocol):
     def claim(
         self, claimant: object, name: str, room: str, then: Callable[[bool], None]
     ) -> None: ...
+
+    # -- the cluster's log (#12) --------------------------------------------------------------
+
+    @property
+    def sequenced(self) -> bool:
+        """Messages go through the cluster's log now: numbered there and delivered from it
+        on every server, this one included."""
+        ...
+
+    @property
+    def logged(self) -> bool:
+        """The backplane has a log at all (while it is down, local messages get no ids:
+        ids are the log's)."""
+        ...
+
+    def append(
+        self,
+        sender: Any,
+        room: str,
+        texts: list[str],
+        timestamp: float,
+        refs: list[tuple[int, str]] | None,
+    ) -> None:
+        """Put a batch of ``sender`` (a peer) in the log; it is delivered from there."""
+        ...
+
+    def private_logged(self, sender: Any, message: Message, ref: str | None) -> None: ...
+
+    def find_session(self, token: str, then: Callable[[dict[str, str] | None], None]) -> None:
+        """Look ``token`` up among the sessions of every server; ``then(record or None)``."""
+        ...
+
+    def session_saved(self, digest: bytes, record: dict[str, str], ttl: float) -> None: ...
+
+    def session_dropped(self, digest: bytes) -> None: ...
+
+    def take(self, name: str, room: str) -> None:
+        """``name`` is this server's now (a session resumed here owns it)."""
+        ...
+
+    def replay(
+        self,
+        room: str,
+        names: frozenset[str],
+        last: int,
+        then: Callable[[list[Any], Message | None], None],
+    ) -> None:
+        """Fetch what a member missed after ``last`` (see ``Backplane.missed``);
+        ``then(messages, gap)``."""
+        ...
+
+    def resumed(self, name: str) -> None:
+        """Tell the other servers that ``name`` resumed its session here."""
+        ...
+
+    def remote_name(self, name: str) -> str | None:
+        """The name on another server that is ``name`` (whatever its case), or None."""
+        ...
+
+    def after_following(self, room: str, then: Callable[[], None]) -> None:
+        """Call ``then`` once ``room`` is read here (its history is in)."""
+        ...
 
 
 class Recorder(Protocol):

@@ -21,7 +21,7 @@ from typing import Final
 
 from .peer import Peer
 
-__all__ = ["MAX_TOKEN_LENGTH", "Session", "Sessions"]
+__all__ = ["MAX_TOKEN_LENGTH", "Session", "Sessions", "digest_of"]
 
 #: Names a session remembers as its own (a rename flood is flood-controlled anyway).
 _NAMES_KEPT: Final = 16
@@ -32,6 +32,13 @@ MAX_TOKEN_LENGTH: Final = 64
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+def digest_of(token: str) -> bytes | None:
+    """What a session is found by (its token's SHA-256), or None if ``token`` cannot be one."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    return _digest(token)
 
 
 class Session:
@@ -91,6 +98,19 @@ class Sessions:
         self._by_digest[session.digest] = session
         self._by_name[key] = session
         return session, token
+
+    def adopt(
+        self, digest: bytes, key: str, name: str, names: tuple[str, ...], room: str, floor: int
+    ) -> Session:
+        """Take in a session another server of the cluster opened (it is waiting, without a
+        connection, until :meth:`attach`)."""
+        self._counter += 1
+        session = Session(digest, f"@{self._counter}", name, room, None)
+        session.names = names[-_NAMES_KEPT:] or (name,)
+        session.floor = floor
+        self._by_digest[digest] = session
+        self._by_name[key] = session
+        return session
 
     def find(self, token: str) -> Session | None:
         """The session ``token`` opens, or None (unknown, expired, or not a token)."""

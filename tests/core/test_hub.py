@@ -561,6 +561,9 @@ class FakeCluster:
     def release(self, name: str) -> None:
         self.released.append(name)
 
+    sequenced = False  # a fire-and-forget backplane (no log)
+    logged = False
+
     def guest_suffix(self) -> str:
         return "-abc"
 
