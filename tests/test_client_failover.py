@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from chatcast import BroadcastClient, BroadcastServer, ConnectionClosed, Message
 from chatcast._core.addresses import format_address, parse_address
@@ -243,6 +245,38 @@ async def test_the_rotation_comes_back_to_the_lost_server(
             await restarted.aclose()
     finally:
         await client.close()  # idempotent: also when the restart failed
+
+
+async def test_tls_checks_each_server_against_its_own_host(start_server: Factory) -> None:
+    """Over TLS, each address is verified against its own host: the second server's
+    certificate names only 'localhost', the first's only '127.0.0.1'."""
+    ca = trustme.CA()
+    contexts = []
+    for name in ("127.0.0.1", "localhost"):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(name).configure_cert(context)
+        contexts.append(context)
+    first = await start_server(ssl=contexts[0])
+    second = await start_server(ssl=contexts[1])
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    client = BroadcastClient(
+        "127.0.0.1",
+        first.port,
+        servers=[f"localhost:{second.port}"],
+        ssl=trusting,
+        reconnect=True,
+        reconnect_delay=30,
+        reconnect_max_delay=30,
+    )
+    await client.connect()
+    try:
+        await first.aclose()
+        back = await _until_info(client, "reconnected")
+        assert back.text == f"reconnected to localhost:{second.port}"
+        assert client.statistics().failovers == 1
+    finally:
+        await client.close()
 
 
 # -- the command line --------------------------------------------------------------------------
