@@ -109,6 +109,11 @@ def test_wrong_types_and_duplicates() -> None:
     client = BroadcastClient("127.0.0.1", 8080, servers=["[::1]:9", ("127.0.0.2", 9)])
     assert client.servers == (("127.0.0.1", 8080), ("::1", 9), ("127.0.0.2", 9))
     assert client.server_address == ("127.0.0.1", 8080)
+    # Neither host nor port: the first of servers comes first; either one: it does.
+    only = BroadcastClient(servers=[("::1", 9), "chat.lab:10"])
+    assert (only.host, only.port, only.servers) == ("::1", 9, (("::1", 9), ("chat.lab", 10)))
+    assert BroadcastClient(port=9, servers=["[::1]:9"]).servers[0] == ("127.0.0.1", 9)
+    assert BroadcastClient(servers=[]).servers == (("127.0.0.1", 8080),)
 
 
 # -- failover on real sockets ------------------------------------------------------------------
