@@ -74,8 +74,8 @@ class BroadcastClient:
             client an operator (:attr:`operator`); a wrong one is refused like a wrong token.
         ssl: ``True`` for TLS with the system's trust store and hostname checks, or an
             :class:`ssl.SSLContext` (e.g. one that trusts a private CA), or ``None``.
-        server_hostname: The name to check the server's certificate against, when it is
-            not ``host`` (with ``servers``: not the host of the address connected to).
+        server_hostname: The name to check every server's certificate against, when it is
+            not the host of its address (``host``, or that of the one of ``servers``).
         reconnect: Reconnect after a lost connection, with exponential backoff and jitter,
             rejoining with the same name and room. Off by default. While disconnected,
             :meth:`send` raises :class:`ConnectionClosed` (nothing is queued: delivery is at
