@@ -13,11 +13,12 @@ import contextlib
 import logging
 import random
 import ssl as ssl_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._core import commands as proto
+from ._core.addresses import Address, format_address, parse_addresses
 from ._core.client import ClientProtocol, RequestKind, is_final
 from ._core.framing import DEFAULT_MAX_LINE_BYTES
 from .exceptions import (
@@ -45,6 +46,8 @@ class ClientStatistics:
         received: Messages handed to :meth:`BroadcastClient.receive` (any kind).
         errors: Error frames received from the server.
         reconnects: Successful reconnections.
+        failovers: Reconnections that landed on another server than the one lost (with
+            ``servers``).
     """
 
     connected: bool
@@ -52,14 +55,16 @@ class ClientStatistics:
     received: int
     errors: int
     reconnects: int
+    failovers: int = 0
 
 
 class BroadcastClient:
     """A client of :class:`~chatcast.server.BroadcastServer`.
 
     Args:
-        host: The server's address.
-        port: The server's port.
+        host: The server's address (default ``127.0.0.1``).
+        port: The server's port (default 8080). With ``servers`` and neither ``host`` nor
+            ``port``, the first of ``servers`` is the first tried.
         name: The name to ask for; ``None`` lets the server pick (``guestN``).
         room: The room to join; ``None`` for the server's default room.
         token: The server's token, when it requires one. The library never reads the
@@ -69,8 +74,8 @@ class BroadcastClient:
             client an operator (:attr:`operator`); a wrong one is refused like a wrong token.
         ssl: ``True`` for TLS with the system's trust store and hostname checks, or an
             :class:`ssl.SSLContext` (e.g. one that trusts a private CA), or ``None``.
-        server_hostname: The name to check the server's certificate against, when it is
-            not ``host``.
+        server_hostname: The name to check every server's certificate against, when it is
+            not the host of its address (``host``, or that of the one of ``servers``).
         reconnect: Reconnect after a lost connection, with exponential backoff and jitter,
             rejoining with the same name and room. Off by default. While disconnected,
             :meth:`send` raises :class:`ConnectionClosed` (nothing is queued: delivery is at
@@ -83,20 +88,31 @@ class BroadcastClient:
         queue_size: Messages held for :meth:`receive`; when full, the client stops reading
             from the socket (TCP backpressure) rather than grow.
         ack_timeout: Seconds :meth:`send` waits for the server to accept a message.
+        servers: More servers to fail over to, after ``host:port``: each ``"host:port"``,
+            ``"[ipv6]:port"`` or ``(host, port)``. :meth:`connect` tries them in order until
+            one answers; with ``reconnect=True`` a lost connection moves on to the next
+            one at once (the server just lost comes last, after the backoff delay, so a dead
+            server never delays a live one by a backoff) and resumes its session there.
+            :attr:`server_address` says where it is connected.
 
     With ``reconnect=True`` the client resumes its session after a lost connection: the
     server gives its name back at once (closing a ghost connection that still held it) and
     replays every room and private message missed meanwhile, exactly once and in order
-    (marked ``history``), or a ``"gap"`` message saying how many are gone for good.
+    (marked ``history``), or a ``"gap"`` message saying how many are gone for good. A server
+    that does not know the session (another server outside a cluster, or the session
+    expired) starts a new one: a ``"gap"`` message without a count says messages may have
+    been missed.
 
     Raises:
-        ValueError: An argument is out of range or an invalid name.
+        ValueError: An argument is out of range or an invalid name, or an address of
+            ``servers`` is invalid or listed twice.
+        TypeError: ``servers`` is one string, or holds something that is not an address.
     """
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 8080,
+        host: str | None = None,
+        port: int | None = None,
         *,
         name: str | None = None,
         room: str | None = None,
@@ -111,9 +127,18 @@ class BroadcastClient:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         queue_size: int = 1024,
         ack_timeout: float = 10.0,
+        servers: Sequence[str | tuple[str, int]] | None = None,
     ) -> None:
-        if not 0 < port <= 65535:
-            raise ValueError(f"port must be in 1..65535, got {port}")
+        if host is None and port is None and servers:
+            self._addresses = parse_addresses(None, servers)
+        else:
+            host = "127.0.0.1" if host is None else host
+            port = 8080 if port is None else port
+            if not 0 < port <= 65535:
+                raise ValueError(f"port must be in 1..65535, got {port}")
+            self._addresses = parse_addresses((host, port), servers)
+        self._index = 0  # the address of the connection (or the last attempt)
+        host, port = self._addresses[0]
         for label, value in (("name", name), ("room", room)):
             if value is not None:
                 try:
@@ -172,6 +197,7 @@ class BroadcastClient:
         self._sent = 0
         self._received = 0
         self._reconnects = 0
+        self._failovers = 0
 
     # -- what the protocol knows --------------------------------------------------------------
 
@@ -218,19 +244,32 @@ class BroadcastClient:
         """True while a connection to the server is up."""
         return self._writer is not None and not self._writer.is_closing()
 
+    @property
+    def servers(self) -> tuple[Address, ...]:
+        """Every server's ``(host, port)``, in the order tried: ``host:port``, then ``servers``."""
+        return tuple(self._addresses)
+
+    @property
+    def server_address(self) -> Address:
+        """The ``(host, port)`` of the server connected to now (while reconnecting: the one
+        last tried)."""
+        return self._addresses[self._index]
+
     async def connect(self) -> None:
         """Connect, say hello, and start receiving.
 
         Raises:
             ConnectionClosed: The server refused the hello (name taken, server full...) or
-                closed the connection; ``reason`` says why.
-            AuthenticationError: The server refused the token.
-            OSError: The connection could not be made (refused, unreachable, TLS failure).
-            TimeoutError: No welcome within ``connect_timeout``.
+                closed the connection; ``reason`` says why. With ``servers``: the first
+                refusal, once every server failed.
+            AuthenticationError: The server refused the token (no other server is tried).
+            OSError: The connection could not be made (refused, unreachable, TLS failure);
+                with ``servers``, to none of them: the message lists each one's error.
+            TimeoutError: No welcome within ``connect_timeout`` (one server only).
         """
         if self._task is not None:
             raise RuntimeError("already connected")
-        await self._open()
+        await self._open_any()
         self._task = asyncio.create_task(self._run(), name="chatcast-client-reader")
 
     async def __aenter__(self) -> BroadcastClient:
@@ -544,15 +583,45 @@ class BroadcastClient:
             received=self._received,
             errors=self._protocol.errors,
             reconnects=self._reconnects,
+            failovers=self._failovers,
         )
 
     # -- the connection ---------------------------------------------------------------------
 
-    async def _open(self) -> None:
-        """Connect and complete the hello, or raise (with a reason a user can act on)."""
-        where = f"{self.host}:{self.port}"
+    async def _open_any(self) -> None:
+        """Connect to the first server that answers, in order; raise if none does."""
+        if len(self._addresses) == 1:
+            await self._open(0)
+            return
+        failures: list[tuple[Address, Exception]] = []
+        for index, address in enumerate(self._addresses):
+            try:
+                await self._open(index)
+            except (AuthenticationError, ChannelClosed):
+                raise  # the same token everywhere; closed is closed
+            except ConnectionClosed as exc:
+                if is_final(exc.reason):  # banned: by the cluster, as far as we know
+                    raise
+                failures.append((address, exc))
+            except (OSError, ChatcastError) as exc:  # OSError: TimeoutError and SSLError too
+                failures.append((address, exc))
+            else:
+                return
+            log.info("could not connect to %s: %s", format_address(address), failures[-1][1])
+        for _, failure in failures:
+            if isinstance(failure, ChatcastError):
+                raise failure  # a server's own words say more than another's silence
+        detail = "; ".join(f"{format_address(where)}: {error}" for where, error in failures)
+        raise OSError(f"could not connect to any server: {detail}") from failures[-1][1]
+
+    async def _open(self, index: int) -> None:
+        """Connect to the server at ``index`` and complete the hello, or raise (with a reason
+        a user can act on)."""
+        self._index = index
+        address = self._addresses[index]
+        where = format_address(address)
         try:
-            await self._connect_and_hello()
+            await self._connect_and_hello(address)
         except TimeoutError:
             hint = "TLS handshake or welcome" if self.ssl else "welcome"
             raise TimeoutError(
@@ -568,13 +637,15 @@ class BroadcastClient:
                 "on this port?)",
             ) from exc
 
-    async def _connect_and_hello(self) -> None:
+    async def _connect_and_hello(self, address: Address) -> None:
         protocol = self._protocol
+        host, port = address
         async with asyncio.timeout(self.connect_timeout):
             reader, writer = await asyncio.open_connection(
-                self.host,
-                self.port,
+                host,
+                port,
                 ssl=self.ssl,
+                # None: each address's own host is checked against its certificate.
                 server_hostname=self.server_hostname if self.ssl else None,
                 ssl_handshake_timeout=self.connect_timeout if self.ssl else None,
             )
@@ -595,11 +666,12 @@ class BroadcastClient:
                 raise
         self._early = early  # read with the welcome: delivered first by the reader
         self._reader, self._writer = reader, writer
-        log.debug("connected to %s:%d as %s in %s", self.host, self.port, self.name, self.room)
+        log.debug("connected to %s as %s in %s", format_address(address), self.name, self.room)
 
     async def _run(self) -> None:
         """Read until the end; reconnect when asked to."""
         attempt = 0
+        count = len(self._addresses)
         while True:
             reason = await self._read_loop()
             await self._drop_connection()
@@ -609,27 +681,41 @@ class BroadcastClient:
                 self._end(ConnectionClosed(reason))
                 return
             await self._put(Message(f"disconnected: {reason}; reconnecting", kind=INFO))
+            lost = self._index
+            step = 0
             while True:
-                delay = min(self.reconnect_max_delay, self.reconnect_delay * 2**attempt)
-                attempt += 1
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jittered backoff
+                # The rotation goes on from the server just lost, which comes last: the
+                # others are tried at once, and the backoff comes once per round, before
+                # the lost one (so one server alone waits before every attempt, as ever).
+                step += 1
+                index = (lost + step) % count
+                if index == lost:
+                    delay = min(self.reconnect_max_delay, self.reconnect_delay * 2**attempt)
+                    attempt += 1
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jittered backoff
+                where = format_address(self._addresses[index])
                 try:
-                    await self._open()
+                    await self._open(index)
                 except AuthenticationError as exc:
                     self._end(exc)
                     return
                 except ConnectionClosed as exc:
                     if not is_final(exc.reason):  # banned (#14): retrying cannot help
-                        log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
+                        log.info("reconnect to %s failed: %s", where, exc)
                         continue
                     self._end(exc)
                     return
                 except (OSError, TimeoutError, ChatcastError) as exc:
-                    log.info("reconnect to %s:%d failed: %s", self.host, self.port, exc)
+                    log.info("reconnect to %s failed: %s", where, exc)
                     continue
                 attempt = 0
                 self._reconnects += 1
-                await self._put(Message("reconnected", kind=INFO))
+                if index != lost:
+                    self._failovers += 1
+                    log.info("failed over to %s", where)
+                # With several servers, say which one: the user sees the switch.
+                text = "reconnected" if count == 1 else f"reconnected to {where}"
+                await self._put(Message(text, kind=INFO))
                 break
 
     async def _read_loop(self) -> str:

@@ -233,7 +233,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     client.add_argument(
         "--host",
         default=None,
-        help="server address (default: find one on the LAN, or 127.0.0.1 when --port is given)",
+        help="server address (default: find one on the LAN, or 127.0.0.1 when --port is given; "
+        "with --server and neither --host nor --port: the first --server)",
     )
     client.add_argument("--port", type=int, default=None, help="server port (default: 8080)")
     client.add_argument("--name", default=None, help="your name (default: the server picks guestN)")
@@ -254,7 +255,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(e.g. --host 10.0.0.5 --tls-name chat.lab)",
     )
     client.add_argument(
-        "--reconnect", action="store_true", help="reconnect when the connection drops"
+        "--server",
+        action="append",
+        dest="servers",
+        default=[],
+        metavar="HOST:PORT",
+        help="another server to fail over to (repeatable; [::1]:8080 for IPv6): on losing "
+        "one, move on to the next and resume there; implies --reconnect",
+    )
+    client.add_argument(
+        "--reconnect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reconnect when the connection drops (default: on with --server)",
     )
     discovery = client.add_argument_group(
         "discovery (without --host and --port: servers announcing themselves on the LAN)"
@@ -461,7 +474,9 @@ async def run_client(args: argparse.Namespace) -> int:
         context = ssl.create_default_context(cafile=args.ca)
     elif args.ca or args.tls_name:
         raise ValueError("--ca and --tls-name need --tls")
-    if args.host is None and args.port is None:
+    # With --server and neither --host nor --port, the first --server is the first tried:
+    # no discovery, no default address.
+    if args.host is None and args.port is None and not args.servers:
         found = await choose_server(args, args.discover_timeout)
         if found is None:
             return 1
@@ -473,15 +488,17 @@ async def run_client(args: argparse.Namespace) -> int:
         if args.port is None:
             raise ValueError(f"{describe(found)} has no TLS port")
     client = BroadcastClient(
-        args.host or "127.0.0.1",
-        args.port or 8080,
+        args.host,
+        args.port,
+        servers=args.servers,
         name=args.name,
         room=args.room,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         op_token=args.op_token or os.environ.get(OP_TOKEN_ENV) or None,
         ssl=context,
         server_hostname=args.tls_name,
-        reconnect=args.reconnect,
+        # --server implies --reconnect (failing over is reconnecting); --no-reconnect not.
+        reconnect=args.reconnect if args.reconnect is not None else bool(args.servers),
     )
     try:
         await client.connect()
@@ -497,6 +514,8 @@ async def run_client(args: argparse.Namespace) -> int:
     status = 0
     async with Console(prompt=f"{client.name}> ") as console:
         console.write(f"{client.welcome}")
+        if len(client.servers) > 1:
+            console.write(f"* connected to {_where(client.server_address)}")
         console.write(f"* you are {client.name} in {client.room} (/help for commands)")
         console.commands = [f"/{name}" for name in (*CLIENT_COMMANDS.names, "help")]
         names = _Names(console, client)
@@ -516,6 +535,11 @@ async def run_client(args: argparse.Namespace) -> int:
         await asyncio.gather(incoming, typing, stopper, return_exceptions=True)
         await client.close()
     return status
+
+
+def _where(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Names:
