@@ -384,12 +384,8 @@ def targets(rows: list[Row]) -> list[Row]:
     1.5: flat, with room for eight processes sharing two cores) for ``RedisBackplane`` only."""
     return [
         {
-            "what": f"sharding: per-server CPU {r['server']}"
-            + (
-                ""
-                if r["backplane_requested"] == r["backplane"]
-                else f" (for {_short(r['backplane_requested'])})"
-            ),
+            "what": f"sharding x{r['servers'][1]}/x{r['servers'][0]} CPU/server: "
+            + "->".join(dict.fromkeys(_short(r[k]) for k in ("backplane_requested", "backplane"))),
             "ratio": r["cpu_ratio"],
             "target": 1.5 if r["backplane_requested"] == NEW else None,
             "met": r["cpu_ratio"] <= 1.5 if r["backplane_requested"] == NEW else None,
