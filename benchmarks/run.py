@@ -485,6 +485,18 @@ def multicast(cfg: Config, use_uvloop: bool) -> list[Row]:
     return rows
 
 
+def sharding(cfg: Config) -> list[Row]:
+    """Per-server backplane CPU as servers are added, 1 to 8 (see :mod:`benchmarks.sharding`)."""
+    why = _redis.missing()
+    if why is not None:
+        raise Skip(why)
+    rows = _child_rows(["benchmarks.sharding", *(["--quick"] if cfg.quick else [])], 600)
+    for row in rows:  # each run was shown as it ended (the child's stderr)
+        if row["kind"] == "ratio":
+            _progress(row, f"per-server CPU {row['cpu_ratio']:.2f} x")
+    return rows
+
+
 def _reliable(cfg: Config) -> list[Row]:
     """Reliable multicast (#16): CPU per message over today's mode; loss runs in netns."""
     from . import mcast_reliable
@@ -771,6 +783,10 @@ def _ratios(rows: list[Row]) -> list[Row]:
                 }
             )
     out += _cross_ratios(rows)
+    if any(r["workload"] == "sharding" for r in rows):
+        from .sharding import targets as sharding_targets
+
+        out += sharding_targets(rows)
     for r in rows:
         if r["workload"] == "client_receive":
             paced = f"{r['rate']:,.0f}/s" if r["rate"] else "unpaced"
@@ -1077,6 +1093,10 @@ def _table(rows: list[Row], ratios: list[Row]) -> str:
                 f"{r['received_per_s']:>10,.0f}{r['sender_per_s']:>10,.0f}"
             )
     lines += _cross_table(rows)
+    if any(r["workload"] == "sharding" for r in rows):
+        from .sharding import table as sharding_table
+
+        lines += ["", sharding_table(rows)]
     lines += _history_table(rows)
     if ratios:
         lines.append("")
@@ -1134,7 +1154,10 @@ WORKLOADS = (
     "acks",
     "web",
     "reliable",
+    "sharding",
 )
+#: Run only when named in ``--only``: up to 8 server processes, about 90 s.
+OPT_IN = ("sharding",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1145,8 +1168,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(WORKLOADS),
-        help=f"comma-separated workloads ({', '.join(WORKLOADS)})",
+        default=",".join(w for w in WORKLOADS if w not in OPT_IN),
+        help=f"comma-separated workloads ({', '.join(WORKLOADS)}; by default all but "
+        f"{', '.join(OPT_IN)})",
     )
     parser.add_argument("--chart", type=Path, help="also save the chart here")
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
@@ -1201,6 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
         ("acks", lambda: acks(cfg)),
         ("web", lambda: web(cfg)),
         ("reliable", lambda: _reliable(cfg)),
+        ("sharding", lambda: sharding(cfg)),
     ]
     skipped: dict[str, str] = {}
     for name, step in steps:
