@@ -203,12 +203,10 @@ class Cluster:
         then: Callable[[list[Entry], Message | None], None],
     ) -> None:
         # What is delivered live from now on is held for the member: the replay stops there.
-        upto_all = self.backplane.position(room)[1]
+        upto = (self.backplane.cutoff(room), self.backplane.position(room)[1])
 
         async def run() -> None:
             try:
-                await self.backplane.following(room)
-                upto = (self.backplane.position(room)[0], upto_all)
                 envelopes, short = await self.backplane.missed(room, names, last, upto)
             except Exception as exc:
                 log.warning("replay from the log failed: %s", exc or "timeout")
@@ -221,7 +219,17 @@ class Cluster:
 
         self._spawn(run())
 
+    def reading(self, room: str) -> bool:
+        return self.backplane.reading(room)
+
+    def cutoff(self, room: str) -> int:
+        return self.backplane.cutoff(room)
+
     def after_following(self, room: str, then: Callable[[], None]) -> None:
+        if self.backplane.reading(room):
+            then()
+            return
+
         async def run() -> None:
             with contextlib.suppress(Exception):
                 await self.backplane.following(room)
@@ -438,8 +446,12 @@ class Cluster:
         # A notice: keep the replica of who is where, then tell the room here.
         sender = envelope.sender or ""
         room = envelope.room or ""
+        if kind != bp.NICK and hub.peer_named(sender) is not None:
+            return  # the name is ours now (resumed here): old news from its old server
         self._heard[sender] = asyncio.get_running_loop().time()
         if kind == bp.JOIN:
+            if self.remote.get(sender) == room:
+                return  # shown here already (it resumed on another server)
             self.remote[sender] = room
             message = Message("", sender=sender, kind=JOIN, room=room, timestamp=envelope.ts)
         elif kind == bp.LEAVE:

@@ -136,6 +136,7 @@ class RedisBackplane(RedisPubSubBackplane):
         # The newest message id delivered from each stream (duplicates are dropped by it).
         self._last_id: dict[str, int] = {}
         self._following: dict[str, asyncio.Event] = {}  # room -> set once it is read
+        self._thresholds: dict[str, int] = {}  # rooms being started: see follow()
         self._counter = 0  # the newest id the counter was seen to give
         self._bad = 0
         self._duplicates = 0
@@ -357,12 +358,25 @@ class RedisBackplane(RedisPubSubBackplane):
     def follow(self, room: str) -> None:
         if room not in self._following:
             self._following[room] = asyncio.Event()
+            # What the counter had given when a member came: the room's entries up to there
+            # are its history, those after it are delivered live (see _backfill).
+            self._thresholds[room] = self._counter
+
+    def reading(self, room: str) -> bool:
+        event = self._following.get(room)
+        return event is not None and event.is_set()
+
+    def cutoff(self, room: str) -> int:
+        if self.reading(room) or room not in self._thresholds:
+            return self._last_id.get(self._room_key(room), 0)
+        return self._thresholds[room]
 
     def followed(self) -> list[str]:
         return list(self._following)
 
     def unfollow(self, room: str) -> None:
         self._following.pop(room, None)
+        self._thresholds.pop(room, None)
         key = self._room_key(room)
         self._positions.pop(key, None)
         self._last_id.pop(key, None)
@@ -475,9 +489,16 @@ class RedisBackplane(RedisPubSubBackplane):
             if self._following.get(room) is not event:
                 continue  # unfollowed meanwhile
             self._positions[key] = newest[0][0].decode() if newest else "0-0"
-            if newest:
-                self._deliver_entries(key, list(reversed(newest)), backfill=True)
+            threshold = self._thresholds.pop(room, 0)
+            entries = list(reversed(newest))
+            cut = 0  # entries[:cut] are history; those after came since a member joined
+            while cut < len(entries) and _entry_id(entries[cut]) <= threshold:
+                cut += 1
+            if cut:
+                self._deliver_entries(key, entries[:cut], backfill=True)
             event.set()
+            if cut < len(entries):
+                self._deliver_entries(key, entries[cut:])
 
     async def _read_forever(self) -> None:
         """Deliver entries until Redis is lost or silent (two heartbeats of punctual time).
@@ -685,8 +706,16 @@ class RedisBackplane(RedisPubSubBackplane):
         )
 
 
+def _entry_id(entry: Any) -> int:
+    """The message id of a raw stream entry (0 if it has none: it is skipped later)."""
+    try:
+        return int(entry[1][b"i"])
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
 def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _as_history(envelope: Envelope) -> Envelope:

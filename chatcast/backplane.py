@@ -155,6 +155,15 @@ class Backplane:
         """The newest ids delivered live from ``room`` and from everything else."""
         return 0, 0
 
+    def reading(self, room: str) -> bool:
+        """Whether ``room``'s messages are read now."""
+        return True
+
+    def cutoff(self, room: str) -> int:
+        """The newest id of ``room`` delivered live here, or to be delivered as history only
+        (a room being started): what comes after it is delivered live."""
+        return self.position(room)[0]
+
     async def missed(
         self, room: str, names: frozenset[str], after: int, upto: tuple[int, int]
     ) -> tuple[list[Envelope], bool]:

@@ -48,6 +48,8 @@ class ClientStatistics:
         reconnects: Successful reconnections.
         failovers: Reconnections that landed on another server than the one lost (with
             ``servers``).
+        duplicates: Messages dropped because their id had been received already (a resume
+            that overlapped what came live).
     """
 
     connected: bool
@@ -56,6 +58,7 @@ class ClientStatistics:
     errors: int
     reconnects: int
     failovers: int = 0
+    duplicates: int = 0
 
 
 class BroadcastClient:
@@ -584,6 +587,7 @@ class BroadcastClient:
             errors=self._protocol.errors,
             reconnects=self._reconnects,
             failovers=self._failovers,
+            duplicates=self._protocol.duplicates,
         )
 
     # -- the connection ---------------------------------------------------------------------

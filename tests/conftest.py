@@ -129,3 +129,6 @@ async def text_peer(server: BroadcastServer) -> AsyncIterator[Callable[..., Any]
     yield make
     for peer in peers:
         await peer.close()
+
+
+from tests.redis_cluster import cluster, redis_server  # noqa: E402, F401 - fixtures

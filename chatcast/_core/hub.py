@@ -246,8 +246,12 @@ class Hub:
         held = False
         if session is not None and session.peer is peer:
             peer.session = None
-            if self.config.resume_window > 0 and not self.closing:
-                # The name waits for its owner to come back with the token.
+            cluster = self.cluster
+            if self.config.resume_window > 0 and (
+                not self.closing or (cluster is not None and cluster.logged)
+            ):
+                # The name waits for its owner to come back with the token: here, or (a
+                # cluster with a log) on another server, even when this one is closing.
                 held = True
                 now = self.clock.time()
                 for pushed in self.sessions.detach(session, now + self.config.resume_window):
@@ -689,10 +693,11 @@ class Hub:
             return
         assert self.cluster is not None
         session = self.sessions.adopt(digest, key, name, names, room, floor)
+        shown = self.cluster.remote.get(name) == room  # the room here never saw it leave
         self.cluster.take(name, room)  # ours now, whoever held it
         self.cluster.resumed(name)  # a server still holding it for a ghost lets go
         log.info("%s resumed from %s (a session of another server)", name, peer.address)
-        self._resume(peer, session, hello.last)
+        self._resume(peer, session, hello.last, shown=shown)
 
     def resumed_elsewhere(self, name: str) -> None:
         """Another server resumed the session of ``name``: a ghost connection of ours that
@@ -799,17 +804,21 @@ class Hub:
 
     # -- resume -----------------------------------------------------------------------------
 
-    def _resume(self, peer: Peer, session: Session, last: int | None) -> None:
+    def _resume(
+        self, peer: Peer, session: Session, last: int | None, *, shown: bool = False
+    ) -> None:
         """Give ``peer`` the name, room and missed messages of ``session``.
 
         A ghost connection still holding the session (the server did not notice its link
         die) is closed with a reason, and ``peer`` steps into its place without leave or
-        join notices; a session that was waiting gets a join notice.
+        join notices; a session that was waiting gets a join notice. ``shown``: the room
+        here still shows the member (a session of another server): the join notice goes to
+        the other servers only.
         """
         self.resumes += 1
         ghost = session.peer
         room = session.room  # kept up to date by every join, even of a closing ghost
-        seamless = False
+        seamless = shown
         if ghost is not None and ghost is not peer:
             seamless = ghost.announced and ghost.room == room
             ghost.session = None
@@ -839,6 +848,10 @@ class Hub:
             self.rooms.add(room, peer)
             if self.cluster is not None:
                 self.cluster.moved(peer.name, room)
+                if shown:  # the other servers may have seen it leave its old server
+                    self.cluster.notice(
+                        Message("", sender=peer.name, kind=JOIN, room=room, timestamp=self.now())
+                    )
         else:
             self._add_to_room(peer, room, announce=True)
         if last is not None:
@@ -856,7 +869,8 @@ class Hub:
             return
         cluster = self.cluster
         if cluster is not None and cluster.sequenced:
-            # From the cluster's log, which every server can read; live output waits.
+            # From the cluster's log, which every server can read, up to what this server
+            # delivers live from now on; live output waits.
             self._hold(peer)
             names = frozenset(proto.name_key(name) for name in session.names)
             cluster.replay(room, names, last, lambda items, gap: self._release(peer, items, gap))
@@ -1018,17 +1032,19 @@ class Hub:
         if not count or not peer.json or peer.version < 2 or peer.closing:
             return
         cluster = self.cluster
-        if cluster is not None and cluster.sequenced and not peer.asked_history:
-            # The room's history comes from the cluster's log if nobody here was in it.
-            peer.asked_history = True
-            self._hold(peer)
+        if cluster is not None and cluster.sequenced:
+            # What was delivered live to the room before now is history; what comes after
+            # is live. A room nobody here was in is read from the cluster's log first, the
+            # member's live output waiting meanwhile.
+            cutoff = cluster.cutoff(room)
 
             def ready() -> None:
-                peer.asked_history = False
                 stream = self.history.log(room)
-                items = stream.before(None, count) if stream is not None else []
+                items = stream.before(cutoff + 1, count) if stream is not None else []
                 self._release(peer, items if peer.room == room else [], None)
 
+            if not cluster.reading(room):
+                self._hold(peer)
             cluster.after_following(room, ready)
             return
         stream = self.history.log(room)

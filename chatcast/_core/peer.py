@@ -37,7 +37,6 @@ class Peer:
         "admitted_at",
         "announced",
         "asked",
-        "asked_history",
         "authenticated",
         "backlog",
         "bucket",
@@ -64,10 +63,8 @@ class Peer:
         self.decoder = LineDecoder(max_line_bytes)
         # Frames waiting while an asynchronous step (a cluster-wide name claim) completes.
         self.deferred: list[str | ProtocolError] | None = None
-        # The cluster was asked for its session (its hello waits for the answer), and for
-        # the history of the room it joined.
+        # The cluster was asked for its session (its hello waits for the answer).
         self.asked = False
-        self.asked_history = False
         self.transport: Transport | None = None
         self.write: Callable[[bytes], object] = discard
         self.address = "?"

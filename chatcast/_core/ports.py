@@ -143,7 +143,16 @@ class ClusterLink(Protocol):
         ...
 
     def after_following(self, room: str, then: Callable[[], None]) -> None:
-        """Call ``then`` once ``room`` is read here (its history is in)."""
+        """Call ``then`` once ``room`` is read here (its history is in): at once if it is."""
+        ...
+
+    def reading(self, room: str) -> bool:
+        """Whether ``room`` is read here now (its history is in)."""
+        ...
+
+    def cutoff(self, room: str) -> int:
+        """The newest id of ``room`` that is history for a member who joins it now: what
+        comes after is delivered live."""
         ...
 
 

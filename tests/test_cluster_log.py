@@ -1,0 +1,262 @@
+"""The cluster's log (#12): Redis Streams carry every room, ids are cluster-wide, a server reads
+only the rooms it hosts, a client resumes on another server, and neither a Redis restart nor a
+bad entry loses or duplicates anything.
+
+Real redis-server processes of the test's own on 127.0.0.1 (see ``tests/test_backplane.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("redis")
+
+import redis.asyncio
+
+from chatcast import BroadcastClient, BroadcastServer
+from chatcast.backplane import RedisBackplane
+from chatcast.message import GAP, JOIN, LEAVE, MESSAGE, PRIVATE, Message
+from tests.conftest import receive_kind
+from tests.helpers import timeout, wait_until
+from tests.redis_cluster import _LONE_SERVER, REDIS_SERVER, RedisProcess, _client
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+async def _messages(client: BroadcastClient, count: int, seconds: float = 20) -> list[Message]:
+    got: list[Message] = []
+    async with asyncio.timeout(timeout(seconds)):
+        while len(got) < count:
+            message = await client.receive()
+            if message.kind in (MESSAGE, PRIVATE, GAP):
+                got.append(message)
+    return got
+
+
+async def test_ids_are_cluster_wide_and_one_order_per_room(cluster: Any) -> None:
+    """Two servers, senders on both, one room: every member sees the same messages with the
+    same ids, increasing, in the same order."""
+    one, two = await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    carol = await _client(cluster, one, "carol")
+    dave = await _client(cluster, two, "dave")
+    await wait_until(lambda: len(one.who()) == 4 and len(two.who()) == 4)
+    sends = [alice.post(f"a{n}") for n in range(30)] + [bob.post(f"b{n}") for n in range(30)]
+    await asyncio.gather(*[await s for s in sends])
+    seen = {}
+    for client in (carol, dave):
+        got = await _messages(client, 60)
+        seen[client.name] = [(m.id, m.sender, m.text) for m in got]
+        ids = [m.id for m in got]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 60
+    assert seen["carol"] == seen["dave"]  # one order, one numbering, on both servers
+
+
+async def test_a_server_reads_only_the_rooms_it_hosts(cluster: Any) -> None:
+    """Sharding: chat in a room nobody on a server is in does not reach that server; once
+    one of its clients joins, it reads the room, and the join brings the room's history."""
+    one, two = await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice", room="x")
+    bob = await _client(cluster, two, "bob", room="y")
+    await wait_until(lambda: len(one.who()) == 2 and len(two.who()) == 2)
+    before = two.statistics().backplane_received
+    for n in range(5):
+        await alice.send(f"in x {n}")
+    await asyncio.sleep(0)
+    await alice.send("last in x")  # acknowledged: in the log
+    assert two.statistics().backplane_received == before  # room x is not read on two
+    await bob.join("x")
+    history = await _messages(bob, 6)
+    # Before bob's server reads the room, its history comes from the log (what was said
+    # just before he joined may come live: his server may not have heard of it yet).
+    assert [m.text for m in history] == [f"in x {n}" for n in range(5)] + ["last in x"]
+    kept = await bob.history()  # the room's history is served here too, from the log
+    assert [m.text for m in kept] == [m.text for m in history]
+    assert [m.id for m in kept] == [m.id for m in history]
+    await alice.send("live in x")
+    live = await receive_kind(bob, MESSAGE)
+    assert (live.text, live.history) == ("live in x", False)
+    assert live.id is not None
+    assert live.id > (history[-1].id or 0)
+
+
+async def test_a_client_resumes_on_another_server_after_sigkill(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """Two servers and Redis; alice's server is SIGKILLed while bob keeps talking: alice
+    reconnects to the other server, resumes there under her name, and gets every message
+    she missed once, in order, then the live ones."""
+    two = await cluster()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LONE_SERVER, redis_server.url, cluster.prefix,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(timeout(20)):
+            port = int(await process.stdout.readline())
+        alice = BroadcastClient(
+            "127.0.0.1",
+            port,
+            name="alice",
+            servers=[("127.0.0.1", two.port)],
+            reconnect=True,
+            reconnect_delay=0.05,
+        )
+        await alice.connect()
+        cluster.clients.append(alice)
+        bob = await _client(cluster, two, "bob")
+        await wait_until(lambda: "alice" in two.who())
+        for n in range(5):
+            await bob.send(f"before {n}")
+        before = await _messages(alice, 5)
+        await alice.send("hello from one")
+        assert (await receive_kind(bob, MESSAGE)).text == "hello from one"
+        # Her server hangs, then dies: what bob says meanwhile reaches only the log.
+        process.send_signal(signal.SIGSTOP)
+        for n in range(20):
+            await bob.send(f"missed {n}")
+        await bob.send("psst", to="alice")  # to her name, while she is away
+    finally:
+        process.kill()
+        await process.wait()
+    got = await _messages(alice, 21)
+    assert [m.text for m in got] == [f"missed {n}" for n in range(20)] + ["psst"]
+    assert all(m.history for m in got)
+    assert alice.name == "alice"
+    assert alice.server_address == ("127.0.0.1", two.port)
+    await bob.send("live")
+    live = await receive_kind(alice, MESSAGE)
+    assert (live.text, live.history) == ("live", False)
+    ids = [m.id for m in before + got] + [live.id]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert alice.statistics().duplicates == 0
+    assert two.statistics().resumes == 1
+    await alice.send("back")
+    assert (await receive_kind(bob, MESSAGE)).text == "back"
+    assert sorted(two.who()) == ["alice", "bob"]
+
+
+async def test_a_redis_restart_under_traffic_loses_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Redis with its persistence on is restarted while messages flow between two servers:
+    messages wait for it, then go on; every one arrives once, in order."""
+    store = RedisProcess("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
+    store.start()
+    servers: list[BroadcastServer] = []
+    clients: list[BroadcastClient] = []
+    try:
+        for _ in range(2):
+            server = BroadcastServer(
+                "127.0.0.1", 0, backplane=RedisBackplane(store.url, heartbeat=2.0)
+            )
+            await server.start()
+            servers.append(server)
+        alice = BroadcastClient("127.0.0.1", servers[0].port, name="alice", ack_timeout=30)
+        bob = BroadcastClient("127.0.0.1", servers[1].port, name="bob")
+        for client in (alice, bob):
+            await client.connect()
+            clients.append(client)
+        await wait_until(lambda: len(servers[1].who()) == 2)
+        count = 200
+        restarted = asyncio.Event()
+
+        async def send() -> None:
+            for n in range(count):
+                await alice.post(f"{n}")
+                if n == count // 2:
+                    store.kill()
+                    store.start()  # same port, same append-only file
+                    restarted.set()
+                await asyncio.sleep(0.002)
+
+        sender = asyncio.create_task(send())
+        got = await _messages(bob, count, seconds=40)
+        await sender
+        assert restarted.is_set()
+        assert [m.text for m in got] == [str(n) for n in range(count)]
+        ids = [m.id for m in got]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == count
+        assert bob.statistics().duplicates == 0
+        assert servers[0].statistics().backplane_lost_messages == 0
+    finally:
+        for client in clients:
+            await client.close()
+        for server in servers:
+            await server.aclose()
+        store.kill()
+
+
+async def test_bad_entries_in_the_log_are_skipped_and_counted(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """Malformed, foreign and from-the-future entries in a room's stream are skipped and
+    counted; the chat goes on."""
+    one, two = await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: len(two.who()) == 2)
+    await alice.send("first")
+    assert (await receive_kind(bob, MESSAGE)).text == "first"
+    stream = f"{cluster.prefix}:room:lobby"
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await r.xadd(stream, {"foo": "bar"})  # foreign: no envelope
+        await r.xadd(stream, {"e": "{not json", "i": "999"})  # malformed
+        await r.xadd(stream, {"e": b"\xff\xfe", "i": "x"})  # not even an id
+        future = '{"o":"x","k":"batch","r":"lobby","s":"mallory","t":["from the future"]}'
+        await r.xadd(stream, {"e": future, "i": str(10**15)})  # an id never given
+    finally:
+        await r.aclose()
+    await alice.send("second")
+    got = await receive_kind(bob, MESSAGE)
+    assert got.text == "second"  # nothing bad in between, and the chat goes on
+    await wait_until(lambda: two.statistics().backplane_bad_entries == 4)
+    assert one.statistics().backplane_bad_entries == 4  # its own server reads the room too
+    await bob.send("third")
+    assert (await receive_kind(alice, MESSAGE)).text == "third"
+    assert alice.statistics().duplicates == bob.statistics().duplicates == 0
+
+
+async def test_a_graceful_stop_hands_sessions_to_the_cluster(cluster: Any) -> None:
+    """A server stopped on purpose (SIGTERM, close()) leaves its clients' sessions in the
+    cluster: a client resumes on another server with nothing missed."""
+    one, two = await cluster(), await cluster()
+    alice = BroadcastClient(
+        "127.0.0.1", one.port, name="alice", servers=[f"127.0.0.1:{two.port}"],
+        reconnect=True, reconnect_delay=0.05,
+    )  # fmt: skip
+    await alice.connect()
+    cluster.clients.append(alice)
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: "alice" in two.who())
+    await one.aclose()
+    await bob.send("while you moved")
+    got = await receive_kind(alice, MESSAGE, seconds=20)
+    assert got.text == "while you moved"
+    assert alice.name == "alice"
+    assert not [m for m in await _drain(alice) if m.kind == GAP]
+    await wait_until(lambda: two.statistics().resumes == 1)
+    kinds = [m.kind for m in await _drain(bob) if m.sender == "alice"]
+    assert kinds in ([JOIN], [JOIN, LEAVE, JOIN])  # at most: she left with the server, came back
+
+
+async def _drain(client: BroadcastClient) -> list[Message]:
+    got = []
+    while True:
+        try:
+            async with asyncio.timeout(0.2):
+                got.append(await client.receive())
+        except TimeoutError:
+            return got
