@@ -68,6 +68,7 @@ async def _serve_async(
     backplane_url: str | None,
     prefix: str,
     options: dict[str, Any] | None = None,
+    backplane_class: str = "RedisBackplane",
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -86,9 +87,9 @@ async def _serve_async(
 
         backplane = None
         if backplane_url is not None:
-            from chatcast.backplane import RedisBackplane
+            from chatcast import backplane as backplanes
 
-            backplane = RedisBackplane(backplane_url, prefix=prefix)
+            backplane = getattr(backplanes, backplane_class)(backplane_url, prefix=prefix)
         server = BroadcastServer(
             "127.0.0.1", 0, max_clients=max_clients, backplane=backplane, **(options or {})
         )
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-clients", type=int, default=None, help="chatcast's max_clients")
     parser.add_argument("--backplane", metavar="URL", help="chatcast: a Redis backplane URL")
     parser.add_argument("--prefix", default="chatcast", help="the backplane's key prefix")
+    parser.add_argument(
+        "--backplane-class",
+        default="RedisBackplane",
+        choices=["RedisBackplane", "RedisPubSubBackplane"],
+        help="chatcast: the backplane (the log, or pub/sub as before #12)",
+    )
     parser.add_argument("--history", type=int, default=None, help="chatcast: messages per room")
     parser.add_argument("--store", default=None, help="chatcast: keep history in this SQLite file")
     args = parser.parse_args(argv)
@@ -154,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
             options["history"] = limits if args.history else None
         if args.store is not None:
             options["store"] = args.store
-        runner.run(_serve_async(args.kind, args.max_clients, args.backplane, args.prefix, options))
+        runner.run(
+            _serve_async(
+                args.kind,
+                args.max_clients,
+                args.backplane,
+                args.prefix,
+                options,
+                args.backplane_class,
+            )
+        )
     return 0
 
 

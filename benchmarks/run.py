@@ -67,6 +67,7 @@ class Server:
         wait: bool = True,
         history: int | None = None,
         store: str | None = None,
+        backplane_class: str = "RedisBackplane",
     ) -> None:
         args = ["-m", "benchmarks._serve", kind, "--max-clients", str(max_clients)]
         if history is not None:
@@ -77,6 +78,7 @@ class Server:
             args.append("--uvloop")
         if backplane is not None:
             args += ["--backplane", backplane, "--prefix", chat]
+            args += ["--backplane-class", backplane_class]
         self.name = kind + ("+uvloop" if uvloop else "")
         prefix: list[str] = []
         if Server.profile is not None and kind == "chatcast":
@@ -551,7 +553,7 @@ def _snapshot(servers: list[Server], redis: _redis.RedisServer, base: int) -> Ro
 def _cross_run(
     cfg: Config,
     redis: _redis.RedisServer,
-    setup: tuple[int, bool],
+    setup: tuple[int, str | None],
     test: str,
     subs: int,
     rate: float = 0.0,
@@ -561,7 +563,9 @@ def _cross_run(
     publishes every batch and hears its own envelopes back, for no one). The servers'
     counters and CPU are read just before and after what is measured (the load generator
     waits for us there)."""
-    nservers, with_backplane = setup
+    nservers, engine = setup  # engine: "log", "pubsub" (the design before #12) or None
+    with_backplane = engine is not None
+    engine_class = "RedisPubSubBackplane" if engine == "pubsub" else "RedisBackplane"
     chat = f"bench-{uuid.uuid4().hex[:8]}"  # a fresh chat on the shared redis-server
     url = redis.url if with_backplane else None
     servers: list[Server] = []
@@ -569,7 +573,14 @@ def _cross_run(
     try:
         for _ in range(nservers):
             servers.append(
-                Server("chatcast", max_clients=subs + 100, backplane=url, chat=chat, wait=False)
+                Server(
+                    "chatcast",
+                    max_clients=subs + 100,
+                    backplane=url,
+                    chat=chat,
+                    wait=False,
+                    backplane_class=engine_class,
+                )
             )
         for server in servers:
             server.wait_ready()
@@ -608,9 +619,11 @@ def _cross_run(
     result.update(
         workload="cross",
         test=test,
-        server=f"chatcast x{nservers}" + (" + Redis" if with_backplane else ""),
+        server=f"chatcast x{nservers}"
+        + {None: "", "log": " + Redis", "pubsub": " + Redis pub/sub"}[engine],
         servers=nservers,
         backplane=with_backplane,
+        engine=engine,
         server_cpu_s=delta["server_cpu"],
         redis_cpu_s=delta["redis_cpu"],
         server_cpu_us_per_1k=1e9 * delta["server_cpu"] / delivered if delivered else 0.0,
@@ -635,7 +648,9 @@ def cross(cfg: Config) -> list[Row]:
     why = _redis.missing()
     if why is not None:
         raise Skip(why)
-    setups = [(2, True)] if cfg.quick else [(1, False), (1, True), (2, True)]
+    setups: list[tuple[int, str | None]] = (
+        [(2, "log")] if cfg.quick else [(1, None), (1, "log"), (2, "log"), (2, "pubsub")]
+    )
     rows: list[Row] = []
     with _redis.RedisServer(log=RESULTS / "redis.log") as redis:
         for subs in cfg.cross_subscribers:
@@ -854,7 +869,9 @@ def _cross_ratios(rows: list[Row]) -> list[Row]:
         out.append({"what": what, "ratio": ratio, "target": None, "met": None})
 
     def key(r: Row) -> str:
-        return "2" if r["servers"] == 2 else ("1+R" if r["backplane"] else "1")
+        if r["servers"] == 2:
+            return "2ps" if r.get("engine") == "pubsub" else "2"
+        return "1+R" if r["backplane"] else "1"
 
     cross_rows = [r for r in rows if r["workload"] == "cross"]
     bursts = [r for r in cross_rows if r["test"] == "burst"]
@@ -875,6 +892,17 @@ def _cross_ratios(rows: list[Row]) -> list[Row]:
                 add(f"cross burst {subs} subs: CPU/delivery {label} / x1", cpu / cpu_one)
         if "2" in at and at["2"]["envelopes"]:
             add(f"cross burst {subs} subs: messages per envelope", at["2"]["messages_per_envelope"])
+        if "2" in at and "2ps" in at and at["2ps"]["deliveries_per_s"]:
+            # Issue #12: the log's throughput at least pub/sub's.
+            ratio = at["2"]["deliveries_per_s"] / at["2ps"]["deliveries_per_s"]
+            out.append(
+                {
+                    "what": f"cross burst {subs} subs: log / pub-sub (x2)",
+                    "ratio": ratio,
+                    "target": 1.0,
+                    "met": ratio >= 1.0,
+                }
+            )
     paced_rows = [r for r in cross_rows if r["test"] == "paced"]
     for rate in sorted({r["rate"] for r in paced_rows}):
         paced_at = {key(r): r for r in paced_rows if r["rate"] == rate}
@@ -889,6 +917,18 @@ def _cross_ratios(rows: list[Row]) -> list[Row]:
             add(
                 f"cross paced {rate:,.0f}/s p99: cross-server / x1",
                 two["cross_p99_ms"] / paced_at["1"]["p99_ms"],
+            )
+        pubsub = paced_at.get("2ps")
+        if pubsub is not None and pubsub["cross_p99_ms"]:
+            # Issue #12: the log keeps pub/sub's latency, within 1.5 x.
+            ratio = two["cross_p99_ms"] / pubsub["cross_p99_ms"]
+            out.append(
+                {
+                    "what": f"cross paced {rate:,.0f}/s p99 cross-server: log / pub-sub",
+                    "ratio": ratio,
+                    "target": 1.5,
+                    "met": ratio <= 1.5,
+                }
             )
     return out
 

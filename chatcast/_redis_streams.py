@@ -503,53 +503,64 @@ class RedisBackplane(RedisPubSubBackplane):
     async def _read_forever(self) -> None:
         """Deliver entries until Redis is lost or silent (two heartbeats of punctual time).
 
+        A watchdog on a timer counts the silence while a read is outstanding: each tick adds
+        at most its own interval, so a loop that runs late (busy, or starved of CPU) does not
+        count its own lateness against Redis; it cancels the read when Redis has been silent
+        too long. No task or timer is made per read (the hot path).
+
         Raises:
             ConnectionError: Redis said nothing for two heartbeats.
         """
         loop = asyncio.get_running_loop()
         block = max(1, min(100, round(self.heartbeat * 250)))
         poll = min(1.0, self.heartbeat / 4)
-        while not self._closing:
-            if any(self._room_key(r) not in self._positions for r in self._following):
-                await self._backfill()
-            streams = dict(self._positions)
-            task = asyncio.ensure_future(self._read(streams, block))
-            silent = 0.0
-            try:
-                while not task.done():
-                    started = loop.time()
-                    await asyncio.wait([task], timeout=poll)
-                    if task.done():
-                        break
-                    now = loop.time()
-                    if now - self._last_heard <= poll:
-                        silent = 0.0
-                        continue
-                    silent += min(now - started, poll)
-                    if silent > 2 * self.heartbeat:
-                        raise ConnectionError(f"no answer for {2 * self.heartbeat:g} s")
-            finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-            replies, counter = task.result()
-            self._heard()
-            if counter is not None:
-                self._counter = max(self._counter, int(counter))
-            caught_up = self._catching_up
-            self._catching_up = False
-            for key, entries in replies or ():
-                stream = key.decode()
-                if stream not in self._positions:
-                    continue  # unfollowed while reading
-                delivered = self._deliver_entries(stream, entries)
-                if caught_up:
-                    self._caught_up += delivered
+        task = asyncio.current_task()
+        assert task is not None
+        state = [0.0, loop.time()]  # silence so far, last tick
+        stalled: list[bool] = []
+
+        handles: list[asyncio.TimerHandle] = []
+
+        def tick() -> None:
+            now = loop.time()
+            elapsed = min(now - state[1], poll)
+            state[1] = now
+            state[0] = state[0] + elapsed if now - self._last_heard > poll else 0.0
+            if state[0] > 2 * self.heartbeat:
+                stalled.append(True)
+                task.cancel()
+                return
+            handles[0] = loop.call_later(poll, tick)
+
+        handles.append(loop.call_later(poll, tick))
+        try:
+            while not self._closing:
+                if any(self._room_key(r) not in self._positions for r in self._following):
+                    await self._backfill()
+                replies, counter = await self._read(self._positions, block)
+                self._last_heard = loop.time()
+                if counter is not None:
+                    self._counter = max(self._counter, int(counter))
+                caught_up = self._catching_up
+                self._catching_up = False
+                for key, entries in replies or ():
+                    stream = key.decode()
+                    if stream not in self._positions:
+                        continue  # unfollowed while reading
+                    delivered = self._deliver_entries(stream, entries)
+                    if caught_up:
+                        self._caught_up += delivered
+        except asyncio.CancelledError:
+            if stalled and not self._closing:
+                task.uncancel()
+                raise ConnectionError(f"no answer for {2 * self.heartbeat:g} s") from None
+            raise
+        finally:
+            handles[0].cancel()
 
     async def _read(self, streams: dict[str, str], block: int) -> tuple[Any, Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xread(streams, count=_READ_COUNT, block=block)
+            pipe.xread(dict(streams), count=_READ_COUNT, block=block)
             pipe.get(self._ids_key)  # runs once the read returns: no id above it is real
             replies, counter = await pipe.execute()
         return replies, counter

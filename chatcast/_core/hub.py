@@ -715,6 +715,10 @@ class Hub:
         if holder is not None:
             del self._names[key]
             holder.session = None
+            if holder.room:  # silently: the member is in the room, on the other server
+                self.rooms.discard(holder.room, holder)
+                holder.room = ""
+                holder.announced = False
             self.disconnect(holder, Message("resumed from another connection", kind=CLOSING))
 
     def _wait(
@@ -1386,6 +1390,8 @@ class Hub:
         if session is None or (session.peer is not None and not session.peer.closing):
             return False
         message = self._numbered(message)
+        if message.id is None:
+            return False  # no id to replay it by: the cluster's log cannot be reached now
         # For the owner only: the stream goes with the session.
         self.history.keep(session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
         return True
@@ -1395,12 +1401,13 @@ class Hub:
         session keeps it, for a resume."""
         message = self._numbered(message)
         self.rooms.deliver_private(target, message)
-        if target.session is not None:
+        if target.session is not None and message.id is not None:
             self.history.keep(target.session.key, [entry(message)], per_stream=PRIVATE_HISTORY)
 
     def _numbered(self, message: Message) -> Message:
-        """``message`` with an id of its own (the next one), unless it has one."""
-        if message.id is not None:
+        """``message`` with an id of its own (the next one), unless it has one, or ids are
+        a cluster log's (which cannot be reached now: the message goes without)."""
+        if message.id is not None or (self.cluster is not None and self.cluster.logged):
             return message
         return dataclasses.replace(message, id=self.history.take_ids(1))
 
@@ -1413,8 +1420,10 @@ class Hub:
         """Number, keep and deliver an announcement to everyone (or its room); return how
         many it was handed to."""
         message = self._numbered(message)
-        key = message.room if message.room is not None else ANNOUNCEMENTS
-        self._keep(key, [entry(message)])
+        if message.id is not None:
+            self.history.seen(message.id)
+            key = message.room if message.room is not None else ANNOUNCEMENTS
+            self._keep(key, [entry(message)])
         return self.rooms.announce(message)
 
     def relay_remote(
