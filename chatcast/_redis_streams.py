@@ -39,7 +39,8 @@ __all__ = ["RedisBackplane"]
 log = logging.getLogger("chatcast.backplane")
 
 # Append an envelope once: KEYS ids counter, stream, this server's recent sequence numbers;
-# ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload. Returns the first id.
+# ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload, "1" to refresh the
+# expiry of the sequence numbers (every 1024th append). Returns the first id.
 _APPEND: Final = """
 local done = redis.call('HGET', KEYS[3], ARGV[2])
 if done then return tonumber(done) end
@@ -53,7 +54,7 @@ else
 end
 redis.call('HSET', KEYS[3], ARGV[2], first)
 redis.call('HDEL', KEYS[3], tostring(tonumber(ARGV[2]) - 4096))
-redis.call('EXPIRE', KEYS[3], 86400)
+if ARGV[6] == '1' then redis.call('EXPIRE', KEYS[3], 86400) end
 return first
 """
 
@@ -349,8 +350,19 @@ class RedisBackplane(RedisPubSubBackplane):
         if self.stream_age is not None:
             minid = str(int((time.time() - self.stream_age) * 1000))
         length = self.stream_length if stream != self._all_key else 10 * self.stream_length
+        refresh = "1" if seq % 1024 == 1 else "0"
         pipe.evalsha(
-            self._append, 3, self._ids_key, stream, self._seqs_key, ids, seq, length, minid, payload
+            self._append,
+            3,
+            self._ids_key,
+            stream,
+            self._seqs_key,
+            ids,
+            seq,
+            length,
+            minid,
+            payload,
+            refresh,
         )
 
     # -- following rooms ----------------------------------------------------------------------
