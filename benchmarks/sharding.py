@@ -82,6 +82,12 @@ def resolve(dotted: str) -> type[Any]:
     return cls
 
 
+def _has(dotted: str) -> bool:
+    """Whether ``module.Class`` exists (where it is defined does not matter)."""
+    module, _, name = dotted.rpartition(".")
+    return hasattr(importlib.import_module(module), name)
+
+
 async def serve(class_name: str, url: str, prefix: str) -> None:
     """A server with a backplane of ``class_name``; prints ``PORT n``; answers ``STATS`` lines
     with its statistics, CPU seconds, monotonic time and backplane class; exits at end of
@@ -99,7 +105,7 @@ async def serve(class_name: str, url: str, prefix: str) -> None:
         figures.update(
             cpu_s=time.process_time(),
             at=time.monotonic(),
-            backplane_class=f"{cls.__module__}.{cls.__qualname__}",
+            backplane_class=class_name if _has(class_name) else FALLBACK,
         )
         print("STATS " + json.dumps(figures), flush=True)
 

@@ -125,7 +125,7 @@ class Backplane:
     def publish(self, envelope: Envelope, done: Done | None = None) -> int | None:
         """Queue ``envelope`` for every other server. Never waits, never raises.
 
-        A :attr:`sequenced` backplane calls ``done`` once the envelope is in its log (with the
+        A ``sequenced`` backplane calls ``done`` once the envelope is in its log (with the
         id of its first message) or once it gave up (with ``None``, perhaps at once), and
         returns the sequence number the envelope comes back with (None if given up).
         """
