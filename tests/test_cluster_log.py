@@ -216,7 +216,7 @@ async def test_bad_entries_in_the_log_are_skipped_and_counted(
         await r.xadd(stream, {"e": "{not json", "i": "999"})  # malformed
         await r.xadd(stream, {"e": b"\xff\xfe", "i": "x"})  # not even an id
         future = '{"o":"x","k":"batch","r":"lobby","s":"mallory","t":["from the future"]}'
-        await r.xadd(stream, {"e": future, "i": str(10**15)})  # an id never given
+        await r.xadd(stream, {"e": future, "i": str(10**15), "k": "0" * 40})  # an id never given
     finally:
         await r.aclose()
     await alice.send("second")
