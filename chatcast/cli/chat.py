@@ -143,6 +143,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="servers with the same Redis, database and prefix are one chat (default: %(default)s)",
     )
     server.add_argument(
+        "--backplane-stream-length",
+        metavar="N",
+        type=int,
+        default=10000,
+        help="entries (batches of messages) the cluster's log keeps per room in Redis "
+        "(MAXLEN ~; default: %(default)s)",
+    )
+    server.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -307,7 +315,11 @@ async def run_server(args: argparse.Namespace) -> int:
         try:
             from ..backplane import RedisBackplane, redact
 
-            backplane = RedisBackplane(args.backplane, prefix=args.backplane_prefix)
+            backplane = RedisBackplane(
+                args.backplane,
+                prefix=args.backplane_prefix,
+                stream_length=args.backplane_stream_length,
+            )
         except ImportError as exc:
             raise ValueError(str(exc)) from None
         where = redact(args.backplane)

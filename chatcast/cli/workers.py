@@ -44,6 +44,7 @@ _FORWARDED = (
     ("tls_cert", "--tls-cert"),
     ("tls_key", "--tls-key"),
     ("backplane_prefix", "--backplane-prefix"),
+    ("backplane_stream_length", "--backplane-stream-length"),
 )
 
 
