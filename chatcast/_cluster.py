@@ -225,6 +225,31 @@ class Cluster:
     def cutoff(self, room: str) -> int:
         return self.backplane.cutoff(room)
 
+    def history(
+        self,
+        room: str,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        then: Callable[[list[Entry]], None],
+    ) -> None:
+        async def run() -> None:
+            try:
+                envelopes = await self.backplane.recent(room)
+            except Exception as exc:
+                log.warning("history from the log failed: %s", exc or "timeout")
+                envelopes = []
+            items = [item for envelope in envelopes for item in _entries(envelope)]
+            if before is not None:
+                items = [item for item in items if item[0] < before]
+            if after is not None:
+                items = [item for item in items if item[0] > after][:limit]
+            else:
+                items = items[-limit:]
+            then(items)
+
+        self._spawn(run())
+
     def after_following(self, room: str, then: Callable[[], None]) -> None:
         if self.backplane.reading(room):
             then()

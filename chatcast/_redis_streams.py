@@ -705,6 +705,13 @@ class RedisBackplane(RedisPubSubBackplane):
             gap = bool(added is not None and added > length)
         return found, gap
 
+    async def recent(self, room: str) -> list[Envelope]:
+        newest = await self._redis.xrevrange(
+            self._room_key(room), "+", "-", count=min(1000, self.stream_length)
+        )
+        found = [self._checked(fields) for _, fields in reversed(newest)]
+        return [envelope for envelope in found if envelope is not None]
+
     # -- sessions -----------------------------------------------------------------------------
 
     async def find_session(self, digest: str) -> dict[str, str] | None:

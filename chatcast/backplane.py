@@ -176,6 +176,14 @@ class Backplane:
         """
         raise NotImplementedError
 
+    async def recent(self, room: str) -> list[Envelope]:
+        """The newest envelopes of ``room`` kept in the log (up to 1000), oldest first.
+
+        Raises:
+            Exception: The log cannot be read now.
+        """
+        return []
+
     async def find_session(self, digest: str) -> dict[str, str] | None:
         """The session record ``digest`` (hex) names, saved by any server, or None."""
         return None

@@ -73,6 +73,11 @@ async def test_a_server_reads_only_the_rooms_it_hosts(cluster: Any) -> None:
     await asyncio.sleep(0)
     await alice.send("last in x")  # acknowledged: in the log
     assert two.statistics().backplane_received == before  # room x is not read on two
+    asked = await bob.history("x")  # from the log: nobody on two is in x
+    assert [m.text for m in asked] == [f"in x {n}" for n in range(5)] + ["last in x"]
+    assert [m.text for m in await bob.history("x", limit=2)] == ["in x 4", "last in x"]
+    assert [m.text for m in await bob.history("x", after=asked[3].id, limit=1)] == ["in x 4"]
+    assert two.statistics().backplane_received == before  # asking did not start reading it
     await bob.join("x")
     history = await _messages(bob, 6)
     # Before bob's server reads the room, its history comes from the log (what was said

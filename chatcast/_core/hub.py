@@ -1057,13 +1057,25 @@ class Hub:
 
     def _history_request(self, peer: Peer, command: proto.History) -> None:
         room = proto.check_name(command.room, "room") if command.room else peer.room
-        latest = self.history.latest_id
-        for bound in (command.before, command.after):
-            if bound is not None and bound > latest + 1:
-                raise InvalidFrame(f"id {bound} is ahead of this server (latest {latest})")
+        cluster = self.cluster
+        if cluster is not None and cluster.sequenced:
+            # Ids are the cluster's (this server may not have seen the newest), and a room
+            # nobody here is in is read from the cluster's log.
+            if not cluster.reading(room):
+                before, after, limit = command.before, command.after, command.limit
+                self._wait(
+                    peer,
+                    lambda done: cluster.history(room, before, after, limit, done),
+                    lambda items: self._send_history(peer, command, room, items),
+                )
+                return
+        else:
+            latest = self.history.latest_id
+            for bound in (command.before, command.after):
+                if bound is not None and bound > latest + 1:
+                    raise InvalidFrame(f"id {bound} is ahead of this server (latest {latest})")
         stream = self.history.log(room)
         items: list[Entry] = []
-        newest_first = command.after is None
         if stream is not None:
             if command.after is not None:
                 items = stream.after(command.after, command.limit)
@@ -1071,6 +1083,13 @@ class Hub:
                     items = [item for item in items if item[0] < command.before]
             else:
                 items = stream.before(command.before, command.limit)
+        self._send_history(peer, command, room, items)
+
+    def _send_history(
+        self, peer: Peer, command: proto.History, room: str, items: list[Entry]
+    ) -> None:
+        """Answer a ``history`` request with ``items`` (oldest first)."""
+        newest_first = command.after is None
         # A reply fits in half the client's buffer: a request costs bounded memory.
         budget = self.config.max_buffer_bytes // 2
         json = peer.json

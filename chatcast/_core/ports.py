@@ -134,6 +134,18 @@ class ClusterLink(Protocol):
         ``then(messages, gap)``."""
         ...
 
+    def history(
+        self,
+        room: str,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        then: Callable[[list[Any]], None],
+    ) -> None:
+        """Read ``room``'s history from the cluster's log (a room not read here):
+        ``then(entries)``, oldest first, as a ``history`` request asks (see ``Log``)."""
+        ...
+
     def resumed(self, name: str) -> None:
         """Tell the other servers that ``name`` resumed its session here."""
         ...
