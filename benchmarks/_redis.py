@@ -109,13 +109,15 @@ class RedisServer:
             return rest[:size]
 
     def publish_calls(self) -> int:
-        """PUBLISH commands served so far (``INFO commandstats``): a check on the envelope
+        """Envelopes published so far: PUBLISH commands (pub/sub) and XADD commands (the log's
+        appends, made by its script), from ``INFO commandstats``: a check on the envelope
         counts the servers report."""
+        calls = 0
         for line in self.command("INFO", "commandstats").decode().splitlines():
-            if line.startswith("cmdstat_publish:"):
+            if line.startswith(("cmdstat_publish:", "cmdstat_xadd:")):
                 fields = dict(f.split("=", 1) for f in line.split(":", 1)[1].split(","))
-                return int(fields["calls"])
-        return 0
+                calls += int(fields["calls"])
+        return calls
 
     def stop(self) -> None:
         """End this redis-server (by its PID: SIGTERM, then SIGKILL after 10 s)."""

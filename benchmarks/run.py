@@ -543,6 +543,7 @@ def _snapshot(servers: list[Server], redis: _redis.RedisServer, base: int) -> Ro
                 "backplane_published",
                 "backplane_received",
                 "backplane_failures",
+                "backplane_reconnects",
                 "messages_in",
                 "messages_out",
             )
@@ -636,7 +637,12 @@ def _cross_run(
         server_messages_out=delta["messages_out"],
     )
     # Every envelope must reach every other server, and none may be lost on the way.
-    crossed = received == envelopes * (nservers - 1) and not delta["backplane_failures"]
+    # ... and no server took its own lateness for a dead Redis (issue #12).
+    crossed = (
+        received == envelopes * (nservers - 1)
+        and not delta["backplane_failures"]
+        and not delta["backplane_reconnects"]
+    )
     result["all_counted"] = bool(result["all_counted"]) and crossed
     return result
 
