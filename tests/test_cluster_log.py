@@ -261,3 +261,30 @@ async def _drain(client: BroadcastClient) -> list[Message]:
                 got.append(await client.receive())
         except TimeoutError:
             return got
+
+
+@pytest.mark.slow
+async def test_while_redis_is_down_private_messages_take_no_ids(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """While Redis counts as down, a private message between two members of one server goes
+    without an id (ids are the log's): one numbered locally would take an id the log gives
+    again once it is back, and the recipient would drop that message as a duplicate."""
+    one = await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, one, "bob")
+    await alice.send("first")
+    assert (await receive_kind(bob, MESSAGE)).text == "first"
+    redis_server.pause()
+    try:
+        await wait_until(lambda: not one.statistics().backplane_connected, 10)
+        await alice.send("psst", to="bob")
+        private = await receive_kind(bob, PRIVATE)
+        assert (private.text, private.id) == ("psst", None)
+    finally:
+        redis_server.resume()
+    await wait_until(lambda: one.statistics().backplane_connected, 20)
+    await alice.send("after")
+    got = await receive_kind(bob, MESSAGE, seconds=10)
+    assert got.text == "after"
+    assert bob.statistics().duplicates == 0

@@ -1367,8 +1367,10 @@ class Hub:
             cluster.private_logged(peer, message, ref)
             self.rooms.publish(message)
             return None
-        ident = self.history.take_ids(1)
-        message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
+        # Ids are a cluster log's, which cannot be reached now: the message goes without
+        # (acknowledged with id 0); one numbered here would reuse an id the log gives later.
+        ident = 0 if cluster is not None and cluster.logged else self.history.take_ids(1)
+        message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident or None)
         if target is not None and not target.closing and target.authenticated:
             self.messages_in += 1
             self.deliver_private(target, message)
