@@ -39,16 +39,25 @@ __all__ = ["RedisBackplane"]
 
 log = logging.getLogger("chatcast.backplane")
 
-# Append an envelope once: KEYS ids counter, stream, this server's recent sequence numbers;
-# ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload, "1" to refresh the
-# expiry of the sequence numbers (every 1024th append), the cluster's secret. The entry's "k"
-# signs its id with the secret: an entry the script did not write is recognised. Returns the
+# Append an envelope once: KEYS ids counter, stream, this server's recent sequence numbers,
+# the cluster's secret; ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload, "1"
+# to refresh the expiry of the sequence numbers (every 1024th append), the cluster's secret,
+# the newest id the server knows. The entry's "k" signs its id with the secret: an entry the
+# script did not write is recognised. A secret that is not (or no longer: Redis restarted
+# empty) the cluster's is refused, and ids never go below what the server knows. Returns the
 # first id.
 _APPEND: Final = """
 local done = redis.call('HGET', KEYS[3], ARGV[2])
 if done then return tonumber(done) end
+if redis.call('GET', KEYS[4]) ~= ARGV[7] then
+    return redis.error_reply('CHATCASTSECRET the log was reset')
+end
 local count = tonumber(ARGV[1])
 local first = redis.call('INCRBY', KEYS[1], count) - count + 1
+if first <= tonumber(ARGV[8]) then
+    first = tonumber(ARGV[8]) + 1
+    redis.call('SET', KEYS[1], first + count - 1)
+end
 local k = redis.sha1hex(ARGV[7] .. ':' .. string.format('%d', first))
 if ARGV[4] ~= '' then
     redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[4], '*', 'e', ARGV[5], 'i', first, 'k', k)
@@ -304,6 +313,10 @@ class RedisBackplane(RedisPubSubBackplane):
                 if isinstance(exc, NoScriptError):  # Redis restarted, or its scripts flushed
                     with contextlib.suppress(Exception):
                         self._append = await self._redis.script_load(_APPEND)
+                elif "CHATCASTSECRET" in str(exc):  # Redis restarted empty: the secret anew
+                    with contextlib.suppress(Exception):
+                        await self._redis.set(self._secret_key, secrets.token_hex(16), nx=True)
+                        self._secret = (await self._redis.get(self._secret_key)).decode()
                 now = loop.time()
                 if failing_since is None:
                     failing_since = now
@@ -368,10 +381,11 @@ class RedisBackplane(RedisPubSubBackplane):
         refresh = "1" if seq % 1024 == 1 else "0"
         return (
             self._append,
-            3,
+            4,
             self._ids_key,
             stream,
             self._seqs_key,
+            self._secret_key,
             ids,
             seq,
             length,
@@ -379,6 +393,7 @@ class RedisBackplane(RedisPubSubBackplane):
             payload,
             refresh,
             self._secret,
+            self._counter,
         )
 
     # -- following rooms ----------------------------------------------------------------------

@@ -288,3 +288,50 @@ async def test_while_redis_is_down_private_messages_take_no_ids(
     got = await receive_kind(bob, MESSAGE, seconds=10)
     assert got.text == "after"
     assert bob.statistics().duplicates == 0
+
+
+@pytest.mark.slow
+async def test_an_empty_redis_restart_loses_no_acknowledged_message(
+    redis_server: RedisProcess,
+) -> None:
+    """Redis restarts empty (no persistence) while a member keeps sending: what was
+    acknowledged is delivered, with increasing ids (the appender does not append with the
+    counter back at 0, or with the old secret, before its server has resynced)."""
+    servers: list[BroadcastServer] = []
+    clients: list[BroadcastClient] = []
+    try:
+        for _ in range(2):
+            backplane = RedisBackplane(redis_server.url, heartbeat=3.0)
+            server = BroadcastServer("127.0.0.1", 0, backplane=backplane, join_grace=0.05)
+            await server.start()
+            servers.append(server)
+        alice = BroadcastClient("127.0.0.1", servers[0].port, name="alice", ack_timeout=30)
+        bob = BroadcastClient("127.0.0.1", servers[1].port, name="bob")
+        for client in (alice, bob):
+            await client.connect()
+            clients.append(client)
+        await wait_until(lambda: len(servers[1].who()) == 2)
+        for n in range(3):
+            await alice.send(f"before {n}")
+        redis_server.kill()
+        # The readers back off meanwhile (up to seconds); the appender retries more often.
+        sends = []
+        for n in range(6):
+            sends.append(await alice.post(f"during {n}"))
+            await asyncio.sleep(0.4)
+        redis_server.start()
+        acked = await asyncio.gather(*sends)
+        await alice.send("after")
+        got = await _messages(bob, 10, seconds=30)
+        assert [m.text for m in got] == [f"before {n}" for n in range(3)] + [
+            f"during {n}" for n in range(6)
+        ] + ["after"]
+        ids = [m.id for m in got]
+        assert ids == sorted(ids) and len(set(ids)) == 10
+        assert all(m.id for m in acked)
+        assert bob.statistics().duplicates == 0
+    finally:
+        for client in clients:
+            await client.close()
+        for server in servers:
+            await server.aclose()
