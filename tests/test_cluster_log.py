@@ -327,7 +327,8 @@ async def test_an_empty_redis_restart_loses_no_acknowledged_message(
             f"during {n}" for n in range(6)
         ] + ["after"]
         ids = [m.id for m in got]
-        assert ids == sorted(ids) and len(set(ids)) == 10
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 10
         assert all(m.id for m in acked)
         assert bob.statistics().duplicates == 0
     finally:
