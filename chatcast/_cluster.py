@@ -181,7 +181,8 @@ class Cluster:
         self._spawn(run())
 
     def session_saved(self, digest: bytes, record: dict[str, str], ttl: float) -> None:
-        self.backplane.save_session(digest.hex(), record, ttl)
+        # The server that saved it: the one a ghost connection of the session may be on.
+        self.backplane.save_session(digest.hex(), {**record, "server": self.origin}, ttl)
 
     def session_dropped(self, digest: bytes) -> None:
         self.backplane.drop_session(digest.hex())

@@ -727,9 +727,19 @@ class RedisBackplane(RedisPubSubBackplane):
             return None
         async with asyncio.timeout(self.heartbeat):
             raw = await self._redis.hgetall(self._session_key(digest))
-        if not raw:
-            return None
-        return {k.decode(): v.decode() for k, v in raw.items()}
+            if not raw:
+                return None
+            record = {k.decode(): v.decode() for k, v in raw.items()}
+            # The name may have been given back since (its server stopped, or died) and taken
+            # by a member of another live server: the session cannot take it from them.
+            owner = await self._redis.hget(self._names_key, name_key(record.get("name", "")))
+            if owner is not None:
+                owner_id = owner.decode().split("|", 1)[0]
+                if owner_id not in (record.get("server"), self.server_id) and (
+                    await self._redis.exists(self._server_key(owner_id))
+                ):
+                    return None
+        return record
 
     def save_session(self, digest: str, record: dict[str, str], ttl: float) -> None:
         self._enqueue("session", (self._session_key(digest), record, ttl))

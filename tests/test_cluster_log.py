@@ -336,3 +336,31 @@ async def test_an_empty_redis_restart_loses_no_acknowledged_message(
             await client.close()
         for server in servers:
             await server.aclose()
+
+
+async def test_a_session_resumed_later_does_not_take_a_name_someone_else_took(
+    cluster: Any,
+) -> None:
+    """A server stops; the name of its client is free again and another member takes it on
+    another server. The old session's token, presented later on a third server, does not
+    take the name from that member (it gets a new session)."""
+    one, two, three = await cluster(), await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice")
+    token = alice._protocol.session
+    assert token is not None
+    await wait_until(lambda: "alice" in three.who())
+    await one.aclose()
+    await wait_until(lambda: "alice" not in three.who())
+    carol = await _client(cluster, three, "alice")  # the name was given back
+    assert carol.name == "alice"
+    await wait_until(lambda: "alice" in two.who())
+    late = BroadcastClient("127.0.0.1", two.port, name="late")
+    late._protocol.session = token
+    await late.connect()
+    cluster.clients.append(late)
+    assert late.name == "late"  # a new session: the name is carol's
+    await late.send("hello")
+    got = await receive_kind(carol, MESSAGE)
+    assert (got.sender, got.text) == ("late", "hello")
+    assert carol.connected
+    assert sorted(three.who()) == ["alice", "late"]
