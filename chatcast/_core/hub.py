@@ -898,13 +898,15 @@ class Hub:
         gap = Message("", kind=GAP, room=room, missed=missed) if missed else None
         self._replay(peer, items, gap)
 
-    def _hold(self, peer: Peer) -> None:
-        """Hold ``peer``'s live output until :meth:`_release` (a replay is being fetched)."""
+    def _hold(self, peer: Peer) -> bool:
+        """Hold ``peer``'s live output until :meth:`_release` (a replay is being fetched);
+        False if it is held already (by a replay: the one to release it)."""
         if peer.replay is not None or peer.transport is None:
-            return  # a replay holds it already
+            return False  # a replay holds it already
         held: list[bytes] = []
         peer.replay = (held, [], [_HOLD, False])
         peer.write = held.append
+        return True
 
     def _release(self, peer: Peer, items: list[Entry], gap: Message | None) -> None:
         """Replay ``items`` (after ``gap``) to ``peer``, then what was held meanwhile."""
@@ -1041,14 +1043,18 @@ class Hub:
             # is live. A room nobody here was in is read from the cluster's log first, the
             # member's live output waiting meanwhile.
             cutoff = cluster.cutoff(room)
+            # Only a hold placed here is released here (a resume's waits for its replay).
+            held = not cluster.reading(room) and self._hold(peer)
 
             def ready() -> None:
                 stream = self.history.log(room)
                 items = stream.before(cutoff + 1, count) if stream is not None else []
-                self._release(peer, items if peer.room == room else [], None)
+                items = items if peer.room == room else []
+                if held:
+                    self._release(peer, items, None)
+                elif peer.transport is not None and not peer.closing:
+                    self._replay(peer, items)  # behind a replay that is running, if one is
 
-            if not cluster.reading(room):
-                self._hold(peer)
             cluster.after_following(room, ready)
             return
         stream = self.history.log(room)
