@@ -326,7 +326,7 @@ async def test_an_empty_redis_restart_loses_no_acknowledged_message(
         assert [m.text for m in got] == [f"before {n}" for n in range(3)] + [
             f"during {n}" for n in range(6)
         ] + ["after"]
-        ids = [m.id for m in got]
+        ids = [m.id or 0 for m in got]
         assert ids == sorted(ids)
         assert len(set(ids)) == 10
         assert all(m.id for m in acked)
