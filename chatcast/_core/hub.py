@@ -904,7 +904,8 @@ class Hub:
         if peer.replay is not None or peer.transport is None:
             return False  # a replay holds it already
         held: list[bytes] = []
-        peer.replay = (held, [], [_HOLD, False])
+        # The writer to go back to: the socket's, or a slow consumer's backlog.
+        peer.replay = (held, [], [_HOLD, False, peer.write])
         peer.write = held.append
         return True
 
@@ -917,9 +918,9 @@ class Hub:
         if replay is None or replay[2][0] != _HOLD:
             self._replay(peer, items, gap)  # behind the replay that is running
             return
-        held, queued, _ = replay
+        held, queued, state = replay
         peer.replay = None
-        peer.write = transport.write
+        peer.write = state[2]
         self._replay(peer, items, gap)
         if queued:  # replays that came meanwhile (a join's history)
             self.replayed -= sum(1 for item in queued if not isinstance(item, Message))

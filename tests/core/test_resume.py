@@ -560,6 +560,8 @@ class LogCluster:
     def __init__(self) -> None:
         self.remote: dict[str, str] = {}
         self.replays: list[Any] = []
+        self.read: set[str] = {"lobby", "x"}  # rooms read here already
+        self.following: list[Any] = []  # rooms being started: the test says when they are
 
     def guest_suffix(self) -> str:
         return "-abc"
@@ -586,13 +588,16 @@ class LogCluster:
         self.replays.append(then)
 
     def reading(self, room: str) -> bool:
-        return True
+        return room in self.read
 
     def cutoff(self, room: str) -> int:
         return 0
 
     def after_following(self, room: str, then: Any) -> None:
-        then()
+        if room in self.read:
+            then()
+        else:
+            self.following.append(then)
 
 
 def test_a_join_during_a_resume_does_not_let_live_output_pass_the_replay() -> None:
@@ -619,3 +624,25 @@ def test_a_join_during_a_resume_does_not_let_live_output_pass_the_replay() -> No
     (then,) = cluster.replays
     then(room_entries(5, 1.0, "bob", "lobby", ["missed"]), None)
     assert texts(alice_out) == ["missed", "live"]
+
+
+def test_a_slow_member_joining_a_room_not_read_yet_keeps_its_backlog() -> None:
+    """A member reading too slowly (drop-oldest: its output goes to a bounded backlog) joins
+    a room this server starts to read: once the room's history is in, its output goes to the
+    backlog again, not past it to the socket (which would reorder, and be unbounded)."""
+    from chatcast._core.hub import Hub
+
+    chat = ResumeChat(slow_consumer="drop-oldest")
+    cluster = LogCluster()
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)  # type: ignore[arg-type]
+    alice, alice_out = chat.hello(name="alice")
+    chat.hub.paused(alice)  # her socket is full
+    chat.hub.relay_remote("carol", "lobby", ["old"], 1.0, 5, None)  # into her backlog
+    chat.send(alice, type="join", room="new")  # nobody here was in it
+    (ready,) = cluster.following
+    cluster.read.add("new")
+    ready()
+    chat.hub.relay_remote("carol", "new", ["newer"], 1.0, 6, None)
+    assert "newer" not in texts(alice_out)  # behind the backlog
+    chat.hub.resumed(alice)  # her socket drained
+    assert texts(alice_out) == ["old", "newer"]
