@@ -151,6 +151,7 @@ class RedisBackplane(RedisPubSubBackplane):
         self._last_id: dict[str, int] = {}
         self._following: dict[str, asyncio.Event] = {}  # room -> set once it is read
         self._thresholds: dict[str, int] = {}  # rooms being started: see follow()
+        self._refused: set[str] = set()  # rooms whose key is not a stream: not read
         self._counter = 0  # the newest id this server knows the counter gave
         # Read from Redis (made by the first server): the append script signs ids with it.
         self._secret = ""
@@ -281,7 +282,7 @@ class RedisBackplane(RedisPubSubBackplane):
     async def _appender(self) -> None:
         """Append queued envelopes in order, pipelining whatever has piled up; retry what
         Redis did not confirm (the script makes each append once)."""
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, ResponseError
 
         loop = asyncio.get_running_loop()
         failing_since: float | None = None
@@ -302,12 +303,20 @@ class RedisBackplane(RedisPubSubBackplane):
                 async with asyncio.timeout(2 * self.heartbeat + 5):
                     if len(batch) == 1 and len(batch[0]) != 2:
                         # The usual case at chat rates: one append, no pipeline to build.
-                        results = [await self._redis.evalsha(*self._append_args(batch[0]))]
+                        try:
+                            results = [await self._redis.evalsha(*self._append_args(batch[0]))]
+                        except ResponseError as exc:
+                            if not _wrong_type(exc):
+                                raise
+                            results = [exc]
                     else:
                         async with self._redis.pipeline(transaction=False) as pipe:
                             for item in batch:
                                 self._pipe(pipe, item)
-                            results = await pipe.execute()
+                            results = await pipe.execute(raise_on_error=False)
+                    for result in results:
+                        if isinstance(result, Exception) and not _wrong_type(result):
+                            raise result  # retried: the script makes each append once
             except Exception as exc:  # redis-py raises many types: none confirmed
                 self._in_flight = 0
                 if isinstance(exc, NoScriptError):  # Redis restarted, or its scripts flushed
@@ -344,6 +353,11 @@ class RedisBackplane(RedisPubSubBackplane):
                 if len(item) == 2:
                     if item[0] == "session" and item[1][1] is not None:
                         next(results_iter)  # its EXPIRE
+                    continue
+                if isinstance(result, Exception):
+                    # Something else holds the stream's key: never appended, delivered here.
+                    log.warning("backplane: cannot append to %s: %s", item[0], result)
+                    self._give_up([item])
                     continue
                 self._published += 1
                 first = int(result)
@@ -419,6 +433,7 @@ class RedisBackplane(RedisPubSubBackplane):
 
     def unfollow(self, room: str) -> None:
         self._following.pop(room, None)
+        self._refused.discard(room)
         self._thresholds.pop(room, None)
         key = self._room_key(room)
         self._positions.pop(key, None)
@@ -524,7 +539,7 @@ class RedisBackplane(RedisPubSubBackplane):
         last ``stream_length`` (at most 1000) to the server's history."""
         for room, event in list(self._following.items()):
             key = self._room_key(room)
-            if key in self._positions:
+            if key in self._positions or room in self._refused:
                 continue
             newest = await self._redis.xrevrange(key, "+", "-", count=min(1000, self.stream_length))
             if self._following.get(room) is not event:
@@ -552,6 +567,8 @@ class RedisBackplane(RedisPubSubBackplane):
         Raises:
             ConnectionError: Redis said nothing for two heartbeats.
         """
+        from redis.exceptions import ResponseError
+
         loop = asyncio.get_running_loop()
         block = max(1, min(100, round(self.heartbeat * 250)))
         poll = min(1.0, self.heartbeat / 4)
@@ -576,11 +593,19 @@ class RedisBackplane(RedisPubSubBackplane):
         handles.append(loop.call_later(poll, tick))
         try:
             while not self._closing:
-                if any(self._room_key(r) not in self._positions for r in self._following):
-                    await self._backfill()
-                replies = await self._redis.xread(
-                    dict(self._positions), count=_READ_COUNT, block=block
-                )
+                try:
+                    if any(
+                        self._room_key(r) not in self._positions and r not in self._refused
+                        for r in self._following
+                    ):
+                        await self._backfill()
+                    replies = await self._redis.xread(
+                        dict(self._positions), count=_READ_COUNT, block=block
+                    )
+                except ResponseError as exc:
+                    if not _wrong_type(exc) or not await self._refuse_wrong_types():
+                        raise
+                    continue
                 self._last_heard = loop.time()
                 caught_up = self._catching_up
                 self._catching_up = False
@@ -598,6 +623,27 @@ class RedisBackplane(RedisPubSubBackplane):
             raise
         finally:
             handles[0].cancel()
+
+    async def _refuse_wrong_types(self) -> bool:
+        """Stop reading the rooms whose key holds something else than a stream (written by
+        something else): the other rooms go on; those rooms are served locally only. Return
+        whether there was one."""
+        rooms = [room for room in self._following if room not in self._refused]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.type(self._room_key(room))
+            kinds = await pipe.execute()
+        for room, kind in zip(rooms, kinds, strict=True):
+            if kind not in (b"stream", b"none", "stream", "none"):
+                log.warning(
+                    "backplane: %s is not a stream (%s): not read", self._room_key(room), kind
+                )
+                self._bad += 1
+                self._refused.add(room)
+                self._positions.pop(self._room_key(room), None)
+                self._thresholds.pop(room, None)
+                self._following[room].set()
+        return any(room in self._refused for room in rooms)
 
     def _deliver_entries(self, stream: str, entries: list[Any], *, backfill: bool = False) -> int:
         """Check and deliver ``entries`` of ``stream`` in order; return how many were."""
@@ -772,6 +818,11 @@ def _entry_id(entry: Any) -> int:
         return int(entry[1][b"i"])
     except (KeyError, ValueError, TypeError):
         return 0
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a key that holds something else (not retried)."""
+    return "WRONGTYPE" in str(exc)
 
 
 def _sha(script: str) -> str:

@@ -364,3 +364,33 @@ async def test_a_session_resumed_later_does_not_take_a_name_someone_else_took(
     assert (got.sender, got.text) == ("late", "hello")
     assert carol.connected
     assert sorted(three.who()) == ["alice", "late"]
+
+
+async def test_a_room_key_that_is_not_a_stream_does_not_stop_the_others(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """Something else wrote a plain value where a room's stream goes: that room is refused
+    (its messages go locally only, counted as lost), and every other room goes on."""
+    one, two = await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: len(two.who()) == 2)
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await r.set(f"{cluster.prefix}:room:bad", "not a stream")
+    finally:
+        await r.aclose()
+    carol = await _client(cluster, one, "carol", room="bad")
+    erin = await _client(cluster, one, "erin", room="bad")
+    await _client(cluster, two, "dave", room="bad")
+    await wait_until(lambda: len(two.who()) == 5)
+    sends = [await carol.post(f"bad {n}") for n in range(5)]
+    sends += [await alice.post(f"lobby {n}") for n in range(5)]
+    await asyncio.gather(*sends)  # accepted: the bad room's locally only
+    got = await _messages(bob, 5, seconds=5)
+    assert [m.text for m in got] == [f"lobby {n}" for n in range(5)]
+    got = await _messages(erin, 5, seconds=5)
+    assert [m.text for m in got] == [f"bad {n}" for n in range(5)]
+    assert one.statistics().backplane_connected
+    assert two.statistics().backplane_connected
+    assert one.statistics().backplane_lost_messages == 5
