@@ -440,10 +440,13 @@ class RedisBackplane(RedisPubSubBackplane):
         self._last_id.pop(key, None)
 
     async def following(self, room: str) -> None:
-        """Return once ``room`` is read (at once if it is, or Redis is down)."""
+        """Return once ``room`` is read (at once if it is, or Redis is down), or is no
+        longer followed (its members left before it was read)."""
         self.follow(room)
         event = self._following[room]
         while not event.is_set() and self._state != _DOWN and not self._closing:
+            if self._following.get(room) is not event:
+                return  # given up (and perhaps followed anew: a later wait is for that)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.heartbeat):
                     await event.wait()

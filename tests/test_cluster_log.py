@@ -394,3 +394,15 @@ async def test_a_room_key_that_is_not_a_stream_does_not_stop_the_others(
     assert one.statistics().backplane_connected
     assert two.statistics().backplane_connected
     assert one.statistics().backplane_lost_messages == 5
+
+
+async def test_waiting_for_a_room_that_is_given_up_meanwhile_ends() -> None:
+    """A member joins a room not read yet, and leaves before it is: the room is no longer
+    followed; whoever waited for it to be read (the member's held output) is let go."""
+    backplane = RedisBackplane("redis://127.0.0.1:1/0", heartbeat=0.05)
+    backplane._state = "up"  # as if connected: the wait is for the room, not for Redis
+    waiting = asyncio.create_task(backplane.following("x"))
+    await asyncio.sleep(0)
+    backplane.unfollow("x")
+    async with asyncio.timeout(timeout(2)):
+        await waiting
