@@ -414,6 +414,7 @@ class Cluster:
         elif own:
             return  # our own notice, action or resume: done here already
         if kind == bp.RESUMED:
+            self.backplane.disowned(envelope.sender or "")
             hub.resumed_elsewhere(envelope.sender or "")
             return
         text = envelope.texts[0] if envelope.texts else ""

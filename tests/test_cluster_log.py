@@ -406,3 +406,25 @@ async def test_waiting_for_a_room_that_is_given_up_meanwhile_ends() -> None:
     backplane.unfollow("x")
     async with asyncio.timeout(timeout(2)):
         await waiting
+
+
+async def test_a_session_resumed_elsewhere_is_not_claimed_back_on_a_resync(
+    cluster: Any,
+) -> None:
+    """A session moves to another server (its old server closes the ghost); when the old
+    server later re-registers its names with Redis (after any blip), the name is not among
+    them: once its member quits, the name is free."""
+    one, two = await cluster(), await cluster()
+    ghost = await _client(cluster, one, "alice")
+    token = ghost._protocol.session
+    await wait_until(lambda: "alice" in two.who())
+    alice = BroadcastClient("127.0.0.1", two.port, name="someone")
+    alice._protocol.session = token
+    await alice.connect()
+    assert alice.name == "alice"  # resumed on two
+    await wait_until(lambda: not ghost.connected)  # one let go of the ghost
+    await one._cluster.backplane._resync()  # as after a blip of one's link to Redis
+    await alice.close()
+    await wait_until(lambda: "alice" not in one.who() and "alice" not in two.who())
+    again = await _client(cluster, two, "alice")  # not one's: two asks Redis
+    assert again.name == "alice"
