@@ -612,6 +612,11 @@ class RedisBackplane(RedisPubSubBackplane):
                 self._last_heard = loop.time()
                 caught_up = self._catching_up
                 self._catching_up = False
+                if replies and len(replies) > 1:
+                    delivered = self._deliver_merged(replies)
+                    if caught_up:
+                        self._caught_up += delivered
+                    continue
                 for key, entries in replies or ():
                     stream = key.decode()
                     if stream not in self._positions:
@@ -647,6 +652,31 @@ class RedisBackplane(RedisPubSubBackplane):
                 self._thresholds.pop(room, None)
                 self._following[room].set()
         return any(room in self._refused for room in rooms)
+
+    def _deliver_merged(self, replies: list[Any]) -> int:
+        """Deliver the entries of several streams read at once in id order (a member sees
+        a room and ``PREFIX:all``: its client drops an id below one it had); return how
+        many were."""
+        merged: list[tuple[int, str, Any]] = []
+        ends: dict[str, str] = {}
+        for key, entries in replies:
+            stream = key.decode()
+            if stream not in self._positions or not entries:
+                continue  # unfollowed while reading
+            merged.extend((_entry_id(entry), stream, entry) for entry in entries)
+            ends[stream] = entries[-1][0].decode()
+        merged.sort(key=lambda item: item[0])  # stable: each stream's order is kept
+        delivered = 0
+        start = 0
+        for end in range(1, len(merged) + 1):
+            if end == len(merged) or merged[end][1] != merged[start][1]:
+                run = [entry for _, _, entry in merged[start:end]]
+                delivered += self._deliver_entries(merged[start][1], run)
+                start = end
+        for stream, position in ends.items():
+            if stream in self._positions:
+                self._positions[stream] = position  # read on after the newest
+        return delivered
 
     def _deliver_entries(self, stream: str, entries: list[Any], *, backfill: bool = False) -> int:
         """Check and deliver ``entries`` of ``stream`` in order; return how many were."""

@@ -8,6 +8,7 @@ Real redis-server processes of the test's own on 127.0.0.1 (see ``tests/test_bac
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import sys
 from pathlib import Path
@@ -428,3 +429,39 @@ async def test_a_session_resumed_elsewhere_is_not_claimed_back_on_a_resync(
     await wait_until(lambda: "alice" not in one.who() and "alice" not in two.who())
     again = await _client(cluster, two, "alice")  # not one's: two asks Redis
     assert again.name == "alice"
+
+
+async def test_one_read_of_several_streams_is_delivered_in_id_order(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """A server that reads behind (busy) gets entries of a room's stream and of the stream
+    of the rest (a private message) in one read: they are delivered in id order, so the
+    member's client, which drops an id it has passed, loses neither."""
+    import redis as sync_redis
+
+    one = await cluster()
+    alice = await _client(cluster, one, "alice")
+    await alice.send("first")  # the streams exist and are read
+    prefix = cluster.prefix
+    room = '{"o":"elsewhere","k":"batch","r":"lobby","s":"bob","t":["%s"],"ts":1.0}'
+    private = '{"o":"elsewhere","k":"private","s":"bob","to":"alice","t":["psst"],"ts":1.0}'
+    # A blocking client: the server's loop is busy meanwhile, as under load, so that its
+    # next read finds entries in both streams (appended in id order, as the script does).
+    r = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        raw = r.get(f"{prefix}:secret")
+        assert isinstance(raw, bytes)
+        secret = raw.decode()
+        base = int(r.incrby(f"{prefix}:ids", 3)) - 2
+
+        def signed(ident: int) -> str:
+            return hashlib.sha1(f"{secret}:{ident}".encode()).hexdigest()
+
+        r.xadd(f"{prefix}:room:lobby", {"e": room % "a", "i": base, "k": signed(base)})
+        r.xadd(f"{prefix}:room:lobby", {"e": room % "b", "i": base + 1, "k": signed(base + 1)})
+        r.xadd(f"{prefix}:all", {"e": private, "i": base + 2, "k": signed(base + 2)})
+    finally:
+        r.close()
+    got = await _messages(alice, 3, seconds=5)
+    assert [(m.text, m.id) for m in got] == [("a", base), ("b", base + 1), ("psst", base + 2)]
+    assert alice.statistics().duplicates == 0
