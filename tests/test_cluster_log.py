@@ -465,3 +465,41 @@ async def test_one_read_of_several_streams_is_delivered_in_id_order(
     got = await _messages(alice, 3, seconds=5)
     assert [(m.text, m.id) for m in got] == [("a", base), ("b", base + 1), ("psst", base + 2)]
     assert alice.statistics().duplicates == 0
+
+
+async def test_a_resume_past_what_the_log_still_holds_is_told_of_the_gap() -> None:
+    """A member away while its room's stream was trimmed past its last id resumes: it gets
+    what the stream still holds, after a gap."""
+    store = RedisProcess("--stream-node-max-entries", "2")
+    store.start()
+    server = BroadcastServer(
+        "127.0.0.1", 0, backplane=RedisBackplane(store.url, heartbeat=0.5, stream_length=4)
+    )
+    clients: list[BroadcastClient] = []
+    try:
+        await server.start()
+        alice = BroadcastClient("127.0.0.1", server.port, name="alice")
+        bob = BroadcastClient("127.0.0.1", server.port, name="bob")
+        for client in (alice, bob):
+            await client.connect()
+            clients.append(client)
+        await bob.send("seen")
+        assert (await receive_kind(alice, MESSAGE)).text == "seen"
+        token, last = alice._protocol.session, alice._protocol.last_id
+        for n in range(20):  # alice's link is as good as dead: she comes back with ``last``
+            await bob.send(f"missed {n}")
+        again = BroadcastClient("127.0.0.1", server.port, name="alice")
+        again._protocol.session, again._protocol.last_id = token, last
+        await again.connect()
+        clients.append(again)
+        got = await _messages(again, 1)
+        while got[-1].text != "missed 19":
+            got += await _messages(again, 1)
+        assert got[0].kind == GAP
+        assert 1 < len(got) < 21  # what the stream still holds, the newest last
+        assert [m.text for m in got[1:]] == [f"missed {n}" for n in range(21 - len(got), 20)]
+    finally:
+        for client in clients:
+            await client.close()
+        await server.aclose()
+        store.kill()
