@@ -164,6 +164,26 @@ class Cluster:
             done,
         )
 
+    def private_to_away(self, message: Message) -> bool:
+        """Put a private message from the server to a member of ours who is away (it may
+        resume, here or on another server) in the log, which numbers it and replays it on
+        the resume; False if the log is not up, or nobody here is away under that name."""
+        session = self.hub.sessions.holder(name_key(message.to or ""))
+        if session is None or session.peer is not None or not self.backplane.sequenced:
+            return False
+        self.backplane.publish(
+            bp.Envelope(
+                self.origin,
+                bp.PRIVATE,
+                None,
+                message.sender,
+                (message.text,),
+                to=session.name,
+                ts=message.timestamp,
+            )
+        )
+        return True
+
     def find_session(self, token: str, then: Callable[[dict[str, str] | None], None]) -> None:
         digest = digest_of(token)
         if digest is None:

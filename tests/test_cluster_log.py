@@ -503,3 +503,26 @@ async def test_a_resume_past_what_the_log_still_holds_is_told_of_the_gap() -> No
             await client.close()
         await server.aclose()
         store.kill()
+
+
+async def test_the_server_s_private_message_to_a_member_away_waits_for_its_resume(
+    cluster: Any,
+) -> None:
+    """``server.send()`` to a member whose link dropped (it may resume) is accepted and
+    replayed when the member comes back, as a lone server does."""
+    one = await cluster()
+    alice = await _client(cluster, one, "alice")
+    await alice.send("hello")
+    token, last = alice._protocol.session, alice._protocol.last_id
+    assert alice._writer is not None
+    alice._writer.transport.abort()  # her link drops; her session waits
+    await wait_until(lambda: one.who() == [])
+    published = one.statistics().backplane_published
+    await one.send("alice", "while you were away")
+    await wait_until(lambda: one.statistics().backplane_published > published)  # in the log
+    again = BroadcastClient("127.0.0.1", one.port, name="alice")
+    again._protocol.session, again._protocol.last_id = token, last
+    await again.connect()
+    cluster.clients.append(again)
+    got = await receive_kind(again, PRIVATE, history=True)
+    assert (got.text, got.sender, got.history) == ("while you were away", "server", True)
