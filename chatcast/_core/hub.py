@@ -927,6 +927,8 @@ class Hub:
             self._replay(peer, queued)
         if held:
             peer.write(b"".join(held))
+        if peer.replay is None and transport.get_write_buffer_size() > self.config.max_buffer_bytes:
+            self.paused(peer)  # it fell behind while the hold ignored back-pressure
 
     def _replay(
         self, peer: Peer, items: list[Entry] | list[Entry | Message], gap: Message | None = None

@@ -646,3 +646,22 @@ def test_a_slow_member_joining_a_room_not_read_yet_keeps_its_backlog() -> None:
     assert "newer" not in texts(alice_out)  # behind the backlog
     chat.hub.resumed(alice)  # her socket drained
     assert texts(alice_out) == ["old", "newer"]
+
+
+def test_a_member_that_fell_behind_during_a_hold_is_a_slow_consumer_after_it() -> None:
+    """The socket of a member whose output is held (a room's history being fetched) fills
+    up meanwhile: once the hold ends, it is treated as the slow consumer it is, not left
+    to grow without bound (the transport says so only once)."""
+    from chatcast._core.hub import Hub
+
+    chat = ResumeChat()
+    cluster = LogCluster()
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)  # type: ignore[arg-type]
+    alice, alice_out = chat.hello(name="alice")
+    chat.send(alice, type="join", room="new")  # nobody here was in it: its history is read
+    (ready,) = cluster.following
+    alice_out.get_write_buffer_size = lambda: 10**9  # type: ignore[method-assign]
+    chat.hub.paused(alice)  # the transport's word, while the hold ignores it
+    cluster.read.add("new")
+    ready()
+    assert chat.hub.slow_consumers == 1
