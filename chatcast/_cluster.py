@@ -164,6 +164,26 @@ class Cluster:
             done,
         )
 
+    def private_to_away(self, message: Message) -> bool:
+        """Put a private message from the server to a member of ours who is away (it may
+        resume, here or on another server) in the log, which numbers it and replays it on
+        the resume; False if the log is not up, or nobody here is away under that name."""
+        session = self.hub.sessions.holder(name_key(message.to or ""))
+        if session is None or session.peer is not None or not self.backplane.sequenced:
+            return False
+        self.backplane.publish(
+            bp.Envelope(
+                self.origin,
+                bp.PRIVATE,
+                None,
+                message.sender,
+                (message.text,),
+                to=session.name,
+                ts=message.timestamp,
+            )
+        )
+        return True
+
     def find_session(self, token: str, then: Callable[[dict[str, str] | None], None]) -> None:
         digest = digest_of(token)
         if digest is None:
@@ -181,7 +201,8 @@ class Cluster:
         self._spawn(run())
 
     def session_saved(self, digest: bytes, record: dict[str, str], ttl: float) -> None:
-        self.backplane.save_session(digest.hex(), record, ttl)
+        # The server that saved it: the one a ghost connection of the session may be on.
+        self.backplane.save_session(digest.hex(), {**record, "server": self.origin}, ttl)
 
     def session_dropped(self, digest: bytes) -> None:
         self.backplane.drop_session(digest.hex())
@@ -438,6 +459,7 @@ class Cluster:
         elif own:
             return  # our own notice, action or resume: done here already
         if kind == bp.RESUMED:
+            self.backplane.disowned(envelope.sender or "")
             hub.resumed_elsewhere(envelope.sender or "")
             return
         text = envelope.texts[0] if envelope.texts else ""

@@ -39,16 +39,25 @@ __all__ = ["RedisBackplane"]
 
 log = logging.getLogger("chatcast.backplane")
 
-# Append an envelope once: KEYS ids counter, stream, this server's recent sequence numbers;
-# ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload, "1" to refresh the
-# expiry of the sequence numbers (every 1024th append), the cluster's secret. The entry's "k"
-# signs its id with the secret: an entry the script did not write is recognised. Returns the
+# Append an envelope once: KEYS ids counter, stream, this server's recent sequence numbers,
+# the cluster's secret; ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload, "1"
+# to refresh the expiry of the sequence numbers (every 1024th append), the cluster's secret,
+# the newest id the server knows. The entry's "k" signs its id with the secret: an entry the
+# script did not write is recognised. A secret that is not (or no longer: Redis restarted
+# empty) the cluster's is refused, and ids never go below what the server knows. Returns the
 # first id.
 _APPEND: Final = """
 local done = redis.call('HGET', KEYS[3], ARGV[2])
 if done then return tonumber(done) end
+if redis.call('GET', KEYS[4]) ~= ARGV[7] then
+    return redis.error_reply('CHATCASTSECRET the log was reset')
+end
 local count = tonumber(ARGV[1])
 local first = redis.call('INCRBY', KEYS[1], count) - count + 1
+if first <= tonumber(ARGV[8]) then
+    first = tonumber(ARGV[8]) + 1
+    redis.call('SET', KEYS[1], first + count - 1)
+end
 local k = redis.sha1hex(ARGV[7] .. ':' .. string.format('%d', first))
 if ARGV[4] ~= '' then
     redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[4], '*', 'e', ARGV[5], 'i', first, 'k', k)
@@ -142,6 +151,7 @@ class RedisBackplane(RedisPubSubBackplane):
         self._last_id: dict[str, int] = {}
         self._following: dict[str, asyncio.Event] = {}  # room -> set once it is read
         self._thresholds: dict[str, int] = {}  # rooms being started: see follow()
+        self._refused: set[str] = set()  # rooms whose key is not a stream: not read
         self._counter = 0  # the newest id this server knows the counter gave
         # Read from Redis (made by the first server): the append script signs ids with it.
         self._secret = ""
@@ -272,7 +282,7 @@ class RedisBackplane(RedisPubSubBackplane):
     async def _appender(self) -> None:
         """Append queued envelopes in order, pipelining whatever has piled up; retry what
         Redis did not confirm (the script makes each append once)."""
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, ResponseError
 
         loop = asyncio.get_running_loop()
         failing_since: float | None = None
@@ -293,17 +303,29 @@ class RedisBackplane(RedisPubSubBackplane):
                 async with asyncio.timeout(2 * self.heartbeat + 5):
                     if len(batch) == 1 and len(batch[0]) != 2:
                         # The usual case at chat rates: one append, no pipeline to build.
-                        results = [await self._redis.evalsha(*self._append_args(batch[0]))]
+                        try:
+                            results = [await self._redis.evalsha(*self._append_args(batch[0]))]
+                        except ResponseError as exc:
+                            if not _wrong_type(exc):
+                                raise
+                            results = [exc]
                     else:
                         async with self._redis.pipeline(transaction=False) as pipe:
                             for item in batch:
                                 self._pipe(pipe, item)
-                            results = await pipe.execute()
+                            results = await pipe.execute(raise_on_error=False)
+                    for result in results:
+                        if isinstance(result, Exception) and not _wrong_type(result):
+                            raise result  # retried: the script makes each append once
             except Exception as exc:  # redis-py raises many types: none confirmed
                 self._in_flight = 0
                 if isinstance(exc, NoScriptError):  # Redis restarted, or its scripts flushed
                     with contextlib.suppress(Exception):
                         self._append = await self._redis.script_load(_APPEND)
+                elif "CHATCASTSECRET" in str(exc):  # Redis restarted empty: the secret anew
+                    with contextlib.suppress(Exception):
+                        await self._redis.set(self._secret_key, secrets.token_hex(16), nx=True)
+                        self._secret = (await self._redis.get(self._secret_key)).decode()
                 now = loop.time()
                 if failing_since is None:
                     failing_since = now
@@ -331,6 +353,11 @@ class RedisBackplane(RedisPubSubBackplane):
                 if len(item) == 2:
                     if item[0] == "session" and item[1][1] is not None:
                         next(results_iter)  # its EXPIRE
+                    continue
+                if isinstance(result, Exception):
+                    # Something else holds the stream's key: never appended, delivered here.
+                    log.warning("backplane: cannot append to %s: %s", item[0], result)
+                    self._give_up([item])
                     continue
                 self._published += 1
                 first = int(result)
@@ -368,10 +395,11 @@ class RedisBackplane(RedisPubSubBackplane):
         refresh = "1" if seq % 1024 == 1 else "0"
         return (
             self._append,
-            3,
+            4,
             self._ids_key,
             stream,
             self._seqs_key,
+            self._secret_key,
             ids,
             seq,
             length,
@@ -379,6 +407,7 @@ class RedisBackplane(RedisPubSubBackplane):
             payload,
             refresh,
             self._secret,
+            self._counter,
         )
 
     # -- following rooms ----------------------------------------------------------------------
@@ -404,16 +433,20 @@ class RedisBackplane(RedisPubSubBackplane):
 
     def unfollow(self, room: str) -> None:
         self._following.pop(room, None)
+        self._refused.discard(room)
         self._thresholds.pop(room, None)
         key = self._room_key(room)
         self._positions.pop(key, None)
         self._last_id.pop(key, None)
 
     async def following(self, room: str) -> None:
-        """Return once ``room`` is read (at once if it is, or Redis is down)."""
+        """Return once ``room`` is read (at once if it is, or Redis is down), or is no
+        longer followed (its members left before it was read)."""
         self.follow(room)
         event = self._following[room]
         while not event.is_set() and self._state != _DOWN and not self._closing:
+            if self._following.get(room) is not event:
+                return  # given up (and perhaps followed anew: a later wait is for that)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.heartbeat):
                     await event.wait()
@@ -509,7 +542,7 @@ class RedisBackplane(RedisPubSubBackplane):
         last ``stream_length`` (at most 1000) to the server's history."""
         for room, event in list(self._following.items()):
             key = self._room_key(room)
-            if key in self._positions:
+            if key in self._positions or room in self._refused:
                 continue
             newest = await self._redis.xrevrange(key, "+", "-", count=min(1000, self.stream_length))
             if self._following.get(room) is not event:
@@ -537,6 +570,8 @@ class RedisBackplane(RedisPubSubBackplane):
         Raises:
             ConnectionError: Redis said nothing for two heartbeats.
         """
+        from redis.exceptions import ResponseError
+
         loop = asyncio.get_running_loop()
         block = max(1, min(100, round(self.heartbeat * 250)))
         poll = min(1.0, self.heartbeat / 4)
@@ -561,14 +596,27 @@ class RedisBackplane(RedisPubSubBackplane):
         handles.append(loop.call_later(poll, tick))
         try:
             while not self._closing:
-                if any(self._room_key(r) not in self._positions for r in self._following):
-                    await self._backfill()
-                replies = await self._redis.xread(
-                    dict(self._positions), count=_READ_COUNT, block=block
-                )
+                try:
+                    if any(
+                        self._room_key(r) not in self._positions and r not in self._refused
+                        for r in self._following
+                    ):
+                        await self._backfill()
+                    replies = await self._redis.xread(
+                        dict(self._positions), count=_READ_COUNT, block=block
+                    )
+                except ResponseError as exc:
+                    if not _wrong_type(exc) or not await self._refuse_wrong_types():
+                        raise
+                    continue
                 self._last_heard = loop.time()
                 caught_up = self._catching_up
                 self._catching_up = False
+                if replies and len(replies) > 1:
+                    delivered = self._deliver_merged(replies)
+                    if caught_up:
+                        self._caught_up += delivered
+                    continue
                 for key, entries in replies or ():
                     stream = key.decode()
                     if stream not in self._positions:
@@ -583,6 +631,52 @@ class RedisBackplane(RedisPubSubBackplane):
             raise
         finally:
             handles[0].cancel()
+
+    async def _refuse_wrong_types(self) -> bool:
+        """Stop reading the rooms whose key holds something else than a stream (written by
+        something else): the other rooms go on; those rooms are served locally only. Return
+        whether there was one."""
+        rooms = [room for room in self._following if room not in self._refused]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.type(self._room_key(room))
+            kinds = await pipe.execute()
+        for room, kind in zip(rooms, kinds, strict=True):
+            if kind not in (b"stream", b"none", "stream", "none"):
+                log.warning(
+                    "backplane: %s is not a stream (%s): not read", self._room_key(room), kind
+                )
+                self._bad += 1
+                self._refused.add(room)
+                self._positions.pop(self._room_key(room), None)
+                self._thresholds.pop(room, None)
+                self._following[room].set()
+        return any(room in self._refused for room in rooms)
+
+    def _deliver_merged(self, replies: list[Any]) -> int:
+        """Deliver the entries of several streams read at once in id order (a member sees
+        a room and ``PREFIX:all``: its client drops an id below one it had); return how
+        many were."""
+        merged: list[tuple[int, str, Any]] = []
+        ends: dict[str, str] = {}
+        for key, entries in replies:
+            stream = key.decode()
+            if stream not in self._positions or not entries:
+                continue  # unfollowed while reading
+            merged.extend((_entry_id(entry), stream, entry) for entry in entries)
+            ends[stream] = entries[-1][0].decode()
+        merged.sort(key=lambda item: item[0])  # stable: each stream's order is kept
+        delivered = 0
+        start = 0
+        for end in range(1, len(merged) + 1):
+            if end == len(merged) or merged[end][1] != merged[start][1]:
+                run = [entry for _, _, entry in merged[start:end]]
+                delivered += self._deliver_entries(merged[start][1], run)
+                start = end
+        for stream, position in ends.items():
+            if stream in self._positions:
+                self._positions[stream] = position  # read on after the newest
+        return delivered
 
     def _deliver_entries(self, stream: str, entries: list[Any], *, backfill: bool = False) -> int:
         """Check and deliver ``entries`` of ``stream`` in order; return how many were."""
@@ -719,9 +813,19 @@ class RedisBackplane(RedisPubSubBackplane):
             return None
         async with asyncio.timeout(self.heartbeat):
             raw = await self._redis.hgetall(self._session_key(digest))
-        if not raw:
-            return None
-        return {k.decode(): v.decode() for k, v in raw.items()}
+            if not raw:
+                return None
+            record = {k.decode(): v.decode() for k, v in raw.items()}
+            # The name may have been given back since (its server stopped, or died) and taken
+            # by a member of another live server: the session cannot take it from them.
+            owner = await self._redis.hget(self._names_key, name_key(record.get("name", "")))
+            if owner is not None:
+                owner_id = owner.decode().split("|", 1)[0]
+                if owner_id not in (record.get("server"), self.server_id) and (
+                    await self._redis.exists(self._server_key(owner_id))
+                ):
+                    return None
+        return record
 
     def save_session(self, digest: str, record: dict[str, str], ttl: float) -> None:
         self._enqueue("session", (self._session_key(digest), record, ttl))
@@ -754,6 +858,11 @@ def _entry_id(entry: Any) -> int:
         return int(entry[1][b"i"])
     except (KeyError, ValueError, TypeError):
         return 0
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a key that holds something else (not retried)."""
+    return "WRONGTYPE" in str(exc)
 
 
 def _sha(script: str) -> str:

@@ -198,6 +198,10 @@ class Backplane:
         """Take ``name`` for this server whoever holds it (a resumed session owns it)."""
         self.moved(name, room)
 
+    def disowned(self, name: str) -> None:
+        """``name`` is another server's now (a session resumed there): forget it here,
+        without giving it back (it is not re-registered as this server's)."""
+
     async def claim(self, name: str, room: str) -> bool:
         """Take ``name`` for a client of this server in ``room``; False if taken elsewhere."""
         raise NotImplementedError
@@ -404,6 +408,11 @@ class RedisPubSubBackplane(Backplane):
     def release(self, name: str) -> None:
         self._local.pop(name, None)
         self._enqueue("release", name_key(name))
+
+    def disowned(self, name: str) -> None:
+        key = name_key(name)
+        for held in [held for held in self._local if name_key(held) == key]:
+            del self._local[held]
 
     def _enqueue(self, op: str, payload: Any, messages: int = 0) -> None:
         if self._closing:

@@ -582,6 +582,8 @@ class BroadcastServer:
             return
         if self._hub.keep_for_away(message):  # away, may resume: it waits for them
             return
+        if self._cluster is not None and self._cluster.private_to_away(message):
+            return  # the same, through the cluster's log (ids are the log's)
         try:
             if self._cluster is None or not self._cluster.private(message):
                 raise KeyError(name)

@@ -8,6 +8,7 @@ Real redis-server processes of the test's own on 127.0.0.1 (see ``tests/test_bac
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import sys
 from pathlib import Path
@@ -266,3 +267,267 @@ async def _drain(client: BroadcastClient) -> list[Message]:
                 got.append(await client.receive())
         except TimeoutError:
             return got
+
+
+@pytest.mark.slow
+async def test_while_redis_is_down_private_messages_take_no_ids(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """While Redis counts as down, a private message between two members of one server goes
+    without an id (ids are the log's): one numbered locally would take an id the log gives
+    again once it is back, and the recipient would drop that message as a duplicate."""
+    one = await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, one, "bob")
+    await alice.send("first")
+    assert (await receive_kind(bob, MESSAGE)).text == "first"
+    redis_server.pause()
+    try:
+        await wait_until(lambda: not one.statistics().backplane_connected, 10)
+        await alice.send("psst", to="bob")
+        private = await receive_kind(bob, PRIVATE)
+        assert (private.text, private.id) == ("psst", None)
+    finally:
+        redis_server.resume()
+    await wait_until(lambda: one.statistics().backplane_connected, 20)
+    await alice.send("after")
+    got = await receive_kind(bob, MESSAGE, seconds=10)
+    assert got.text == "after"
+    assert bob.statistics().duplicates == 0
+
+
+@pytest.mark.slow
+async def test_an_empty_redis_restart_loses_no_acknowledged_message(
+    redis_server: RedisProcess,
+) -> None:
+    """Redis restarts empty (no persistence) while a member keeps sending: what was
+    acknowledged is delivered, with increasing ids (the appender does not append with the
+    counter back at 0, or with the old secret, before its server has resynced)."""
+    servers: list[BroadcastServer] = []
+    clients: list[BroadcastClient] = []
+    try:
+        for _ in range(2):
+            backplane = RedisBackplane(redis_server.url, heartbeat=3.0)
+            server = BroadcastServer("127.0.0.1", 0, backplane=backplane, join_grace=0.05)
+            await server.start()
+            servers.append(server)
+        alice = BroadcastClient("127.0.0.1", servers[0].port, name="alice", ack_timeout=30)
+        bob = BroadcastClient("127.0.0.1", servers[1].port, name="bob")
+        for client in (alice, bob):
+            await client.connect()
+            clients.append(client)
+        await wait_until(lambda: len(servers[1].who()) == 2)
+        for n in range(3):
+            await alice.send(f"before {n}")
+        redis_server.kill()
+        # The readers back off meanwhile (up to seconds); the appender retries more often.
+        sends = []
+        for n in range(6):
+            sends.append(await alice.post(f"during {n}"))
+            await asyncio.sleep(0.4)
+        redis_server.start()
+        acked = await asyncio.gather(*sends)
+        await alice.send("after")
+        got = await _messages(bob, 10, seconds=30)
+        assert [m.text for m in got] == [f"before {n}" for n in range(3)] + [
+            f"during {n}" for n in range(6)
+        ] + ["after"]
+        ids = [m.id or 0 for m in got]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 10
+        assert all(m.id for m in acked)
+        assert bob.statistics().duplicates == 0
+    finally:
+        for client in clients:
+            await client.close()
+        for server in servers:
+            await server.aclose()
+
+
+async def test_a_session_resumed_later_does_not_take_a_name_someone_else_took(
+    cluster: Any,
+) -> None:
+    """A server stops; the name of its client is free again and another member takes it on
+    another server. The old session's token, presented later on a third server, does not
+    take the name from that member (it gets a new session)."""
+    one, two, three = await cluster(), await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice")
+    token = alice._protocol.session
+    assert token is not None
+    await wait_until(lambda: "alice" in three.who())
+    await one.aclose()
+    await wait_until(lambda: "alice" not in three.who())
+    carol = await _client(cluster, three, "alice")  # the name was given back
+    assert carol.name == "alice"
+    await wait_until(lambda: "alice" in two.who())
+    late = BroadcastClient("127.0.0.1", two.port, name="late")
+    late._protocol.session = token
+    await late.connect()
+    cluster.clients.append(late)
+    assert late.name == "late"  # a new session: the name is carol's
+    await late.send("hello")
+    got = await receive_kind(carol, MESSAGE)
+    assert (got.sender, got.text) == ("late", "hello")
+    assert carol.connected
+    assert sorted(three.who()) == ["alice", "late"]
+
+
+async def test_a_room_key_that_is_not_a_stream_does_not_stop_the_others(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """Something else wrote a plain value where a room's stream goes: that room is refused
+    (its messages go locally only, counted as lost), and every other room goes on."""
+    one, two = await cluster(), await cluster()
+    alice = await _client(cluster, one, "alice")
+    bob = await _client(cluster, two, "bob")
+    await wait_until(lambda: len(two.who()) == 2)
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await r.set(f"{cluster.prefix}:room:bad", "not a stream")
+    finally:
+        await r.aclose()
+    carol = await _client(cluster, one, "carol", room="bad")
+    erin = await _client(cluster, one, "erin", room="bad")
+    await _client(cluster, two, "dave", room="bad")
+    await wait_until(lambda: len(two.who()) == 5)
+    sends = [await carol.post(f"bad {n}") for n in range(5)]
+    sends += [await alice.post(f"lobby {n}") for n in range(5)]
+    await asyncio.gather(*sends)  # accepted: the bad room's locally only
+    got = await _messages(bob, 5, seconds=5)
+    assert [m.text for m in got] == [f"lobby {n}" for n in range(5)]
+    got = await _messages(erin, 5, seconds=5)
+    assert [m.text for m in got] == [f"bad {n}" for n in range(5)]
+    assert one.statistics().backplane_connected
+    assert two.statistics().backplane_connected
+    assert one.statistics().backplane_lost_messages == 5
+
+
+async def test_waiting_for_a_room_that_is_given_up_meanwhile_ends() -> None:
+    """A member joins a room not read yet, and leaves before it is: the room is no longer
+    followed; whoever waited for it to be read (the member's held output) is let go."""
+    backplane = RedisBackplane("redis://127.0.0.1:1/0", heartbeat=0.05)
+    backplane._state = "up"  # as if connected: the wait is for the room, not for Redis
+    waiting = asyncio.create_task(backplane.following("x"))
+    await asyncio.sleep(0)
+    backplane.unfollow("x")
+    async with asyncio.timeout(timeout(2)):
+        await waiting
+
+
+async def test_a_session_resumed_elsewhere_is_not_claimed_back_on_a_resync(
+    cluster: Any,
+) -> None:
+    """A session moves to another server (its old server closes the ghost); when the old
+    server later re-registers its names with Redis (after any blip), the name is not among
+    them: once its member quits, the name is free."""
+    one, two = await cluster(), await cluster()
+    ghost = await _client(cluster, one, "alice")
+    token = ghost._protocol.session
+    await wait_until(lambda: "alice" in two.who())
+    alice = BroadcastClient("127.0.0.1", two.port, name="someone")
+    alice._protocol.session = token
+    await alice.connect()
+    assert alice.name == "alice"  # resumed on two
+    await wait_until(lambda: not ghost.connected)  # one let go of the ghost
+    await one._cluster.backplane._resync()  # as after a blip of one's link to Redis
+    await alice.close()
+    await wait_until(lambda: "alice" not in one.who() and "alice" not in two.who())
+    again = await _client(cluster, two, "alice")  # not one's: two asks Redis
+    assert again.name == "alice"
+
+
+async def test_one_read_of_several_streams_is_delivered_in_id_order(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """A server that reads behind (busy) gets entries of a room's stream and of the stream
+    of the rest (a private message) in one read: they are delivered in id order, so the
+    member's client, which drops an id it has passed, loses neither."""
+    import redis as sync_redis
+
+    one = await cluster()
+    alice = await _client(cluster, one, "alice")
+    await alice.send("first")  # the streams exist and are read
+    prefix = cluster.prefix
+    room = '{"o":"elsewhere","k":"batch","r":"lobby","s":"bob","t":["%s"],"ts":1.0}'
+    private = '{"o":"elsewhere","k":"private","s":"bob","to":"alice","t":["psst"],"ts":1.0}'
+    # A blocking client: the server's loop is busy meanwhile, as under load, so that its
+    # next read finds entries in both streams (appended in id order, as the script does).
+    r = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        raw = r.get(f"{prefix}:secret")
+        assert isinstance(raw, bytes)
+        secret = raw.decode()
+        base = int(r.incrby(f"{prefix}:ids", 3)) - 2
+
+        def signed(ident: int) -> str:
+            return hashlib.sha1(f"{secret}:{ident}".encode()).hexdigest()
+
+        r.xadd(f"{prefix}:room:lobby", {"e": room % "a", "i": base, "k": signed(base)})
+        r.xadd(f"{prefix}:room:lobby", {"e": room % "b", "i": base + 1, "k": signed(base + 1)})
+        r.xadd(f"{prefix}:all", {"e": private, "i": base + 2, "k": signed(base + 2)})
+    finally:
+        r.close()
+    got = await _messages(alice, 3, seconds=5)
+    assert [(m.text, m.id) for m in got] == [("a", base), ("b", base + 1), ("psst", base + 2)]
+    assert alice.statistics().duplicates == 0
+
+
+async def test_a_resume_past_what_the_log_still_holds_is_told_of_the_gap() -> None:
+    """A member away while its room's stream was trimmed past its last id resumes: it gets
+    what the stream still holds, after a gap."""
+    store = RedisProcess("--stream-node-max-entries", "2")
+    store.start()
+    server = BroadcastServer(
+        "127.0.0.1", 0, backplane=RedisBackplane(store.url, heartbeat=0.5, stream_length=4)
+    )
+    clients: list[BroadcastClient] = []
+    try:
+        await server.start()
+        alice = BroadcastClient("127.0.0.1", server.port, name="alice")
+        bob = BroadcastClient("127.0.0.1", server.port, name="bob")
+        for client in (alice, bob):
+            await client.connect()
+            clients.append(client)
+        await bob.send("seen")
+        assert (await receive_kind(alice, MESSAGE)).text == "seen"
+        token, last = alice._protocol.session, alice._protocol.last_id
+        for n in range(20):  # alice's link is as good as dead: she comes back with ``last``
+            await bob.send(f"missed {n}")
+        again = BroadcastClient("127.0.0.1", server.port, name="alice")
+        again._protocol.session, again._protocol.last_id = token, last
+        await again.connect()
+        clients.append(again)
+        got = await _messages(again, 1)
+        while got[-1].text != "missed 19":
+            got += await _messages(again, 1)
+        assert got[0].kind == GAP
+        assert 1 < len(got) < 21  # what the stream still holds, the newest last
+        assert [m.text for m in got[1:]] == [f"missed {n}" for n in range(21 - len(got), 20)]
+    finally:
+        for client in clients:
+            await client.close()
+        await server.aclose()
+        store.kill()
+
+
+async def test_the_server_s_private_message_to_a_member_away_waits_for_its_resume(
+    cluster: Any,
+) -> None:
+    """``server.send()`` to a member whose link dropped (it may resume) is accepted and
+    replayed when the member comes back, as a lone server does."""
+    one = await cluster()
+    alice = await _client(cluster, one, "alice")
+    await alice.send("hello")
+    token, last = alice._protocol.session, alice._protocol.last_id
+    assert alice._writer is not None
+    alice._writer.transport.abort()  # her link drops; her session waits
+    await wait_until(lambda: one.who() == [])
+    published = one.statistics().backplane_published
+    await one.send("alice", "while you were away")
+    await wait_until(lambda: one.statistics().backplane_published > published)  # in the log
+    again = BroadcastClient("127.0.0.1", one.port, name="alice")
+    again._protocol.session, again._protocol.last_id = token, last
+    await again.connect()
+    cluster.clients.append(again)
+    got = await receive_kind(again, PRIVATE, history=True)
+    assert (got.text, got.sender, got.history) == ("while you were away", "server", True)

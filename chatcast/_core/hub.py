@@ -898,13 +898,16 @@ class Hub:
         gap = Message("", kind=GAP, room=room, missed=missed) if missed else None
         self._replay(peer, items, gap)
 
-    def _hold(self, peer: Peer) -> None:
-        """Hold ``peer``'s live output until :meth:`_release` (a replay is being fetched)."""
+    def _hold(self, peer: Peer) -> bool:
+        """Hold ``peer``'s live output until :meth:`_release` (a replay is being fetched);
+        False if it is held already (by a replay: the one to release it)."""
         if peer.replay is not None or peer.transport is None:
-            return  # a replay holds it already
+            return False  # a replay holds it already
         held: list[bytes] = []
-        peer.replay = (held, [], [_HOLD, False])
+        # The writer to go back to: the socket's, or a slow consumer's backlog.
+        peer.replay = (held, [], [_HOLD, False, peer.write])
         peer.write = held.append
+        return True
 
     def _release(self, peer: Peer, items: list[Entry], gap: Message | None) -> None:
         """Replay ``items`` (after ``gap``) to ``peer``, then what was held meanwhile."""
@@ -915,15 +918,17 @@ class Hub:
         if replay is None or replay[2][0] != _HOLD:
             self._replay(peer, items, gap)  # behind the replay that is running
             return
-        held, queued, _ = replay
+        held, queued, state = replay
         peer.replay = None
-        peer.write = transport.write
+        peer.write = state[2]
         self._replay(peer, items, gap)
         if queued:  # replays that came meanwhile (a join's history)
             self.replayed -= sum(1 for item in queued if not isinstance(item, Message))
             self._replay(peer, queued)
         if held:
             peer.write(b"".join(held))
+        if peer.replay is None and transport.get_write_buffer_size() > self.config.max_buffer_bytes:
+            self.paused(peer)  # it fell behind while the hold ignored back-pressure
 
     def _replay(
         self, peer: Peer, items: list[Entry] | list[Entry | Message], gap: Message | None = None
@@ -1041,14 +1046,18 @@ class Hub:
             # is live. A room nobody here was in is read from the cluster's log first, the
             # member's live output waiting meanwhile.
             cutoff = cluster.cutoff(room)
+            # Only a hold placed here is released here (a resume's waits for its replay).
+            held = not cluster.reading(room) and self._hold(peer)
 
             def ready() -> None:
                 stream = self.history.log(room)
                 items = stream.before(cutoff + 1, count) if stream is not None else []
-                self._release(peer, items if peer.room == room else [], None)
+                items = items if peer.room == room else []
+                if held:
+                    self._release(peer, items, None)
+                elif peer.transport is not None and not peer.closing:
+                    self._replay(peer, items)  # behind a replay that is running, if one is
 
-            if not cluster.reading(room):
-                self._hold(peer)
             cluster.after_following(room, ready)
             return
         stream = self.history.log(room)
@@ -1386,8 +1395,10 @@ class Hub:
             cluster.private_logged(peer, message, ref)
             self.rooms.publish(message)
             return None
-        ident = self.history.take_ids(1)
-        message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident)
+        # Ids are a cluster log's, which cannot be reached now: the message goes without
+        # (acknowledged with id 0); one numbered here would reuse an id the log gives later.
+        ident = 0 if cluster is not None and cluster.logged else self.history.take_ids(1)
+        message = Message(text, peer.name, PRIVATE, None, self.now(), to, None, ident or None)
         if target is not None and not target.closing and target.authenticated:
             self.messages_in += 1
             self.deliver_private(target, message)

@@ -548,3 +548,120 @@ def test_a_long_replay_waits_for_a_slow_reader() -> None:
     chat.hub.resumed(alice)  # the transport drained
     chat.clock.advance(1)
     assert texts(alice_out) == [f"m{n}" for n in range(REPLAY_CHUNK * 3)] + ["live"]
+
+
+class LogCluster:
+    """A ClusterLink with a log (#12) that answers at once, but for replays: the test
+    answers those (a fetch from the log takes a while)."""
+
+    sequenced = True
+    logged = True
+
+    def __init__(self) -> None:
+        self.remote: dict[str, str] = {}
+        self.replays: list[Any] = []
+        self.read: set[str] = {"lobby", "x"}  # rooms read here already
+        self.following: list[Any] = []  # rooms being started: the test says when they are
+
+    def guest_suffix(self) -> str:
+        return "-abc"
+
+    def claim(self, claimant: object, name: str, room: str, then: Any) -> None:
+        then(True)
+
+    def notice(self, message: Message) -> None:
+        pass
+
+    def moved(self, name: str, room: str) -> None:
+        pass
+
+    def release(self, name: str) -> None:
+        pass
+
+    def session_saved(self, digest: bytes, record: dict[str, str], ttl: float) -> None:
+        pass
+
+    def session_dropped(self, digest: bytes) -> None:
+        pass
+
+    def replay(self, room: str, names: frozenset[str], last: int, then: Any) -> None:
+        self.replays.append(then)
+
+    def reading(self, room: str) -> bool:
+        return room in self.read
+
+    def cutoff(self, room: str) -> int:
+        return 0
+
+    def after_following(self, room: str, then: Any) -> None:
+        if room in self.read:
+            then()
+        else:
+            self.following.append(then)
+
+
+def test_a_join_during_a_resume_does_not_let_live_output_pass_the_replay() -> None:
+    """A client resumes and joins another room at once: the join's history does not end the
+    hold of its live output while the missed messages are fetched from the cluster's log."""
+    from chatcast._core.history import room_entries
+    from chatcast._core.hub import Hub
+
+    chat = ResumeChat()
+    cluster = LogCluster()
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)  # type: ignore[arg-type]
+    tokens = (f"t{n}" for n in itertools.count(1))
+    chat.hub.sessions._token = lambda: next(tokens)
+    ghost, _ = chat.hello(name="alice")
+    chat.hello(name="carol", room="x")
+    chat.hub.lost(ghost, None)  # alice is away; her session waits
+    alice, alice_out = chat.connect()
+    chat.hub.receive(
+        alice,
+        b'{"type":"hello","version":2,"session":"t1","last":0}\n{"type":"join","room":"x"}\n',
+    )
+    assert welcome(alice_out)["resumed"] is True
+    chat.hub.relay_remote("carol", "x", ["live"], 1.0, 10, None)  # from the log, live
+    (then,) = cluster.replays
+    then(room_entries(5, 1.0, "bob", "lobby", ["missed"]), None)
+    assert texts(alice_out) == ["missed", "live"]
+
+
+def test_a_slow_member_joining_a_room_not_read_yet_keeps_its_backlog() -> None:
+    """A member reading too slowly (drop-oldest: its output goes to a bounded backlog) joins
+    a room this server starts to read: once the room's history is in, its output goes to the
+    backlog again, not past it to the socket (which would reorder, and be unbounded)."""
+    from chatcast._core.hub import Hub
+
+    chat = ResumeChat(slow_consumer="drop-oldest")
+    cluster = LogCluster()
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)  # type: ignore[arg-type]
+    alice, alice_out = chat.hello(name="alice")
+    chat.hub.paused(alice)  # her socket is full
+    chat.hub.relay_remote("carol", "lobby", ["old"], 1.0, 5, None)  # into her backlog
+    chat.send(alice, type="join", room="new")  # nobody here was in it
+    (ready,) = cluster.following
+    cluster.read.add("new")
+    ready()
+    chat.hub.relay_remote("carol", "new", ["newer"], 1.0, 6, None)
+    assert "newer" not in texts(alice_out)  # behind the backlog
+    chat.hub.resumed(alice)  # her socket drained
+    assert texts(alice_out) == ["old", "newer"]
+
+
+def test_a_member_that_fell_behind_during_a_hold_is_a_slow_consumer_after_it() -> None:
+    """The socket of a member whose output is held (a room's history being fetched) fills
+    up meanwhile: once the hold ends, it is treated as the slow consumer it is, not left
+    to grow without bound (the transport says so only once)."""
+    from chatcast._core.hub import Hub
+
+    chat = ResumeChat()
+    cluster = LogCluster()
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)  # type: ignore[arg-type]
+    alice, alice_out = chat.hello(name="alice")
+    chat.send(alice, type="join", room="new")  # nobody here was in it: its history is read
+    (ready,) = cluster.following
+    alice_out.get_write_buffer_size = lambda: 10**9  # type: ignore[method-assign]
+    chat.hub.paused(alice)  # the transport's word, while the hold ignores it
+    cluster.read.add("new")
+    ready()
+    assert chat.hub.slow_consumers == 1
