@@ -223,12 +223,16 @@ class Cluster:
         last: int,
         then: Callable[[list[Entry], Message | None], None],
     ) -> None:
-        # What is delivered live from now on is held for the member: the replay stops there.
-        upto = (self.backplane.cutoff(room), self.backplane.position(room)[1])
+        # What is delivered live from now on is held for the member: the replay stops there
+        # (for a room this server starts to read: where its history stops).
+        reading = self.backplane.reading(room)
+        upto_room = self.backplane.cutoff(room)
+        upto_all = self.backplane.position(room)[1]
 
         async def run() -> None:
             try:
-                envelopes, short = await self.backplane.missed(room, names, last, upto)
+                until = upto_room if reading else await self.backplane.following(room)
+                envelopes, short = await self.backplane.missed(room, names, last, (until, upto_all))
             except Exception as exc:
                 log.warning("replay from the log failed: %s", exc or "timeout")
                 then([], Message("", kind=GAP, room=room, missed=1))
@@ -236,6 +240,9 @@ class Cluster:
             items: list[Entry] = []
             for envelope in envelopes:
                 items.extend(_entries(envelope))
+            if items and items[0][0] <= last:
+                # A batch partly had: the connection ended in its middle.
+                items = [item for item in items if item[0] > last]
             then(items, Message("", kind=GAP, room=room, missed=1) if short else None)
 
         self._spawn(run())
@@ -271,15 +278,16 @@ class Cluster:
 
         self._spawn(run())
 
-    def after_following(self, room: str, then: Callable[[], None]) -> None:
+    def after_following(self, room: str, then: Callable[[int], None]) -> None:
         if self.backplane.reading(room):
-            then()
+            then(self.backplane.cutoff(room))
             return
 
         async def run() -> None:
+            cutoff = 0
             with contextlib.suppress(Exception):
-                await self.backplane.following(room)
-            then()
+                cutoff = await self.backplane.following(room)
+            then(cutoff)
 
         self._spawn(run())
 

@@ -78,6 +78,9 @@ if now < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return tonum
 return now
 """
 
+#: How much earlier than this server's clock a member's arrival in a room is taken to be
+#: (against Redis's clock, which numbers the streams): news is never taken for history.
+_CLOCK_SLACK_MS = 250.0
 #: Entries asked for per ``XREAD`` and per page of a replay.
 _READ_COUNT: Final = 1000
 _PAGE: Final = 500
@@ -150,7 +153,9 @@ class RedisBackplane(RedisPubSubBackplane):
         # The newest message id delivered from each stream (duplicates are dropped by it).
         self._last_id: dict[str, int] = {}
         self._following: dict[str, asyncio.Event] = {}  # room -> set once it is read
-        self._thresholds: dict[str, int] = {}  # rooms being started: see follow()
+        self._thresholds: dict[str, tuple[int, float]] = {}  # rooms being started: follow()
+        # The newest id of each room that was history when its reading started.
+        self._boundary: dict[str, int] = {}
         self._refused: set[str] = set()  # rooms whose key is not a stream: not read
         self._counter = 0  # the newest id this server knows the counter gave
         # Read from Redis (made by the first server): the append script signs ids with it.
@@ -415,18 +420,18 @@ class RedisBackplane(RedisPubSubBackplane):
     def follow(self, room: str) -> None:
         if room not in self._following:
             self._following[room] = asyncio.Event()
-            # What the counter had given when a member came: the room's entries up to there
-            # are its history, those after it are delivered live (see _backfill).
-            self._thresholds[room] = self._counter
+            # When a member came: the room's entries from before are its history, those
+            # after are delivered live (see _backfill). The newest id this server knows is
+            # surely before; the time (Redis's stream ids are its clock in ms) catches the
+            # rest, a little early, so that a clock a little off never makes news history.
+            self._thresholds[room] = (self._counter, time.time() * 1000 - _CLOCK_SLACK_MS)
 
     def reading(self, room: str) -> bool:
         event = self._following.get(room)
         return event is not None and event.is_set()
 
     def cutoff(self, room: str) -> int:
-        if self.reading(room) or room not in self._thresholds:
-            return self._last_id.get(self._room_key(room), 0)
-        return self._thresholds[room]
+        return self._last_id.get(self._room_key(room), 0)
 
     def followed(self) -> list[str]:
         return list(self._following)
@@ -435,21 +440,24 @@ class RedisBackplane(RedisPubSubBackplane):
         self._following.pop(room, None)
         self._refused.discard(room)
         self._thresholds.pop(room, None)
+        self._boundary.pop(room, None)
         key = self._room_key(room)
         self._positions.pop(key, None)
         self._last_id.pop(key, None)
 
-    async def following(self, room: str) -> None:
+    async def following(self, room: str) -> int:
         """Return once ``room`` is read (at once if it is, or Redis is down), or is no
-        longer followed (its members left before it was read)."""
+        longer followed (its members left before it was read): the newest id of the room
+        that was history when its reading started (what came after was delivered live)."""
         self.follow(room)
         event = self._following[room]
         while not event.is_set() and self._state != _DOWN and not self._closing:
             if self._following.get(room) is not event:
-                return  # given up (and perhaps followed anew: a later wait is for that)
+                break  # given up (and perhaps followed anew: a later wait is for that)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.heartbeat):
                     await event.wait()
+        return self._boundary.get(room, self.cutoff(room))
 
     def position(self, room: str) -> tuple[int, int]:
         """The newest ids delivered from ``room``'s stream and from ``PREFIX:all``."""
@@ -548,13 +556,16 @@ class RedisBackplane(RedisPubSubBackplane):
             if self._following.get(room) is not event:
                 continue  # unfollowed meanwhile
             self._positions[key] = newest[0][0].decode() if newest else "0-0"
-            threshold = self._thresholds.pop(room, 0)
+            threshold, since = self._thresholds.pop(room, (0, 0.0))
             entries = list(reversed(newest))
             cut = 0  # entries[:cut] are history; those after came since a member joined
-            while cut < len(entries) and _entry_id(entries[cut]) <= threshold:
+            while cut < len(entries) and (
+                _entry_id(entries[cut]) <= threshold or _entry_ms(entries[cut]) < since
+            ):
                 cut += 1
             if cut:
                 self._deliver_entries(key, entries[:cut], backfill=True)
+            self._boundary[room] = max(threshold, self._last_id.get(key, 0))
             event.set()
             if cut < len(entries):
                 self._deliver_entries(key, entries[cut:])
@@ -693,9 +704,9 @@ class RedisBackplane(RedisPubSubBackplane):
             if ident <= last:
                 self._duplicates += 1
                 continue
-            last = ident
-            if ident > self._counter:
-                self._counter = ident
+            last = _last_of(envelope)
+            if last > self._counter:
+                self._counter = last
             if envelope.origin == self.server_id:
                 if envelope.seq in self._fallen:
                     continue  # given up on and delivered locally: it reached the log after all
@@ -780,12 +791,11 @@ class RedisBackplane(RedisPubSubBackplane):
                 envelope = self._checked(fields)
                 if envelope is None:
                     continue
-                ident = envelope.id or 0
-                if ident <= after:
+                if _last_of(envelope) <= after:
                     reached = True
                     break
-                if ident <= upto:
-                    found.append(envelope)
+                if (envelope.id or 0) <= upto:
+                    found.append(envelope)  # (a batch partly had is cut by the caller)
             if reached or len(page) < _PAGE:
                 break
             end = "(" + page[-1][0].decode()
@@ -863,6 +873,23 @@ def _entry_id(entry: Any) -> int:
 def _wrong_type(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis refusing a key that holds something else (not retried)."""
     return "WRONGTYPE" in str(exc)
+
+
+def _last_of(envelope: Envelope) -> int:
+    """The id of the last message of an envelope from the log (a batch takes one id per
+    message; anything else one)."""
+    ident = envelope.id or 0
+    if envelope.kind == bp.BATCH and len(envelope.texts) > 1:
+        return ident + len(envelope.texts) - 1
+    return ident
+
+
+def _entry_ms(entry: Any) -> float:
+    """The time (Redis's clock, ms) in a raw stream entry's id."""
+    try:
+        return float(entry[0].split(b"-", 1)[0])
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return 0.0
 
 
 def _sha(script: str) -> str:

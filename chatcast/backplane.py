@@ -148,8 +148,10 @@ class Backplane:
         """The rooms read now."""
         return []
 
-    async def following(self, room: str) -> None:
-        """Return once ``room``'s messages are read (sharded engines)."""
+    async def following(self, room: str) -> int:
+        """Return once ``room``'s messages are read (sharded engines): the newest id of the
+        room that was history when its reading started."""
+        return self.cutoff(room)
 
     def position(self, room: str) -> tuple[int, int]:
         """The newest ids delivered live from ``room`` and from everything else."""

@@ -23,7 +23,7 @@ import redis.asyncio
 from chatcast import BroadcastClient, BroadcastServer
 from chatcast.backplane import RedisBackplane
 from chatcast.message import GAP, JOIN, LEAVE, MESSAGE, PRIVATE, Message
-from tests.conftest import receive_kind
+from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
 from tests.redis_cluster import _LONE_SERVER, REDIS_SERVER, RedisProcess, _client
 
@@ -531,3 +531,34 @@ async def test_the_server_s_private_message_to_a_member_away_waits_for_its_resum
     cluster.clients.append(again)
     got = await receive_kind(again, PRIVATE, history=True)
     assert (got.text, got.sender, got.history) == ("while you were away", "server", True)
+
+
+async def test_a_new_server_gives_a_room_s_past_as_history_and_its_news_live(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that has just started (it knows no ids yet) starts reading a room for a
+    member: what was said there before is history (the last 20 for a version-2 client,
+    nothing for a text client), never replayed as news; what is said after is live, for
+    both."""
+    # What was said in the last moment before a member came counts as news (a clock a
+    # little off must not turn news into history): here, only what came after.
+    monkeypatch.setattr("chatcast._redis_streams._CLOCK_SLACK_MS", 0.0)
+    one = await cluster()
+    alice = await _client(cluster, one, "alice", room="old")
+    for n in range(30):
+        await alice.post(f"before {n}")
+    await alice.send("before the others came")
+    two = await cluster()  # a fresh server: no ids known yet
+    text = await TextPeer.connect(two.port)
+    text.send("/join old\n")
+    await text.until(lambda line: "you are now in old" in line)
+    bob = await _client(cluster, two, "bob", room="old")
+    await alice.send("news")
+    got = await _messages(bob, 21)
+    assert [m.history for m in got] == [True] * 20 + [False]
+    assert [m.text for m in got][-2:] == ["before the others came", "news"]
+    try:
+        assert "news" in await text.until(lambda line: line.startswith("alice:"))  # no past
+    finally:
+        text.writer.close()
+        await text.writer.wait_closed()

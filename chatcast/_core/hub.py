@@ -1045,11 +1045,10 @@ class Hub:
             # What was delivered live to the room before now is history; what comes after
             # is live. A room nobody here was in is read from the cluster's log first, the
             # member's live output waiting meanwhile.
-            cutoff = cluster.cutoff(room)
             # Only a hold placed here is released here (a resume's waits for its replay).
             held = not cluster.reading(room) and self._hold(peer)
 
-            def ready() -> None:
+            def ready(cutoff: int) -> None:
                 stream = self.history.log(room)
                 items = stream.before(cutoff + 1, count) if stream is not None else []
                 items = items if peer.room == room else []

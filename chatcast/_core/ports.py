@@ -154,8 +154,9 @@ class ClusterLink(Protocol):
         """The name on another server that is ``name`` (whatever its case), or None."""
         ...
 
-    def after_following(self, room: str, then: Callable[[], None]) -> None:
-        """Call ``then`` once ``room`` is read here (its history is in): at once if it is."""
+    def after_following(self, room: str, then: Callable[[int], None]) -> None:
+        """Call ``then(cutoff)`` once ``room`` is read here (its history is in): at once if
+        it is. ``cutoff``: the room's newest id that is history for a member who came now."""
         ...
 
     def reading(self, room: str) -> bool:
@@ -163,8 +164,8 @@ class ClusterLink(Protocol):
         ...
 
     def cutoff(self, room: str) -> int:
-        """The newest id of ``room`` that is history for a member who joins it now: what
-        comes after is delivered live."""
+        """The newest id of ``room`` delivered live here (for a room read here: history for
+        a member who joins it now, what comes after is delivered live)."""
         ...
 
 

@@ -595,7 +595,7 @@ class LogCluster:
 
     def after_following(self, room: str, then: Any) -> None:
         if room in self.read:
-            then()
+            then(0)
         else:
             self.following.append(then)
 
@@ -641,7 +641,7 @@ def test_a_slow_member_joining_a_room_not_read_yet_keeps_its_backlog() -> None:
     chat.send(alice, type="join", room="new")  # nobody here was in it
     (ready,) = cluster.following
     cluster.read.add("new")
-    ready()
+    ready(0)
     chat.hub.relay_remote("carol", "new", ["newer"], 1.0, 6, None)
     assert "newer" not in texts(alice_out)  # behind the backlog
     chat.hub.resumed(alice)  # her socket drained
@@ -663,5 +663,5 @@ def test_a_member_that_fell_behind_during_a_hold_is_a_slow_consumer_after_it() -
     alice_out.get_write_buffer_size = lambda: 10**9  # type: ignore[method-assign]
     chat.hub.paused(alice)  # the transport's word, while the hold ignores it
     cluster.read.add("new")
-    ready()
+    ready(0)
     assert chat.hub.slow_consumers == 1
