@@ -729,7 +729,9 @@ class RedisBackplane(RedisPubSubBackplane):
             envelope = Envelope.decode(raw)
         except (KeyError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             self._bad += 1
-            log.warning("backplane: skipped a bad log entry: %s", exc)
+            if self._bad <= 10 or self._bad % 1000 == 0:  # counted always, logged less
+                reason = f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) else exc
+                log.warning("backplane: skipped a bad log entry (%d so far): %s", self._bad, reason)
             return None
         return Envelope(
             envelope.origin,

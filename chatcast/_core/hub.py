@@ -846,6 +846,9 @@ class Hub:
         if self.cluster is not None:
             self.cluster.session_dropped(old)
         self._send_welcome(peer, room, token, True)
+        # Notices still waiting are of before the resume (from another server: its leave
+        # when the old one closed): out now, not to the member who is back.
+        self.rooms.flush_notices()
         if seamless:
             peer.room = room
             peer.announced = True
