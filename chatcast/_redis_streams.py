@@ -138,6 +138,7 @@ class RedisBackplane(RedisPubSubBackplane):
         self._ids_key = f"{prefix}:ids"
         self._all_key = f"{prefix}:all"
         self._seqs_key = f"{prefix}:seqs:{self.server_id}"
+        self._wake_key = f"{prefix}:wake:{self.server_id}"
         self._state = _DOWN
         self._seq = 0
         # (stream key, payload, ids to take, messages, seq, done) or a names operation
@@ -356,7 +357,7 @@ class RedisBackplane(RedisPubSubBackplane):
             for item in batch:
                 result = next(results_iter)
                 if len(item) == 2:
-                    if item[0] == "session" and item[1][1] is not None:
+                    if item[0] == "wake" or (item[0] == "session" and item[1][1] is not None):
                         next(results_iter)  # its EXPIRE
                     continue
                 if isinstance(result, Exception):
@@ -380,6 +381,9 @@ class RedisBackplane(RedisPubSubBackplane):
                 from .backplane import _RELEASE_SCRIPT
 
                 pipe.eval(_RELEASE_SCRIPT, 1, self._names_key, payload, self.server_id)
+            elif op == "wake":  # this server's reader: a room to start reading
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.expire(self._wake_key, 3600)
             elif op == "session":
                 key, record, ttl = payload
                 if record is None:
@@ -425,6 +429,8 @@ class RedisBackplane(RedisPubSubBackplane):
             # surely before; the time (Redis's stream ids are its clock in ms) catches the
             # rest, a little early, so that a clock a little off never makes news history.
             self._thresholds[room] = (self._counter, time.time() * 1000 - _CLOCK_SLACK_MS)
+            if self._state == _UP:
+                self._enqueue("wake", None)  # a blocked read returns at once
 
     def reading(self, room: str) -> bool:
         event = self._following.get(room)
@@ -486,6 +492,7 @@ class RedisBackplane(RedisPubSubBackplane):
                     self._secret = (await self._redis.get(self._secret_key)).decode()
                     if self._all_key not in self._positions:
                         self._positions[self._all_key] = await self._tail(self._all_key)
+                    self._positions[self._wake_key] = "$"  # only what comes from now on
                 self._heard()
                 if failing_since is not None:
                     self._catching_up = True
@@ -584,6 +591,7 @@ class RedisBackplane(RedisPubSubBackplane):
         from redis.exceptions import ResponseError
 
         loop = asyncio.get_running_loop()
+        wake = self._wake_key.encode()
         block = max(1, min(100, round(self.heartbeat * 250)))
         poll = min(1.0, self.heartbeat / 4)
         task = asyncio.current_task()
@@ -621,6 +629,8 @@ class RedisBackplane(RedisPubSubBackplane):
                         raise
                     continue
                 self._last_heard = loop.time()
+                if replies and any(key == wake for key, _ in replies):
+                    replies = [reply for reply in replies if reply[0] != wake]  # woken: no news
                 caught_up = self._catching_up
                 self._catching_up = False
                 if replies and len(replies) > 1:
