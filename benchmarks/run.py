@@ -631,6 +631,7 @@ def _cross_run(
         envelopes=envelopes,
         envelopes_received=received,
         backplane_failures=delta["backplane_failures"],
+        backplane_reconnects=delta["backplane_reconnects"],
         redis_publish_calls=delta["redis_publish"],
         messages_per_envelope=result["messages"] / envelopes if envelopes else 0.0,
         server_messages_in=delta["messages_in"],

@@ -151,18 +151,7 @@ class Cluster:
                     f"{to} is on another server, which cannot be reached now",
                 )  # fmt: skip
 
-        self.backplane.publish(
-            bp.Envelope(
-                self.origin,
-                bp.PRIVATE,
-                None,
-                message.sender,
-                (message.text,),
-                to=to,
-                ts=message.timestamp,
-            ),
-            done,
-        )
+        self.backplane.publish(self._private_envelope(message, to), done)
 
     def private_to_away(self, message: Message) -> bool:
         """Put a private message from the server to a member of ours who is away (it may
@@ -364,18 +353,14 @@ class Cluster:
             return False
         if not self.backplane.statistics().connected:
             raise InvalidFrame(f"{to} is on another server, which cannot be reached now")
-        self.backplane.publish(
-            bp.Envelope(
-                self.origin,
-                bp.PRIVATE,
-                None,
-                message.sender,
-                (message.text,),
-                to=to,
-                ts=message.timestamp,
-            )
-        )
+        self.backplane.publish(self._private_envelope(message, to))
         return True
+
+    def _private_envelope(self, message: Message, to: str) -> bp.Envelope:
+        return bp.Envelope(
+            self.origin, bp.PRIVATE, None, message.sender, (message.text,), to=to,
+            ts=message.timestamp,
+        )  # fmt: skip
 
     def moderation(self, action: dict[str, Any]) -> None:
         """Publish a moderation action taken here (#14)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -81,6 +82,9 @@ return now
 #: How much earlier than this server's clock a member's arrival in a room is taken to be
 #: (against Redis's clock, which numbers the streams): news is never taken for history.
 _CLOCK_SLACK_MS = 250.0
+#: How long a server that has not reached Redis yet keeps trying before it counts it as
+#: down (start() waits 3 s for either).
+_START_GRACE: Final = 2.0
 #: Entries asked for per ``XREAD`` and per page of a replay.
 _READ_COUNT: Final = 1000
 _PAGE: Final = 500
@@ -196,35 +200,16 @@ class RedisBackplane(RedisPubSubBackplane):
             BackplaneError: Redis answered but refused us (a wrong password, a database
                 number it does not have).
         """
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        from .exceptions import BackplaneError
-
-        self._redis = aioredis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self._connect()
         ready = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._reader(ready), name="chatcast-backplane-read"),
-            asyncio.create_task(self._appender(), name="chatcast-backplane-append"),
-            asyncio.create_task(self._beat(), name="chatcast-backplane-beat"),
-        ]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3):
-                await ready.wait()
-        self._started = True
-        if self._fatal is not None:
-            fatal = self._fatal
-            await self.close()
-            raise BackplaneError(f"Redis at {self.where} refused us: {fatal}") from fatal
+        await self._run(
+            [
+                asyncio.create_task(self._reader(ready), name="chatcast-backplane-read"),
+                asyncio.create_task(self._appender(), name="chatcast-backplane-append"),
+                asyncio.create_task(self._beat(), name="chatcast-backplane-beat"),
+            ],
+            ready,
+        )
 
     async def close(self) -> None:
         """Append what is queued (for up to 2 s), stop, give back this server's names."""
@@ -248,16 +233,7 @@ class RedisBackplane(RedisPubSubBackplane):
                 done(None)
             return None
         self._seq += 1
-        envelope = Envelope(
-            envelope.origin,
-            envelope.kind,
-            envelope.room,
-            envelope.sender,
-            envelope.texts,
-            envelope.to,
-            envelope.ts,
-            self._seq,
-        )
+        envelope = dataclasses.replace(envelope, seq=self._seq)
         ids = max(1, len(envelope.texts)) if envelope.kind == bp.BATCH else 1
         item = (self._stream_of(envelope), envelope.encode(), ids, messages, self._seq, done)
         self._pending.append(item)
@@ -525,9 +501,11 @@ class RedisBackplane(RedisPubSubBackplane):
                         log.warning("backplane: lost %s (%s); retrying", self.where, reason)
                     if self._state == _UP:
                         self._state = _RECONNECTING
-                if not reported_down and (
-                    not connected_once or now - failing_since >= 2 * self.heartbeat
-                ):
+                # Down: at start, when Redis could not be reached within the start's wait
+                # (a first attempt that fails, retried at once, is not an outage); later,
+                # after two heartbeats of failing.
+                grace = _START_GRACE if not connected_once else 2 * self.heartbeat
+                if not reported_down and now - failing_since >= grace:
                     reported_down = True
                     if not connected_once:
                         log.warning(
@@ -743,17 +721,7 @@ class RedisBackplane(RedisPubSubBackplane):
                 reason = f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) else exc
                 log.warning("backplane: skipped a bad log entry (%d so far): %s", self._bad, reason)
             return None
-        return Envelope(
-            envelope.origin,
-            envelope.kind,
-            envelope.room,
-            envelope.sender,
-            envelope.texts,
-            envelope.to,
-            envelope.ts,
-            envelope.seq,
-            ident,
-        )
+        return dataclasses.replace(envelope, id=ident)
 
     def _sign(self, ident: int) -> bytes:
         """What the append script writes beside id ``ident`` (``redis.sha1hex``)."""
@@ -909,16 +877,6 @@ def _sha(script: str) -> str:
 
 
 def _as_history(envelope: Envelope) -> Envelope:
-    """Mark an envelope read to fill the history (not live): its kind says so to the
-    server by a ``None`` origin-independent flag; see ``Cluster._deliver``."""
-    return Envelope(
-        "",  # no origin: history, not news
-        envelope.kind,
-        envelope.room,
-        envelope.sender,
-        envelope.texts,
-        envelope.to,
-        envelope.ts,
-        envelope.seq,
-        envelope.id,
-    )
+    """Mark an envelope read to fill the history (not news): it has no origin (see
+    ``Cluster._deliver``)."""
+    return dataclasses.replace(envelope, origin="")

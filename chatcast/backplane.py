@@ -333,6 +333,19 @@ class RedisPubSubBackplane(Backplane):
             BackplaneError: Redis answered but refused us: a wrong password, a database
                 number it does not have. Retrying would not help.
         """
+        self._connect()
+        ready = asyncio.Event()
+        await self._run(
+            [
+                asyncio.create_task(self._subscriber(ready), name="chatcast-backplane-sub"),
+                asyncio.create_task(self._publisher(), name="chatcast-backplane-pub"),
+                asyncio.create_task(self._beat(), name="chatcast-backplane-beat"),
+            ],
+            ready,
+        )
+
+    def _connect(self) -> None:
+        """Make the Redis client (it connects when first used)."""
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -348,14 +361,16 @@ class RedisPubSubBackplane(Backplane):
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
         )
-        ready = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._subscriber(ready), name="chatcast-backplane-sub"),
-            asyncio.create_task(self._publisher(), name="chatcast-backplane-pub"),
-            asyncio.create_task(self._beat(), name="chatcast-backplane-beat"),
-        ]
-        # Wait briefly for the first subscription so that a server started next to others
-        # hears them from its first client on; carry on regardless if Redis is down.
+
+    async def _run(self, tasks: list[asyncio.Task[None]], ready: asyncio.Event) -> None:
+        """Keep ``tasks`` (the backplane's own), and wait briefly for the first connection
+        (``ready``), so that a server started next to others hears them from its first
+        client on; carry on regardless if Redis is down.
+
+        Raises:
+            BackplaneError: Redis answered but refused us.
+        """
+        self._tasks = tasks
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3):
                 await ready.wait()

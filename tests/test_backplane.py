@@ -386,8 +386,7 @@ async def test_databases_are_separate_chats(redis_server: RedisProcess, engine: 
         else:
             for server in servers:
                 await server.broadcast("hello")
-            for server in servers:
-                await wait_until(lambda s=server: s.statistics().backplane_published >= 1)
+            await wait_until(lambda: all(s.statistics().backplane_published >= 1 for s in servers))
             for db in dbs:
                 assert await db.xlen(f"{prefix}:all") == 1  # each chat has its own log
     finally:

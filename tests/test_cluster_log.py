@@ -8,9 +8,11 @@ Real redis-server processes of the test's own on 127.0.0.1 (see ``tests/test_bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ async def test_ids_are_cluster_wide_and_one_order_per_room(cluster: Any) -> None
     for client in (carol, dave):
         got = await _messages(client, 60)
         seen[client.name] = [(m.id, m.sender, m.text) for m in got]
-        ids = [m.id for m in got]
+        ids = [m.id or 0 for m in got]
         assert ids == sorted(ids)
         assert len(set(ids)) == 60
     assert seen["carol"] == seen["dave"]  # one order, one numbering, on both servers
@@ -142,7 +144,7 @@ async def test_a_client_resumes_on_another_server_after_sigkill(
     await bob.send("live")
     live = await receive_kind(alice, MESSAGE)
     assert (live.text, live.history) == ("live", False)
-    ids = [m.id for m in before + got] + [live.id]
+    ids = [m.id or 0 for m in [*before, *got, live]]
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert alice.statistics().duplicates == 0
@@ -159,13 +161,45 @@ async def test_a_redis_restart_under_traffic_loses_and_duplicates_nothing(
     messages wait for it, then go on; every one arrives once, in order."""
     store = RedisProcess("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
     store.start()
+    try:
+        async with _two_servers(store.url, heartbeat=2.0) as (servers, alice, bob):
+            count = 200
+            restarted = asyncio.Event()
+
+            async def send() -> None:
+                for n in range(count):
+                    await alice.post(f"{n}")
+                    if n == count // 2:
+                        store.kill()
+                        store.start()  # same port, same append-only file
+                        restarted.set()
+                    await asyncio.sleep(0.002)
+
+            sender = asyncio.create_task(send())
+            got = await _messages(bob, count, seconds=40)
+            await sender
+            assert restarted.is_set()
+            assert [m.text for m in got] == [str(n) for n in range(count)]
+            ids = [m.id or 0 for m in got]
+            assert ids == sorted(ids)
+            assert len(set(ids)) == count
+            assert bob.statistics().duplicates == 0
+            assert servers[0].statistics().backplane_lost_messages == 0
+    finally:
+        store.kill()
+
+
+@contextlib.asynccontextmanager
+async def _two_servers(
+    url: str, heartbeat: float
+) -> AsyncIterator[tuple[list[BroadcastServer], BroadcastClient, BroadcastClient]]:
+    """Two servers on the Redis at ``url``, alice on the first and bob on the second."""
     servers: list[BroadcastServer] = []
     clients: list[BroadcastClient] = []
     try:
         for _ in range(2):
-            server = BroadcastServer(
-                "127.0.0.1", 0, backplane=RedisBackplane(store.url, heartbeat=2.0)
-            )
+            backplane = RedisBackplane(url, heartbeat=heartbeat)
+            server = BroadcastServer("127.0.0.1", 0, backplane=backplane, join_grace=0.05)
             await server.start()
             servers.append(server)
         alice = BroadcastClient("127.0.0.1", servers[0].port, name="alice", ack_timeout=30)
@@ -174,34 +208,12 @@ async def test_a_redis_restart_under_traffic_loses_and_duplicates_nothing(
             await client.connect()
             clients.append(client)
         await wait_until(lambda: len(servers[1].who()) == 2)
-        count = 200
-        restarted = asyncio.Event()
-
-        async def send() -> None:
-            for n in range(count):
-                await alice.post(f"{n}")
-                if n == count // 2:
-                    store.kill()
-                    store.start()  # same port, same append-only file
-                    restarted.set()
-                await asyncio.sleep(0.002)
-
-        sender = asyncio.create_task(send())
-        got = await _messages(bob, count, seconds=40)
-        await sender
-        assert restarted.is_set()
-        assert [m.text for m in got] == [str(n) for n in range(count)]
-        ids = [m.id for m in got]
-        assert ids == sorted(ids)
-        assert len(set(ids)) == count
-        assert bob.statistics().duplicates == 0
-        assert servers[0].statistics().backplane_lost_messages == 0
+        yield servers, alice, bob
     finally:
         for client in clients:
             await client.close()
         for server in servers:
             await server.aclose()
-        store.kill()
 
 
 async def test_bad_entries_in_the_log_are_skipped_and_counted(
@@ -303,20 +315,7 @@ async def test_an_empty_redis_restart_loses_no_acknowledged_message(
     """Redis restarts empty (no persistence) while a member keeps sending: what was
     acknowledged is delivered, with increasing ids (the appender does not append with the
     counter back at 0, or with the old secret, before its server has resynced)."""
-    servers: list[BroadcastServer] = []
-    clients: list[BroadcastClient] = []
-    try:
-        for _ in range(2):
-            backplane = RedisBackplane(redis_server.url, heartbeat=3.0)
-            server = BroadcastServer("127.0.0.1", 0, backplane=backplane, join_grace=0.05)
-            await server.start()
-            servers.append(server)
-        alice = BroadcastClient("127.0.0.1", servers[0].port, name="alice", ack_timeout=30)
-        bob = BroadcastClient("127.0.0.1", servers[1].port, name="bob")
-        for client in (alice, bob):
-            await client.connect()
-            clients.append(client)
-        await wait_until(lambda: len(servers[1].who()) == 2)
+    async with _two_servers(redis_server.url, heartbeat=3.0) as (_, alice, bob):
         for n in range(3):
             await alice.send(f"before {n}")
         redis_server.kill()
@@ -337,11 +336,6 @@ async def test_an_empty_redis_restart_loses_no_acknowledged_message(
         assert len(set(ids)) == 10
         assert all(m.id for m in acked)
         assert bob.statistics().duplicates == 0
-    finally:
-        for client in clients:
-            await client.close()
-        for server in servers:
-            await server.aclose()
 
 
 async def test_a_session_resumed_later_does_not_take_a_name_someone_else_took(

@@ -369,7 +369,7 @@ async def test_moderation_crosses_the_backplane() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     from chatcast.backplane import RedisBackplane
-    from tests.test_backplane import RedisProcess
+    from tests.redis_cluster import RedisProcess
 
     redis_process = RedisProcess()
     redis_process.start()

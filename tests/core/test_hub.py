@@ -574,7 +574,8 @@ class FakeCluster:
 def _cluster_chat() -> tuple[Chat, FakeCluster]:
     chat = Chat()
     cluster = FakeCluster()
-    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)
+    # A fire-and-forget cluster (no log): the log's methods are never called.
+    chat.hub = Hub(chat.config, chat.clock, cluster=cluster, release=chat.released.append)  # type: ignore[arg-type]
     return chat, cluster
 
 
