@@ -43,10 +43,10 @@ log = logging.getLogger("chatcast.backplane")
 # Append an envelope once: KEYS ids counter, stream, this server's recent sequence numbers,
 # the cluster's secret; ARGV ids to take, sequence number, MAXLEN, MINID (or ""), payload, "1"
 # to refresh the expiry of the sequence numbers (every 1024th append), the cluster's secret,
-# the newest id the server knows. The entry's "k" signs its id with the secret: an entry the
-# script did not write is recognised. A secret that is not (or no longer: Redis restarted
-# empty) the cluster's is refused, and ids never go below what the server knows. Returns the
-# first id.
+# the newest id the server knows, the stream's expiry in seconds (or ""). The entry's "k"
+# signs its id with the secret: an entry the script did not write is recognised. A secret
+# that is not (or no longer: Redis restarted empty) the cluster's is refused, and ids never
+# go below what the server knows. Returns the first id.
 _APPEND: Final = """
 local done = redis.call('HGET', KEYS[3], ARGV[2])
 if done then return tonumber(done) end
@@ -69,6 +69,7 @@ end
 redis.call('HSET', KEYS[3], ARGV[2], first)
 redis.call('HDEL', KEYS[3], tostring(tonumber(ARGV[2]) - 4096))
 if ARGV[6] == '1' then redis.call('EXPIRE', KEYS[3], 86400) end
+if ARGV[9] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[9]) end
 return first
 """
 
@@ -115,6 +116,8 @@ class RedisBackplane(RedisPubSubBackplane):
             more); ``PREFIX:all`` keeps ten times as many. An entry is a batch of one
             sender's messages.
         stream_age: If set, seconds after which entries are trimmed (``MINID ~``) too.
+        stream_ttl: If set, a stream is deleted after this many seconds without a new entry
+            (a room nobody uses any more leaves nothing in Redis); 30 days by default.
 
     Raises:
         ImportError: redis-py is not installed (``pip install chatcast[redis]``).
@@ -130,12 +133,16 @@ class RedisBackplane(RedisPubSubBackplane):
         heartbeat: float = 5.0,
         stream_length: int = 10000,
         stream_age: float | None = None,
+        stream_ttl: float | None = 30 * 86400.0,
     ) -> None:
         super().__init__(url, prefix=prefix, queue_size=queue_size, heartbeat=heartbeat)
         if stream_length < 1:
             raise ValueError(f"stream_length must be >= 1, got {stream_length}")
         if stream_age is not None and not stream_age > 0:
             raise ValueError(f"stream_age must be > 0 seconds, got {stream_age}")
+        if stream_ttl is not None and not stream_ttl >= 1:
+            raise ValueError(f"stream_ttl must be >= 1 second, got {stream_ttl}")
+        self.stream_ttl = stream_ttl
         self.stream_length = stream_length
         self.stream_age = stream_age
         self._queue_size = queue_size
@@ -393,6 +400,7 @@ class RedisBackplane(RedisPubSubBackplane):
             refresh,
             self._secret,
             self._counter,
+            "" if self.stream_ttl is None else str(round(self.stream_ttl)),
         )
 
     # -- following rooms ----------------------------------------------------------------------

@@ -556,3 +556,22 @@ async def test_a_new_server_gives_a_room_s_past_as_history_and_its_news_live(
     finally:
         text.writer.close()
         await text.writer.wait_closed()
+
+
+async def test_a_room_s_stream_expires_when_nobody_uses_it(redis_server: RedisProcess) -> None:
+    """A room's stream carries an expiry, renewed by each message: rooms nobody uses any
+    more do not stay in Redis for good."""
+    backplane = RedisBackplane(redis_server.url, prefix="ttl", stream_ttl=3600)
+    server = BroadcastServer("127.0.0.1", 0, backplane=backplane)
+    await server.start()
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        async with BroadcastClient("127.0.0.1", server.port, name="alice", room="brief") as alice:
+            await alice.send("once")
+        ttl = await r.ttl("ttl:room:brief")
+        assert 3500 < ttl <= 3600
+    finally:
+        await r.aclose()
+        await server.aclose()
+    with pytest.raises(ValueError, match="stream_ttl"):
+        RedisBackplane(redis_server.url, stream_ttl=0)
