@@ -24,6 +24,7 @@ import redis.asyncio
 
 from chatcast import BroadcastClient, BroadcastServer
 from chatcast.backplane import RedisBackplane
+from chatcast.exceptions import ConnectionClosed
 from chatcast.message import GAP, JOIN, LEAVE, MESSAGE, PRIVATE, Message
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
@@ -575,3 +576,34 @@ async def test_a_room_s_stream_expires_when_nobody_uses_it(redis_server: RedisPr
         await server.aclose()
     with pytest.raises(ValueError, match="stream_ttl"):
         RedisBackplane(redis_server.url, stream_ttl=0)
+
+
+async def test_a_banned_name_cannot_resume_on_another_server(
+    cluster: Any, redis_server: RedisProcess
+) -> None:
+    """A member's server dies; its name is banned meanwhile: the session the dead server
+    left in Redis does not bring the name back on another server."""
+    two = await cluster()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LONE_SERVER, redis_server.url, cluster.prefix,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(timeout(20)):
+            port = int(await process.stdout.readline())
+        mallory = BroadcastClient(
+            "127.0.0.1", port, name="mallory", servers=[("127.0.0.1", two.port)],
+            reconnect=True, reconnect_delay=0.05,
+        )  # fmt: skip
+        await mallory.connect()
+        cluster.clients.append(mallory)
+        await wait_until(lambda: "mallory" in two.who())
+        process.send_signal(signal.SIGSTOP)  # its server hangs: the ban cannot reach it
+        two.ban("mallory", reason="spam")
+    finally:
+        process.kill()
+        await process.wait()
+    with pytest.raises(ConnectionClosed, match="banned by server: spam"):
+        await receive_kind(mallory, MESSAGE, seconds=20)
+    assert two.statistics().resumes == 0

@@ -686,6 +686,12 @@ class Hub:
         except (KeyError, ValueError, InvalidFrame):
             self._hello(peer, hello)  # asked already: a new session now
             return
+        banned = self.moderation.name_refusal(name)  # moderation (#14): bans hold here too
+        if banned is not None:
+            if self.cluster is not None:
+                self.cluster.session_dropped(digest)
+            self.disconnect(peer, Message(banned, kind=ERROR))
+            return
         key = proto.name_key(name)
         holder = self._names.get(key)
         if (holder is not None and holder is not peer) or self.sessions.holder(key) is not None:
