@@ -150,6 +150,7 @@ class RedisBackplane(RedisPubSubBackplane):
         self._all_key = f"{prefix}:all"
         self._seqs_key = f"{prefix}:seqs:{self.server_id}"
         self._wake_key = f"{prefix}:wake:{self.server_id}"
+        self._reader_redis: Any = None
         self._state = _DOWN
         self._seq = 0
         # (stream key, payload, ids to take, messages, seq, done) or a names operation
@@ -207,7 +208,14 @@ class RedisBackplane(RedisPubSubBackplane):
             BackplaneError: Redis answered but refused us (a wrong password, a database
                 number it does not have).
         """
+        import redis.asyncio as aioredis
+
         self._connect()
+        # The blocking reads on a connection of their own, outside the pool: no pool to take
+        # a connection from and give it back to on every read (the read's hot path).
+        self._reader_redis = aioredis.Redis.from_url(
+            self.url, single_connection_client=True, socket_connect_timeout=2, socket_timeout=5
+        )
         ready = asyncio.Event()
         await self._run(
             [
@@ -227,6 +235,10 @@ class RedisBackplane(RedisPubSubBackplane):
                         self._wake.set()
                         await asyncio.sleep(0.01)
         await super().close()
+        if self._reader_redis is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._reader_redis.aclose()
 
     # -- appending --------------------------------------------------------------------------
 
@@ -607,7 +619,7 @@ class RedisBackplane(RedisPubSubBackplane):
                         for r in self._following
                     ):
                         await self._backfill()
-                    replies = await self._redis.xread(
+                    replies = await self._reader_redis.xread(
                         dict(self._positions), count=_READ_COUNT, block=block
                     )
                 except ResponseError as exc:
