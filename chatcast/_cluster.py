@@ -311,36 +311,21 @@ class Cluster:
     def announcement(self, message: Message) -> bool:
         """Send an announcement to the other servers; True if it goes through the log, which
         then delivers it here too."""
-        if self.backplane.sequenced:
-            hub = self.hub
+        envelope = bp.Envelope(
+            self.origin, bp.ANNOUNCEMENT, message.room, "server", (message.text,),
+            ts=message.timestamp,
+        )  # fmt: skip
+        if not self.backplane.sequenced:
+            self.backplane.publish(envelope)
+            return False
+        hub = self.hub
 
-            def done(first: int | None) -> None:
-                if first is None:
-                    hub.rooms.announce(message)  # here only, unnumbered
+        def done(first: int | None) -> None:
+            if first is None:
+                hub.rooms.announce(message)  # here only, unnumbered
 
-            self.backplane.publish(
-                bp.Envelope(
-                    self.origin,
-                    bp.ANNOUNCEMENT,
-                    message.room,
-                    "server",
-                    (message.text,),
-                    ts=message.timestamp,
-                ),
-                done,
-            )
-            return True
-        self.backplane.publish(
-            bp.Envelope(
-                self.origin,
-                bp.ANNOUNCEMENT,
-                message.room,
-                "server",
-                (message.text,),
-                ts=message.timestamp,
-            )
-        )
-        return False
+        self.backplane.publish(envelope, done)
+        return True
 
     def private(self, message: Message) -> bool:
         """Send a private message to a name on another server; False if nobody has it.

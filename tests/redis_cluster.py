@@ -153,3 +153,22 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+async def start_lone_server(url: str, prefix: str) -> tuple[asyncio.subprocess.Process, int]:
+    """A server in a process of its own (``_LONE_SERVER``) on the chat ``prefix`` at ``url``:
+    the process (end it by its PID) and the server's port."""
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LONE_SERVER, url, prefix, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(timeout(20)):
+            port = int(await process.stdout.readline())
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return process, port

@@ -33,7 +33,12 @@ REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 from chatcast.backplane import Envelope, RedisBackplane, RedisPubSubBackplane  # noqa: E402
-from tests.redis_cluster import _LONE_SERVER, RedisProcess, _client, _free_port  # noqa: E402
+from tests.redis_cluster import (  # noqa: E402
+    RedisProcess,
+    _client,
+    _free_port,
+    start_lone_server,
+)
 
 
 def test_envelope_round_trip() -> None:
@@ -283,14 +288,8 @@ async def test_a_crashed_server_s_clients_leave(cluster: Any, redis_server: Redi
     key expires), tell their rooms its clients left, and free its names."""
     two = await cluster()
     bob = await _client(cluster, two, "bob")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _LONE_SERVER, redis_server.url, cluster.prefix,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process, port = await start_lone_server(redis_server.url, cluster.prefix)
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(timeout(20)):
-            port = int(await process.stdout.readline())
         await _client(cluster, BroadcastServer("127.0.0.1", port), "alice")
         await wait_until(lambda: "alice" in two.who())
     finally:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from chatcast.exceptions import ConnectionClosed
 from chatcast.message import GAP, JOIN, LEAVE, MESSAGE, PRIVATE, Message
 from tests.conftest import TextPeer, receive_kind
 from tests.helpers import timeout, wait_until
-from tests.redis_cluster import _LONE_SERVER, REDIS_SERVER, RedisProcess, _client
+from tests.redis_cluster import REDIS_SERVER, RedisProcess, _client, start_lone_server
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
@@ -104,14 +103,8 @@ async def test_a_client_resumes_on_another_server_after_sigkill(
     reconnects to the other server, resumes there under her name, and gets every message
     she missed once, in order, then the live ones."""
     two = await cluster()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _LONE_SERVER, redis_server.url, cluster.prefix,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process, port = await start_lone_server(redis_server.url, cluster.prefix)
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(timeout(20)):
-            port = int(await process.stdout.readline())
         alice = BroadcastClient(
             "127.0.0.1",
             port,
@@ -584,14 +577,8 @@ async def test_a_banned_name_cannot_resume_on_another_server(
     """A member's server dies; its name is banned meanwhile: the session the dead server
     left in Redis does not bring the name back on another server."""
     two = await cluster()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _LONE_SERVER, redis_server.url, cluster.prefix,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process, port = await start_lone_server(redis_server.url, cluster.prefix)
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(timeout(20)):
-            port = int(await process.stdout.readline())
         mallory = BroadcastClient(
             "127.0.0.1", port, name="mallory", servers=[("127.0.0.1", two.port)],
             reconnect=True, reconnect_delay=0.05,
