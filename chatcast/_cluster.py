@@ -136,20 +136,16 @@ class Cluster:
         to = message.to or ""
 
         def done(first: int | None) -> None:
+            refs = [(0, ref)] if ref is not None else None
             if first is not None:
-                if ref is not None and sender.json and not sender.closing:
-                    sender.write(dump_ack(ref, first))
+                hub.acked(sender, refs, first)
                 return
             target = hub.peer_named(to)
             if target is not None and not target.closing:
                 hub.rooms.deliver_private(target, message)  # unnumbered: ids are the log's
-                if ref is not None and sender.json and not sender.closing:
-                    sender.write(dump_ack(ref, 0))
+                hub.acked(sender, refs, 0)
             else:
-                hub.refused(
-                    sender, [(0, ref)] if ref is not None else None,
-                    f"{to} is on another server, which cannot be reached now",
-                )  # fmt: skip
+                hub.refused(sender, refs, f"{to} is on another server, which cannot be reached now")
 
         self.backplane.publish(self._private_envelope(message, to), done)
 
@@ -583,8 +579,3 @@ def _entries(envelope: bp.Envelope) -> list[Entry]:
         id=ident,
     )
     return [entry(message)]
-
-
-def dump_ack(ref: str, ident: int) -> bytes:
-    """An ``ack`` frame."""
-    return json.dumps({"type": "ack", "ref": ref, "id": ident}).encode() + b"\n"

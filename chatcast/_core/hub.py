@@ -721,20 +721,27 @@ class Hub:
         if holder is not None:
             del self._names[key]
             holder.session = None
-            if holder.room:  # silently: the member is in the room, on the other server
-                self.rooms.discard(holder.room, holder)
-                holder.room = ""
-                holder.announced = False
+            self._leave_silently(holder)  # the member is in the room, on the other server
             self.disconnect(holder, Message("resumed from another connection", kind=CLOSING))
+
+    def _leave_silently(self, peer: Peer) -> None:
+        """Take ``peer`` out of its room without a leave notice (its member is there on
+        another connection)."""
+        if peer.room:
+            self.rooms.discard(peer.room, peer)
+            peer.room = ""
+            peer.announced = False
 
     def _wait(
         self,
         peer: Peer,
         ask: Callable[[Callable[[Any], None]], None],
         then: Callable[[Any], None],
+        gone: Callable[[Any], None] = lambda answer: None,
     ) -> None:
         """Ask the cluster something (``ask(done)``), then ``then(answer)``; reading from
-        ``peer`` is paused meanwhile and frames already decoded wait their turn."""
+        ``peer`` is paused meanwhile and frames already decoded wait in ``deferred``, to be
+        handled in order after ``then``. If ``peer`` closed meanwhile: ``gone(answer)``."""
         peer.deferred = []
         if peer.transport is not None:
             peer.transport.pause_reading()
@@ -742,6 +749,7 @@ class Hub:
         def done(answer: Any) -> None:
             deferred, peer.deferred = peer.deferred or [], None
             if peer.closing:
+                gone(answer)
                 return
             if peer.transport is not None:
                 peer.transport.resume_reading()
@@ -832,10 +840,7 @@ class Hub:
         if ghost is not None and ghost is not peer:
             seamless = ghost.announced and ghost.room == room
             ghost.session = None
-            if ghost.room:
-                self.rooms.discard(ghost.room, ghost)
-                ghost.room = ""
-                ghost.announced = False
+            self._leave_silently(ghost)
             key = proto.name_key(ghost.name)
             if self._names.get(key) is ghost:
                 del self._names[key]  # now the new connection's: the cluster keeps its claim
@@ -1167,26 +1172,22 @@ class Hub:
         """
         assert self.cluster is not None
         cluster = self.cluster
-        peer.deferred = []
-        if peer.transport is not None:
-            peer.transport.pause_reading()
 
-        def done(claimed: bool) -> None:
+        def ours(claimed: bool) -> bool:
             holder = self._names.get(proto.name_key(name))
-            if holder is not None and holder is not peer:
-                claimed = False  # one of our own peers has it (Redis says "ours" for both)
-            deferred, peer.deferred = peer.deferred or [], None
-            if peer.closing:
-                if claimed:
-                    cluster.release(name)
-                return
-            if peer.transport is not None:
-                peer.transport.resume_reading()
-            then(claimed)
-            if deferred and not peer.closing:
-                self.handle_frames(peer, deferred)
+            # One of our own peers has it (Redis says "ours" for both)?
+            return claimed and (holder is None or holder is peer)
 
-        cluster.claim(peer, name, room, done)
+        def gone(claimed: bool) -> None:
+            if ours(claimed):
+                cluster.release(name)
+
+        self._wait(
+            peer,
+            lambda done: cluster.claim(peer, name, room, done),
+            lambda claimed: then(ours(claimed)),
+            gone,
+        )
 
     # -- flood control ----------------------------------------------------------------------
 
@@ -1491,20 +1492,19 @@ class Hub:
     def keep_remote(self, room: str, sender: str, batch: list[str], ts: float, first: int) -> None:
         """Keep a batch read from the cluster's log as history only (a room this server
         starts to follow): not delivered, and not kept twice."""
-        self.history.seen(first + len(batch) - 1)
-        stream = self.history.log(room)
-        if stream is not None and first <= stream.last_id:
-            return
-        self._keep(room, room_entries(first, ts, sender, room, batch), batch_cost(sender, batch))
+        items = room_entries(first, ts, sender, room, batch)
+        self._keep_from_log(room, items, batch_cost(sender, batch))
 
     def keep_announcement(self, message: Message) -> None:
         """Keep a room's announcement read from the cluster's log as history only."""
-        assert message.id is not None
         assert message.room is not None
-        self.history.seen(message.id)
-        stream = self.history.log(message.room)
-        if stream is None or message.id > stream.last_id:
-            self._keep(message.room, [entry(message)])
+        self._keep_from_log(message.room, [entry(message)])
+
+    def _keep_from_log(self, room: str, items: list[Entry], size: int | None = None) -> None:
+        self.history.seen(items[-1][0])
+        stream = self.history.log(room)
+        if stream is None or items[0][0] > stream.last_id:  # not kept already
+            self._keep(room, items, size)
 
     def deliver_unlogged(
         self,
@@ -1600,9 +1600,8 @@ class Hub:
             return
         if cluster is not None and cluster.logged:
             # The log cannot be reached: local delivery, without ids (ids are the log's).
-            self.rooms.fan_out(room, peer, peer.name, peer.name_json, batch, timestamp)
+            self.deliver_unlogged(peer, room, batch, timestamp, refs)
             cluster.batch(peer.name, room, batch, timestamp)  # counted as lost there
-            self.acked(peer, refs, 0)
             batch.clear()
             return
         first = self.history.take_ids(count)
